@@ -1,0 +1,41 @@
+# Everything a fresh machine needs: `make test` and `make demo` set up the venv and redis-server themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_DIR ?= demo_run
+
+.PHONY: install test test-fast demo bench redis-server clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -c "import torch, torchvision.ops, timm, lightning; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $(STAMP)
+
+# Tests start their own redis-server on a free port; install it when the machine lacks it.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+test: install redis-server
+	$(PY) -m pytest -q -ra
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+demo: install
+	$(PY) scripts/demo.py --out $(DEMO_DIR)
+
+bench: install
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/predict_throughput.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) work_dirs .pytest_cache

@@ -1,0 +1,217 @@
+"""The `optik` command: parse options, build a config, call one library function, print the outcome."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from optik.errors import OptikError
+
+PRESET_HELP = "a config file, or a preset name (`optik config list`)"
+
+
+class OptikGroup(click.Group):
+    """Turns user errors (OptikError, also when raised in a DataLoader worker) into one line and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OptikError as exc:
+            fail(str(exc))
+        except RuntimeError as exc:  # a worker process re-raises our errors as RuntimeError text
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+            if last.startswith("optik.errors."):
+                fail(last.split(": ", 1)[-1])
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group(cls=OptikGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="optik")
+def main():
+    """Train, evaluate and serve image classifiers on PyTorch."""
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@main.group(cls=OptikGroup)
+def config():
+    """List, export and show configs (the old mmcls_config)."""
+
+
+@config.command("list")
+def config_list():
+    """Name the shipped presets."""
+    from optik.config.load import preset_names, preset_summary
+
+    for name in preset_names():
+        click.echo(f"{name:24s} {preset_summary(name)}")
+
+
+@config.command("export")
+@click.argument("name")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a key (repeatable)")
+def config_export(name, file, overrides):
+    """Write preset NAME, fully resolved, to FILE (or print it) for editing."""
+    from optik.config.load import dump_config, load_config, preset_summary, preset_text
+    from optik.files import write_atomic
+
+    preset_text(name)  # unknown name: a clear error before anything else
+    cfg = load_config(name, overrides) if not overrides else load_config(name, overrides)
+    header = f"# optik preset {name}: {preset_summary(name)}\n# set data.root (and data.classes if you want a fixed order), then: optik train THIS_FILE\n"
+    text = header + dump_config(cfg)
+    if file is None:
+        click.echo(text, nl=False)
+    else:
+        write_atomic(file, text)
+        click.echo(f"wrote {file}")
+
+
+@config.command("show")
+@click.argument("source")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a key (repeatable)")
+def config_show(source, overrides):
+    """Print the fully resolved config of SOURCE (file or preset) with overrides applied."""
+    from optik.config.load import dump_config, load_config
+
+    click.echo(dump_config(load_config(source, overrides)), nl=False)
+
+
+# ----------------------------------------------------------------------------- train / test / predict
+
+
+@main.command()
+@click.argument("source", required=False, metavar="CONFIG")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="run folder (default: config work_dir or work_dirs/<task>-<model>)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=5 (repeatable; the old --cfg-options)")
+@click.option("--resume", is_flag=False, flag_value="last", default=None, metavar="[CKPT]", help="continue the full training state (no value: last.ckpt of the work dir)")
+@click.option("--no-validate", is_flag=True, help="skip validation (model.pt then comes from the last epoch)")
+@click.option("--seed", type=int, help="same as --set train.seed=N")
+@click.option("--deterministic", is_flag=True, help="same as --set train.deterministic=true")
+@click.option("--devices", help="same as --set train.devices=...")
+def train(source, work_dir, overrides, resume, no_validate, seed, deterministic, devices):
+    """Train a model from CONFIG (file or preset). Without CONFIG, --resume reads the work dir's config.yaml."""
+    from optik.config.load import load_config
+    from optik.engine.train import train as run_train
+
+    overrides = list(overrides)
+    if no_validate:
+        overrides.append("train.validation=false")
+    if seed is not None:
+        overrides.append(f"train.seed={seed}")
+    if deterministic:
+        overrides.append("train.deterministic=true")
+    if devices is not None:
+        overrides.append(f"train.devices={devices}")
+    if source is None:
+        if work_dir is None or resume is None:
+            fail("give a CONFIG (file or preset), or --resume with --work-dir to continue a run")
+        source = work_dir / "config.yaml"
+    cfg = load_config(source, overrides)
+    result = run_train(cfg, work_dir=work_dir, resume=resume)
+    for key, value in sorted(result.metrics.items()):
+        if key.startswith(("val/", "best")):
+            click.echo(f"{key}: {value:.4f}")
+    click.echo(f"work dir: {result.work_dir}")
+
+
+def model_options(func):
+    func = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto")(func)
+    func = click.option("--precision", type=click.Choice(["32", "bf16", "16"]), default="32", show_default=True, help="32 is exact; bf16 is faster on recent CPUs, 16 needs CUDA")(func)
+    func = click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)(func)
+    return func
+
+
+@main.command("test")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="write metrics to .json, .yaml or .pkl")
+@click.option("--out-items", type=click.Choice(["none", "pred"]), default="none", show_default=True, help="pred: add per-image predictions to --out")
+@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), help="write confusion_matrix.png here")
+@model_options
+def test_command(model, data, split, out, out_items, plots, device, precision, batch_size):
+    """Evaluate MODEL (model.pt or checkpoint) on DATA (class folders or list file; default: the run's own split)."""
+    from optik.engine.evaluate import evaluate, plot_confusion, write_results
+
+    if out_items == "pred" and out is None:
+        fail("--out-items pred needs --out FILE to write the predictions to")
+    result = evaluate(model, data, split=split, batch_size=batch_size, device=device, precision=precision)
+    print_metrics(result)
+    if out is not None:
+        click.echo(f"wrote {write_results(result, out, include_items=out_items == 'pred')}")
+    if plots is not None:
+        click.echo(f"wrote {plot_confusion(result, plots)}")
+
+
+def print_metrics(result) -> None:
+    m = result.metrics
+    click.echo(f"data: {m['data']} ({m['images']} images" + (f", {m['unreadable']} unreadable" if m["unreadable"] else "") + ")")
+    for failure in result.failures[:10]:
+        click.echo(f"  unreadable: {failure['file']}: {failure['error']}", err=True)
+    width = max(len(c) for c in result.classes)
+    click.echo(f"{'class':{width}s}  precision  recall     f1  support")
+    for name, row in m["per_class"].items():
+        click.echo(f"{name:{width}s}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:5.4f}  {row['support']:7d}")
+    for key in [k for k in m if k.startswith("accuracy_")] + ["mean_class_accuracy", "precision_macro", "recall_macro", "f1_macro"]:
+        click.echo(f"{key}: {m[key]:.4f}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="write <stem>.json per image here (default: print JSON lines)")
+@click.option("--top-k", "--top_x", "top_k", type=click.IntRange(min=1), help="only the K most likely classes, highest first")
+@model_options
+def predict(model, images, out_dir, top_k, device, precision, batch_size):
+    """Classify IMAGES (files or folders) with MODEL; one JSON per image."""
+    from optik.data.folder import find_images
+    from optik.inference.predictor import Predictor
+    from optik.outputs.classification import classification_json, write_classification, write_error
+
+    files = []
+    for item in images:
+        if not item.exists():
+            fail(f"image or folder not found: {item}")
+        files += find_images(item) if item.is_dir() else [item]
+    if not files:
+        fail("no image files found in " + ", ".join(map(str, images)))
+    stems = {}
+    for path in files:
+        stems.setdefault(path.stem, []).append(path)
+    clashes = [paths for paths in stems.values() if len(paths) > 1]
+    if out_dir is not None and clashes:
+        fail(f"two images would write the same output {clashes[0][0].stem}.json: {clashes[0][0]} and {clashes[0][1]}")
+    predictor = Predictor.from_checkpoint(model, device=device, precision=precision, batch_size=batch_size)
+    failed = 0
+    for path, result in zip(files, predictor.predict_stream(files)):
+        if not result.ok:
+            failed += 1
+            click.echo(f"error: {path}: {result.reason}", err=True)
+            if out_dir is not None:
+                write_error(str(path), result.reason, out_dir / f"{path.stem}.error.json")
+        elif out_dir is not None:
+            write_classification(result, out_dir / f"{path.stem}.json", top_k)
+        else:
+            click.echo(json.dumps({"file": str(path), "prediction": result.to_dict(top_k)}))
+    if out_dir is not None:
+        click.echo(f"wrote {len(files) - failed} prediction(s) to {out_dir}", err=True)
+    if failed:
+        click.echo(f"{failed} of {len(files)} image(s) could not be read", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

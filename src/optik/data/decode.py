@@ -1,0 +1,70 @@
+"""The one function that turns image files or bytes into RGB pictures, with clear reasons on failure."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from optik.errors import ImageDecodeError
+
+# Above this many pixels an image is refused: a 30000x30000 "image" would take gigabytes to decode.
+MAX_PIXELS = 16384 * 16384
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True for image extensions (case-insensitive), false for hidden and partial files."""
+    name = Path(path).name
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def open_image(source: str | Path | bytes, name: str | None = None, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Open and fully decode an image as RGB.
+
+    Args:
+        source: a file path or the encoded bytes.
+        name: what to call the source in errors (defaults to the path).
+        draft_size: let JPEG decode at a reduced scale that still covers this (width, height).
+
+    Raises:
+        ImageDecodeError: empty, not an image, truncated or corrupt, or too large.
+    """
+    label = name or (f"<{len(source)} bytes>" if isinstance(source, bytes) else str(source))
+    try:
+        fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+    except OSError as exc:
+        raise ImageDecodeError(label, exc.strerror or str(exc)) from None
+    with fp:
+        if _is_empty(fp):
+            raise ImageDecodeError(label, "empty file (0 bytes)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(fp)
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise ImageDecodeError(label, f"image too large ({width}x{height} pixels, limit {MAX_PIXELS})")
+                if draft_size is not None and image.format == "JPEG":
+                    image.draft("RGB", draft_size)
+                image.load()
+        except ImageDecodeError:
+            raise
+        except UnidentifiedImageError:
+            raise ImageDecodeError(label, "not an image (unknown or unsupported format)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageDecodeError(label, "image too large (decompression bomb check)") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageDecodeError(label, f"truncated or corrupt ({exc})") from None
+    if image.mode != "RGB":
+        image = image.convert("RGBA").convert("RGB") if "transparency" in image.info else image.convert("RGB")
+    return image
+
+
+def _is_empty(fp) -> bool:
+    start = fp.read(1)
+    fp.seek(0)
+    return not start

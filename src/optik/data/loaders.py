@@ -1,0 +1,194 @@
+"""From a data config to checked datasets and DataLoaders for train / val / test."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from optik.data.classes import configured_classes, match_classes
+from optik.data.decode import open_image
+from optik.data.folder import Sample, Splits, folder_splits, stratified_split
+from optik.data.listfile import read_list
+from optik.data.transforms import Preprocess, eval_transform, train_transform
+from optik.errors import DataError, ImageDecodeError
+
+TORCHVISION_SETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+
+
+class ImageDataset(Dataset):
+    """(image path, label) samples decoded through `open_image` and transformed."""
+
+    def __init__(self, samples: list[Sample], transform):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        return self.transform(open_image(path)), label
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+
+class TorchvisionImages(Dataset):
+    """A torchvision dataset (CIFAR, MNIST, ...) as RGB images through our transforms."""
+
+    def __init__(self, dataset, transform):
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return self.transform(image.convert("RGB")), int(label)
+
+    @property
+    def labels(self) -> list[int]:
+        return [int(t) for t in self.dataset.targets]
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+@dataclass
+class ClassifyData:
+    """The datasets of one run, with their class names and where they came from."""
+
+    classes: list[str]
+    datasets: dict[str, Dataset]
+    origin: dict[str, str]
+    skipped: list[str]
+
+
+def read_splits(data) -> Splits:
+    """Samples of a folder or list dataset, with class names resolved (config, env, or the data)."""
+    named, origin = configured_classes(data.classes)
+    if data.format == "folder":
+        if data.root is None:
+            raise DataError("data.root is not set: give the dataset folder (e.g. --set data.root=path/to/images)")
+        return folder_splits(data.root, named, origin, data.val_split, data.split_seed)
+    train, classes = read_list(data.train_list, data.root, named)
+    splits = Splits(classes=classes, origin={"train": str(data.train_list)})
+    if data.val_list is not None:
+        splits.train = train
+        splits.val, _ = read_list(data.val_list, data.root, classes)
+        splits.origin["val"] = str(data.val_list)
+    else:
+        splits.train, splits.val = stratified_split(train, data.val_split, data.split_seed)
+        splits.origin["val"] = f"{data.val_split:.0%} of {data.train_list} (seed {data.split_seed})"
+    if data.test_list is not None:
+        splits.test, _ = read_list(data.test_list, data.root, classes)
+        splits.origin["test"] = str(data.test_list)
+    else:
+        splits.test, splits.origin["test"] = splits.val, splits.origin["val"]
+    return splits
+
+
+def check_images(paths: list[str], mode: str = "full", workers: int | None = None) -> dict[str, str]:
+    """Path -> reason for every image that cannot be read (`full` decodes, `header` only opens)."""
+
+    def problem(path: str) -> str | None:
+        try:
+            if mode == "full":
+                open_image(path)
+            else:
+                with Image.open(path) as image:
+                    image.size  # noqa: B018 - reading the header is the check
+        except ImageDecodeError as exc:
+            return exc.reason
+        except Exception as exc:  # header mode: PIL's own errors
+            return f"not a readable image ({exc})"
+        return None
+
+    workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        reasons = list(pool.map(problem, paths, chunksize=64))
+    return {path: reason for path, reason in zip(paths, reasons) if reason}
+
+
+def drop_bad(splits: Splits, mode: str, skip_bad: bool) -> list[str]:
+    """Check every image once; fail listing the bad ones, or leave them out when skip_bad."""
+    paths = sorted({path for name in ("train", "val", "test") for path, _ in splits.get(name)})
+    bad = check_images(paths, mode)
+    if bad and not skip_bad:
+        listed = "; ".join(f"{path}: {reason}" for path, reason in list(bad.items())[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise DataError(f"{len(bad)} unreadable image(s): {listed}{more}. Remove them, run `optik data check`, or set data.skip_bad: true")
+    for name in ("train", "val", "test"):
+        setattr(splits, name, [s for s in splits.get(name) if s[0] not in bad])
+    return sorted(bad)
+
+
+def build_classify_data(data) -> ClassifyData:
+    """Datasets for train/val/test with their transforms; images checked before training starts."""
+    evaluation = eval_transform(Preprocess.from_data_config(data))
+    if data.format in TORCHVISION_SETS:
+        return _torchvision_data(data, evaluation)
+    splits = read_splits(data)
+    skipped = drop_bad(splits, data.verify, data.skip_bad)
+    if not splits.train:
+        raise DataError("no training images left after leaving out unreadable ones")
+    datasets = {"train": ImageDataset(splits.train, train_transform(data))}
+    for name in ("val", "test"):
+        datasets[name] = ImageDataset(splits.get(name), evaluation)
+    return ClassifyData(splits.classes, datasets, splits.origin, skipped)
+
+
+def _torchvision_data(data, evaluation) -> ClassifyData:
+    import torchvision.datasets as tvd
+
+    if data.root is None:
+        raise DataError(f"data.root is not set: give the folder that holds (or will hold) the {data.format} files")
+    cls = getattr(tvd, TORCHVISION_SETS[data.format])
+    try:
+        train = cls(str(data.root), train=True, download=data.download)
+        test = cls(str(data.root), train=False, download=data.download)
+    except RuntimeError as exc:
+        raise DataError(f"{data.format} files not found under {data.root} ({exc}); set data.download: true to fetch them when online") from None
+    named, origin = configured_classes(data.classes)
+    classes = match_classes(named, origin, list(train.classes), f"the {data.format} classes") if named else list(train.classes)
+    if named and classes != list(train.classes):
+        raise DataError(f"{origin} must list the {data.format} classes in their standard order: {list(train.classes)}")
+    datasets = {"train": TorchvisionImages(train, train_transform(data)), "val": TorchvisionImages(test, evaluation), "test": TorchvisionImages(test, evaluation)}
+    where = str(Path(data.root))
+    return ClassifyData(classes, datasets, {"train": where, "val": f"{where} (test set)", "test": f"{where} (test set)"}, [])
+
+
+def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle_seed: int | None = None, drop_last: bool = False) -> DataLoader:
+    """A DataLoader; with `shuffle_seed` the order is reshuffled per epoch from (seed, epoch)."""
+    sampler = EpochShuffleSampler(len(dataset), shuffle_seed) if shuffle_seed is not None else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+        persistent_workers=False,  # fresh workers per epoch take their seeds from the per-epoch RNG
+    )

@@ -1,0 +1,1 @@
+"""Training and evaluation runs: work dir, Trainer, checkpoints, the model package, metrics."""

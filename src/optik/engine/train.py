@@ -1,0 +1,159 @@
+"""`optik train`: build the data, model and Trainer for a config, run it, write the model package."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from optik.config.load import config_to_dict, dump_config
+from optik.config.schema import ClassifyConfig
+from optik.data.loaders import build_classify_data, make_loader
+from optik.data.transforms import Preprocess
+from optik.engine.callbacks import AtomicCheckpointIO, EpochLog, EpochReseed
+from optik.errors import ConfigError
+from optik.files import write_atomic
+from optik.models.classify import build_classifier
+from optik.models.package import load_package, save_package
+from optik.models.weights import load_weights
+from optik.tasks.classify import ClassifyModule
+
+
+@dataclass
+class TrainResult:
+    work_dir: Path
+    package: Path | None
+    checkpoint: Path | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def default_work_dir(cfg: ClassifyConfig) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.model.name.split(":")[0]).stem if ".py:" in cfg.model.name else cfg.model.name)
+    return Path("work_dirs") / f"{cfg.task}-{name}"
+
+
+def resolve_resume(resume: str | Path | None, work_dir: Path) -> Path | None:
+    """`last` (or True) means the work dir's last.ckpt; anything else is a checkpoint path."""
+    if resume is None or resume is False:
+        return None
+    path = work_dir / "checkpoints" / "last.ckpt" if resume in ("last", True) else Path(resume)
+    if not path.is_file():
+        raise ConfigError(f"cannot resume: checkpoint not found: {path}")
+    return path
+
+
+def quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=r".*the number of training batches .* is smaller than the logging interval.*")
+
+
+def build_callbacks(cfg: ClassifyConfig, ckpt_dir: Path) -> list[L.Callback]:
+    t = cfg.train
+    callbacks: list[L.Callback] = [
+        EpochReseed(t.seed),
+        EpochLog(t.epochs),
+        LearningRateMonitor(logging_interval="epoch"),
+        # last.ckpt after every epoch: what --resume continues from
+        ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_epochs=1, save_on_train_epoch_end=True),
+        # epoch-N.ckpt every checkpoint_every epochs, the newest keep_checkpoints kept
+        ModelCheckpoint(dirpath=ckpt_dir, filename="epoch-{epoch}", auto_insert_metric_name=False, monitor="epoch", mode="max",
+                        every_n_epochs=t.checkpoint_every, save_top_k=t.keep_checkpoints, save_on_train_epoch_end=True),
+    ]
+    if t.validation:
+        mode = "min" if t.monitor.endswith("loss") else "max"
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=t.monitor, mode=mode, save_top_k=1,
+                                         auto_insert_metric_name=False, enable_version_counter=False))
+    if sys.stderr.isatty():
+        callbacks.append(TQDMProgressBar())
+    return callbacks
+
+
+def build_trainer(cfg: ClassifyConfig, work_dir: Path, extra_callbacks=()) -> L.Trainer:
+    t = cfg.train
+    logs = work_dir / "logs"
+    return L.Trainer(
+        default_root_dir=work_dir,
+        max_epochs=t.epochs,
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        deterministic=t.deterministic,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.grad_clip,
+        check_val_every_n_epoch=t.validate_every,
+        limit_val_batches=None if t.validation else 0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=[TensorBoardLogger(logs, name="", version="tensorboard"), CSVLogger(logs, name="", version="")],
+        callbacks=[*build_callbacks(cfg, work_dir / "checkpoints"), *extra_callbacks],
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+    )
+
+
+def train(cfg: ClassifyConfig, work_dir: str | Path | None = None, resume: str | Path | None = None, callbacks=()) -> TrainResult:
+    """Train a classifier as `cfg` says; returns where the model package and best checkpoint are.
+
+    Args:
+        work_dir: overrides `cfg.work_dir` (default `work_dirs/<task>-<model>`).
+        resume: `"last"` or a checkpoint path: continue with the full training state.
+        callbacks: extra Lightning callbacks (hook points for user extensions).
+    """
+    quiet_lightning()
+    work_dir = Path(work_dir or cfg.work_dir or default_work_dir(cfg))
+    cfg = cfg.model_copy(update={"work_dir": work_dir})
+    ckpt = resolve_resume(resume, work_dir)
+    L.seed_everything(cfg.train.seed, verbose=False)
+
+    data = build_classify_data(cfg.data)
+    log_data_summary(data)
+    model = build_classifier(cfg.model, len(data.classes), cfg.data.image_size)
+    if cfg.model.weights is not None and ckpt is None:
+        for line in load_weights(model, cfg.model.weights, cfg.model.weights_prefix).lines():
+            print(line)
+    preprocess = Preprocess.from_data_config(cfg.data).to_dict()
+    module = ClassifyModule(model, config_to_dict(cfg), data.classes, preprocess)
+
+    trainer = build_trainer(cfg, work_dir, callbacks)
+    if trainer.global_rank == 0:
+        write_atomic(work_dir / "config.yaml", dump_config(cfg))
+    workers = cfg.data.num_workers
+    train_loader = make_loader(data.datasets["train"], cfg.data.batch_size, workers, shuffle_seed=cfg.train.seed, drop_last=module.mixup is not None)
+    val_loader = make_loader(data.datasets["val"], cfg.data.batch_size, workers) if cfg.train.validation else None
+    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt)
+    return finish(trainer, cfg, work_dir)
+
+
+def log_data_summary(data) -> None:
+    counts = ", ".join(f"{name} {len(ds)}" for name, ds in data.datasets.items())
+    print(f"data: {len(data.classes)} classes; {counts} images" + (f"; {len(data.skipped)} unreadable image(s) left out" if data.skipped else ""))
+    for path in data.skipped[:10]:
+        print(f"  left out: {path}")
+
+
+def finish(trainer: L.Trainer, cfg: ClassifyConfig, work_dir: Path) -> TrainResult:
+    """Write model.pt from the best checkpoint (the last one without validation)."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if trainer.global_rank != 0:
+        return TrainResult(work_dir, None, None, metrics)
+    best = next((cb for cb in trainer.checkpoint_callbacks if cb.monitor == cfg.train.monitor), None)
+    chosen = Path(best.best_model_path) if best is not None and best.best_model_path else work_dir / "checkpoints" / "last.ckpt"
+    package_path = save_package(load_package(chosen), work_dir / "model.pt")
+    if best is not None and best.best_model_score is not None:
+        metrics[f"best {cfg.train.monitor}"] = float(best.best_model_score)
+    print(f"model package: {package_path} (from {chosen.name})")
+    return TrainResult(work_dir, package_path, chosen, metrics)

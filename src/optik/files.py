@@ -1,0 +1,35 @@
+"""File writing that never leaves a half-written file behind: temp file in the same folder, then rename."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, IO
+
+
+def write_atomic(path: str | Path, data: bytes | str | Callable[[IO[bytes]], None], staging_dir: str | Path | None = None) -> Path:
+    """Write `data` (bytes, text, or a callable that writes to a binary file) to `path` atomically.
+
+    The content goes to a temporary file (in `staging_dir`, which must be on the same filesystem,
+    or next to `path`), is flushed to disk, then renamed over `path`: readers see the old file or
+    the whole new one, never a part.
+    """
+    path = Path(path)
+    folder = Path(staging_dir) if staging_dir is not None else path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

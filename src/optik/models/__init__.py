@@ -1,0 +1,1 @@
+"""Model builders, local weight loading and the model package."""

@@ -1,0 +1,106 @@
+"""Classification models: any timm architecture by name, or a plug-in `file.py:factory`."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from optik.errors import ConfigError, ModelError
+
+
+def is_plugin(name: str) -> bool:
+    """`path/to/file.py:factory` names a plug-in; anything else is a timm architecture."""
+    return ".py:" in name
+
+
+def load_factory(spec: str) -> Callable[..., nn.Module]:
+    """The callable `factory` of `path/to/file.py:factory`, imported from that file."""
+    file_part, _, attr = spec.rpartition(":")
+    path = Path(file_part).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"model file not found: {path} (from {spec!r})")
+    module_name = f"optik_plugin_{path.stem}_{abs(hash(str(path.resolve()))) % 10**8}"
+    module = sys.modules.get(module_name)
+    if module is None:
+        loader_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[module_name] = module  # pickling and dataclasses inside the plug-in need this
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[module_name]
+            raise ModelError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        raise ConfigError(f"{path} has no callable {attr!r}; callables there: {', '.join(found) or 'none'}")
+    return factory
+
+
+def build_plugin(spec: str, num_classes: int | None) -> nn.Module:
+    """Call the plug-in factory, passing `num_classes` when it accepts it."""
+    factory = load_factory(spec)
+    try:
+        accepts = "num_classes" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    model = factory(num_classes=num_classes) if accepts and num_classes is not None else factory()
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{spec} returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def build_timm(name: str, num_classes: int, image_size: int, pretrained: bool, drop_rate: float, drop_path_rate: float) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
+        raise ConfigError(f"model.name: unknown timm architecture {name!r}" + (f"; similar: {', '.join(close)}" if close else "") + " (or give path/to/file.py:factory)")
+    kwargs = dict(pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    try:
+        try:  # transformers take the input size at build time; CNNs do not have the argument
+            return timm.create_model(name, img_size=image_size, **kwargs)
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
+            return timm.create_model(name, **kwargs)
+    except (OSError, RuntimeError, ValueError) as exc:
+        if not pretrained:
+            raise ModelError(f"building {name} failed: {exc}") from exc
+        raise ModelError(
+            f"could not get the published weights of {name} ({type(exc).__name__}); they are fetched into timm's "
+            "cache when online. Offline, set model.pretrained: false and model.weights: a local weights file"
+        ) from None
+
+
+def build_classifier(model_cfg, num_classes: int, image_size: int) -> nn.Module:
+    """The classifier a config names, with `num_classes` outputs (weights not loaded here)."""
+    if is_plugin(model_cfg.name):
+        model = build_plugin(model_cfg.name, num_classes)
+        check_outputs(model, num_classes, image_size, model_cfg.name)
+        return model
+    return build_timm(model_cfg.name, num_classes, image_size, model_cfg.pretrained, model_cfg.drop_rate, model_cfg.drop_path_rate)
+
+
+def check_outputs(model: nn.Module, num_classes: int, image_size: int, name: str) -> None:
+    """A plug-in must give one logit per class; replace a timm-style head when it does not."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, image_size, image_size))
+    model.train(was_training)
+    width = out.shape[-1] if isinstance(out, torch.Tensor) else None
+    if width == num_classes:
+        return
+    if hasattr(model, "reset_classifier"):
+        model.reset_classifier(num_classes)
+        return
+    raise ModelError(f"{name} outputs {tuple(out.shape) if width else type(out).__name__} but the data has {num_classes} classes; make the factory accept num_classes")

@@ -1,0 +1,1 @@
+"""Prediction output formats, written atomically."""

@@ -1,0 +1,1 @@
+"""Everyday tools around training: sample data, FLOPs, publishing, export, dataset checks."""

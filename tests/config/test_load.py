@@ -1,0 +1,77 @@
+"""Config loading: schema validation, overrides, presets, error messages users can act on."""
+
+import pytest
+import yaml
+
+from optik.config.load import apply_overrides, dump_config, load_config, parse_config, preset_names
+from optik.errors import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_yaml_values(tmp_path):
+    cfg = load_config(write(tmp_path, "data:\n  root: /data/x\n  batch_size: 7\ntrain:\n  precision: bf16-mixed\n"))
+    assert cfg.task == "classify"
+    assert str(cfg.data.root) == "/data/x" and cfg.data.batch_size == 7
+    assert cfg.train.precision == "bf16-mixed" and cfg.train.epochs == 10
+
+
+def test_overrides_parse_as_yaml_scalars(tmp_path):
+    cfg = load_config(write(tmp_path, "train:\n  epochs: 3\n"), ["train.epochs=5", "train.lr=3e-4", "data.augment.hflip=0", "train.precision=32", "data.classes=[a, b]"])
+    assert cfg.train.epochs == 5 and cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.data.augment.hflip == 0 and cfg.train.precision == "32" and cfg.data.classes == ["a", "b"]
+
+
+def test_unknown_key_names_it_and_suggests(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "data:\n  rot: /x\n"))
+    assert "data.rot" in str(info.value) and "did you mean 'root'" in str(info.value)
+
+
+def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
+    with pytest.raises(ConfigError, match="valid keys here: .*epochs"):
+        load_config(write(tmp_path, "train:\n  zzzzqqq: 1\n"))
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "data:\n  batch_size: many\n"))
+    assert "data.batch_size" in str(info.value) and "'many'" in str(info.value)
+
+
+def test_bad_override_syntax_and_unknown_preset():
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["train.epochs"])
+    with pytest.raises(ConfigError, match="did you mean 'resnet50_224'"):
+        load_config("resnet50_22")
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "data: [1,\n"))
+
+
+def test_unknown_task_and_optimizer(tmp_path):
+    with pytest.raises(ConfigError, match="unknown task"):
+        load_config(write(tmp_path, "task: segment\n"))
+    with pytest.raises(ConfigError, match="unknown optimizer"):
+        load_config(None, ["train.optimizer=adamww"])
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_validates_and_round_trips(name):
+    cfg = load_config(name)
+    assert cfg.data.root is None  # the user sets it
+    assert parse_config(yaml.safe_load(dump_config(cfg))) == cfg
+
+
+def test_presets_cover_the_promised_families():
+    models = {load_config(name).model.name for name in preset_names()}
+    assert {"resnet18", "resnet50", "efficientnet_b0", "vit_small_patch16_224"} <= models
+    assert any(load_config(name).data.image_size <= 64 for name in preset_names())
