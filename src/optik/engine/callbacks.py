@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import os
 import random
 import sys
 import time
@@ -9,6 +12,10 @@ import time
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from optik.files import write_atomic
@@ -22,6 +29,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class EpochCheckpoint(ModelCheckpoint):
+    """`epoch-N.ckpt` with N counted from 1, as people count epochs (Lightning counts from 0)."""
+
+    def format_checkpoint_name(self, metrics, *args, **kwargs):
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, *args, **kwargs)
 
 
 class EpochReseed(L.Callback):
@@ -57,3 +73,47 @@ class EpochLog(L.Callback):
         shown = {k: v for k, v in trainer.callback_metrics.items() if k.endswith(("_epoch", "acc1", "acc5", "mean_class_acc", "val/loss"))}
         metrics = "  ".join(f"{k.removesuffix('_epoch')} {float(v):.4f}" for k, v in sorted(shown.items()))
         print(f"epoch {trainer.current_epoch + 1}/{self.epochs}  {metrics}  ({time.monotonic() - self.started:.1f}s)", file=sys.stdout, flush=True)
+
+
+class KeepHistoryWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; a resumed run keeps the rows of the
+    epochs it does not redo (`epoch < keep_before_epoch`) and appends after them."""
+
+    keep_before_epoch = 0
+
+    def _check_log_dir_exists(self) -> None:
+        if not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            kept = [row for row in reader if row.get("epoch") and int(float(row["epoch"])) < self.keep_before_epoch]
+            keys = list(reader.fieldnames or [])
+        self.metrics_keys = keys if kept else []
+        write_atomic(self.metrics_file_path, _csv_text(keys, kept) if kept else b"")
+        if not kept:
+            os.remove(self.metrics_file_path)
+
+
+def _csv_text(keys: list[str], rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+class RunCSVLogger(CSVLogger):
+    """CSVLogger writing `logs/metrics.csv`, keeping earlier epochs when a run is resumed."""
+
+    def __init__(self, save_dir, keep_before_epoch: int = 0):
+        super().__init__(save_dir, name="", version="")
+        self.keep_before_epoch = keep_before_epoch
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            writer_class = type("Writer", (KeepHistoryWriter,), {"keep_before_epoch": self.keep_before_epoch})
+            self._experiment = writer_class(log_dir=self.log_dir)
+        return self._experiment

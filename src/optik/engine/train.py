@@ -11,13 +11,13 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from optik.config.load import config_to_dict, dump_config
 from optik.config.schema import ClassifyConfig
 from optik.data.loaders import build_classify_data, make_loader
 from optik.data.transforms import Preprocess
-from optik.engine.callbacks import AtomicCheckpointIO, EpochLog, EpochReseed
+from optik.engine.callbacks import AtomicCheckpointIO, EpochCheckpoint, EpochLog, EpochReseed, RunCSVLogger
 from optik.errors import ConfigError
 from optik.files import write_atomic
 from optik.models.classify import build_classifier
@@ -49,11 +49,18 @@ def resolve_resume(resume: str | Path | None, work_dir: Path) -> Path | None:
     return path
 
 
+def checkpoint_epoch(path: Path) -> int:
+    """The number of epochs a checkpoint has completed (read without loading its tensors)."""
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch", -1)) + 1
+
+
 def quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    for message in (r".*does not have many workers.*", r".*module\(s\) in eval mode.*", r".*LeafSpec.*", r".*no `val_dataloader`.*", r".*exists and is not empty.*"):
+        warnings.filterwarnings("ignore", message=message)
     warnings.filterwarnings("ignore", message=r".*the number of training batches .* is smaller than the logging interval.*")
 
 
@@ -66,7 +73,7 @@ def build_callbacks(cfg: ClassifyConfig, ckpt_dir: Path) -> list[L.Callback]:
         # last.ckpt after every epoch: what --resume continues from
         ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_epochs=1, save_on_train_epoch_end=True),
         # epoch-N.ckpt every checkpoint_every epochs, the newest keep_checkpoints kept
-        ModelCheckpoint(dirpath=ckpt_dir, filename="epoch-{epoch}", auto_insert_metric_name=False, monitor="epoch", mode="max",
+        EpochCheckpoint(dirpath=ckpt_dir, filename="epoch-{epoch}", auto_insert_metric_name=False, monitor="epoch", mode="max",
                         every_n_epochs=t.checkpoint_every, save_top_k=t.keep_checkpoints, save_on_train_epoch_end=True),
     ]
     if t.validation:
@@ -78,7 +85,7 @@ def build_callbacks(cfg: ClassifyConfig, ckpt_dir: Path) -> list[L.Callback]:
     return callbacks
 
 
-def build_trainer(cfg: ClassifyConfig, work_dir: Path, extra_callbacks=()) -> L.Trainer:
+def build_trainer(cfg: ClassifyConfig, work_dir: Path, extra_callbacks=(), resumed_epoch: int = 0) -> L.Trainer:
     t = cfg.train
     logs = work_dir / "logs"
     return L.Trainer(
@@ -97,7 +104,7 @@ def build_trainer(cfg: ClassifyConfig, work_dir: Path, extra_callbacks=()) -> L.
         limit_val_batches=None if t.validation else 0,
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every_n_steps,
-        logger=[TensorBoardLogger(logs, name="", version="tensorboard"), CSVLogger(logs, name="", version="")],
+        logger=[TensorBoardLogger(logs, name="", version="tensorboard"), RunCSVLogger(logs, keep_before_epoch=resumed_epoch)],
         callbacks=[*build_callbacks(cfg, work_dir / "checkpoints"), *extra_callbacks],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=sys.stderr.isatty(),
@@ -128,7 +135,7 @@ def train(cfg: ClassifyConfig, work_dir: str | Path | None = None, resume: str |
     preprocess = Preprocess.from_data_config(cfg.data).to_dict()
     module = ClassifyModule(model, config_to_dict(cfg), data.classes, preprocess)
 
-    trainer = build_trainer(cfg, work_dir, callbacks)
+    trainer = build_trainer(cfg, work_dir, callbacks, resumed_epoch=checkpoint_epoch(ckpt) if ckpt else 0)
     if trainer.global_rank == 0:
         write_atomic(work_dir / "config.yaml", dump_config(cfg))
     workers = cfg.data.num_workers

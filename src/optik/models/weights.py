@@ -55,9 +55,10 @@ class KeyReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+    total: int = 0  # keys of the model
 
     def lines(self, limit: int = 8) -> list[str]:
-        total = len(self.matched) + len(self.missing)
+        total = self.total
         out = [f"weights {self.source}" + (f" (prefix {self.prefix!r} stripped)" if self.prefix else "") + f": {len(self.matched)}/{total} model keys matched"]
         for label, keys in (("missing (left as initialised)", self.missing), ("unexpected (ignored)", self.unexpected), ("shape mismatch (left as initialised)", self.mismatched)):
             if keys:
@@ -98,7 +99,7 @@ def load_weights(model: nn.Module, path: str | Path, prefix: str | None = None) 
     state = extract_state_dict(read_checkpoint(path))
     target = model.state_dict()
     used, chosen = select_prefix(state, target, prefix)
-    report = KeyReport(source=str(path), prefix=used)
+    report = KeyReport(source=str(path), prefix=used, total=len(target))
     loadable = {}
     for key, value in chosen.items():
         if key not in target:
