@@ -131,6 +131,8 @@ def model_options(func):
     func = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto")(func)
     func = click.option("--precision", type=click.Choice(["32", "bf16", "16"]), default="32", show_default=True, help="32 is exact; bf16 is faster on recent CPUs, 16 needs CUDA")(func)
     func = click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)(func)
+    func = click.option("--mode", type=click.Choice(["auto", "fused", "compiled", "eager"]), default="auto", show_default=True,
+                        help="exact speed-ups: fused (no set-up), compiled (compiles once; auto picks it for 1000+ images), eager (plain PyTorch)")(func)
     return func
 
 
@@ -142,13 +144,13 @@ def model_options(func):
 @click.option("--out-items", type=click.Choice(["none", "pred"]), default="none", show_default=True, help="pred: add per-image predictions to --out")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), help="write confusion_matrix.png here")
 @model_options
-def test_command(model, data, split, out, out_items, plots, device, precision, batch_size):
+def test_command(model, data, split, out, out_items, plots, device, precision, batch_size, mode):
     """Evaluate MODEL (model.pt or checkpoint) on DATA (class folders or list file; default: the run's own split)."""
     from optik.engine.evaluate import evaluate, plot_confusion, write_results
 
     if out_items == "pred" and out is None:
         fail("--out-items pred needs --out FILE to write the predictions to")
-    result = evaluate(model, data, split=split, batch_size=batch_size, device=device, precision=precision)
+    result = evaluate(model, data, split=split, batch_size=batch_size, device=device, precision=precision, mode=mode)
     print_metrics(result)
     if out is not None:
         click.echo(f"wrote {write_results(result, out, include_items=out_items == 'pred')}")
@@ -175,7 +177,7 @@ def print_metrics(result) -> None:
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="write <stem>.json per image here (default: print JSON lines)")
 @click.option("--top-k", "--top_x", "top_k", type=click.IntRange(min=1), help="only the K most likely classes, highest first")
 @model_options
-def predict(model, images, out_dir, top_k, device, precision, batch_size):
+def predict(model, images, out_dir, top_k, device, precision, batch_size, mode):
     """Classify IMAGES (files or folders) with MODEL; one JSON per image."""
     from optik.data.folder import find_images
     from optik.inference.predictor import Predictor
@@ -194,7 +196,7 @@ def predict(model, images, out_dir, top_k, device, precision, batch_size):
     clashes = [paths for paths in stems.values() if len(paths) > 1]
     if out_dir is not None and clashes:
         fail(f"two images would write the same output {clashes[0][0].stem}.json: {clashes[0][0]} and {clashes[0][1]}")
-    predictor = Predictor.from_checkpoint(model, device=device, precision=precision, batch_size=batch_size)
+    predictor = Predictor.from_checkpoint(model, device=device, precision=precision, batch_size=batch_size, mode=mode, expected_images=len(files))
     failed = 0
     for path, result in zip(files, predictor.predict_stream(files)):
         if not result.ok:

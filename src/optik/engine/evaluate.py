@@ -20,6 +20,7 @@ from optik.data.loaders import read_splits
 from optik.errors import ConfigError, DataError
 from optik.files import write_atomic
 from optik.inference.predictor import Predictor
+from optik.models.package import load_package
 
 
 @dataclass
@@ -57,17 +58,15 @@ def test_samples(package_config: dict, classes: list[str], data: str | Path | No
     return samples_from(images, classes), str(folder)
 
 
-def evaluate(model: str | Path, data: str | Path | None = None, split: str = "test", batch_size: int = 64, device: str = "auto", precision: str = "32") -> EvalResult:
+def evaluate(model: str | Path, data: str | Path | None = None, split: str = "test", batch_size: int = 32, device: str = "auto", precision: str = "32", mode: str = "auto") -> EvalResult:
     """Predict every image of the split and compute the metrics."""
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
-    predictor = Predictor.from_checkpoint(model, device=device, precision=precision, batch_size=batch_size)
-    from optik.models.package import load_package
-
-    package_config = load_package(model).config if data is None else {}
-    samples, origin = test_samples(package_config, predictor.classes, data, split)
+    package = load_package(model)
+    samples, origin = test_samples(package.config, package.classes, data, split)
     if not samples:
         raise DataError(f"no images to evaluate in {origin}")
+    predictor = Predictor.from_package(package, device=device, precision=precision, batch_size=batch_size, mode=mode, expected_images=len(samples))
     labels, probs, items, failures = [], [], [], []
     for (path, label), result in zip(samples, predictor.predict_stream(path for path, _ in samples)):
         if not result.ok:

@@ -16,8 +16,8 @@ from torch import nn
 from optik.data.decode import open_image
 from optik.data.transforms import Preprocess, eval_transform
 from optik.errors import ConfigError, ImageDecodeError
-from optik.inference.backends import PRECISIONS, TorchBackend
-from optik.models.package import build_model, load_package
+from optik.inference.backends import PRECISIONS, TorchBackend, mode_for
+from optik.models.package import ModelPackage, build_model, load_package
 
 ImageSource = Union[str, Path, bytes, Image.Image]
 
@@ -79,10 +79,13 @@ class Predictor:
         device: "cpu", "cuda", "cuda:1", or "auto".
         precision: "32" (exact, default), "bf16" or "16" (CUDA).
         batch_size: images per forward pass.
-        optimize: apply the exact CPU/GPU speed-ups (channels_last, fused graph); False gives eager PyTorch.
+        mode: "fused" (exact, no set-up), "compiled" (exact, fastest for long jobs, compiles once),
+            "eager" (plain PyTorch), or "auto" (compiled for services and jobs of
+            `COMPILE_MIN_IMAGES` or more, given as `expected_images`).
+        decode_workers: threads that decode and preprocess the next batch during the forward pass.
     """
 
-    def __init__(self, model: nn.Module, classes: list[str], preprocess: Preprocess, device: str = "auto", precision: str = "32", batch_size: int = 32, optimize: bool = True, decode_workers: int = 2):
+    def __init__(self, model: nn.Module, classes: list[str], preprocess: Preprocess, device: str = "auto", precision: str = "32", batch_size: int = 32, mode: str = "auto", expected_images: int | None = None, decode_workers: int = 2):
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if batch_size < 1:
@@ -91,14 +94,18 @@ class Predictor:
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.transform = eval_transform(preprocess)
-        self.backend = TorchBackend(model, preprocess.image_size, device=device, precision=precision, optimize=optimize)
+        mode = mode_for(expected_images) if mode == "auto" else mode
+        self.backend = TorchBackend(model, device=device, precision=precision, mode=mode, batch_size=batch_size)
         self.decode_workers = max(1, decode_workers)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", precision: str = "32", batch_size: int = 32, optimize: bool = True) -> "Predictor":
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", precision: str = "32", batch_size: int = 32, mode: str = "auto", expected_images: int | None = None) -> "Predictor":
         """A predictor for a model package (`model.pt`) or an optik training checkpoint."""
-        package = load_package(path)
-        return cls(build_model(package), package.classes, Preprocess.from_dict(package.preprocess), device=device, precision=precision, batch_size=batch_size, optimize=optimize)
+        return cls.from_package(load_package(path), device=device, precision=precision, batch_size=batch_size, mode=mode, expected_images=expected_images)
+
+    @classmethod
+    def from_package(cls, package: ModelPackage, **options) -> "Predictor":
+        return cls(build_model(package), package.classes, Preprocess.from_dict(package.preprocess), **options)
 
     @property
     def device(self) -> torch.device:
