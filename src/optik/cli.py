@@ -69,7 +69,7 @@ def config_export(name, file, overrides):
     from optik.files import write_atomic
 
     preset_text(name)  # unknown name: a clear error before anything else
-    cfg = load_config(name, overrides) if not overrides else load_config(name, overrides)
+    cfg = load_config(name, overrides)
     header = f"# optik preset {name}: {preset_summary(name)}\n# set data.root (and data.classes if you want a fixed order), then: optik train THIS_FILE\n"
     text = header + dump_config(cfg)
     if file is None:
@@ -93,7 +93,7 @@ def config_show(source, overrides):
 
 
 @main.command()
-@click.argument("source", required=False, metavar="CONFIG")
+@click.argument("source", required=False, metavar="[CONFIG]")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="run folder (default: config work_dir or work_dirs/<task>-<model>)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=5 (repeatable; the old --cfg-options)")
 @click.option("--resume", is_flag=False, flag_value="last", default=None, metavar="[CKPT]", help="continue the full training state (no value: last.ckpt of the work dir)")
@@ -115,6 +115,8 @@ def train(source, work_dir, overrides, resume, no_validate, seed, deterministic,
         overrides.append("train.deterministic=true")
     if devices is not None:
         overrides.append(f"train.devices={devices}")
+    if source is None and resume is not None and Path(resume).suffix in (".yaml", ".yml"):
+        source, resume = resume, "last"  # `--resume my.yaml`: the flag without a value, then the config
     if source is None:
         if work_dir is None or resume is None:
             fail("give a CONFIG (file or preset), or --resume with --work-dir to continue a run")
@@ -163,7 +165,7 @@ def print_metrics(result) -> None:
     click.echo(f"data: {m['data']} ({m['images']} images" + (f", {m['unreadable']} unreadable" if m["unreadable"] else "") + ")")
     for failure in result.failures[:10]:
         click.echo(f"  unreadable: {failure['file']}: {failure['error']}", err=True)
-    width = max(len(c) for c in result.classes)
+    width = max(len("class"), *(len(c) for c in result.classes))
     click.echo(f"{'class':{width}s}  precision  recall     f1  support")
     for name, row in m["per_class"].items():
         click.echo(f"{name:{width}s}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:5.4f}  {row['support']:7d}")

@@ -121,6 +121,8 @@ class ClassifyConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ClassifyConfig":
+        if (self.train.mixup > 0 or self.train.cutmix > 0) and self.data.batch_size % 2:
+            raise ValueError(f"train.mixup/cutmix need an even data.batch_size, got {self.data.batch_size}")
         if self.data.format == "list" and self.data.train_list is None:
             raise ValueError("data.format 'list' needs data.train_list (a file of 'path label' lines)")
         return self

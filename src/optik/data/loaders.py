@@ -139,7 +139,7 @@ def drop_bad(splits: Splits, mode: str, skip_bad: bool) -> list[str]:
     if bad and not skip_bad:
         listed = "; ".join(f"{path}: {reason}" for path, reason in list(bad.items())[:5])
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-        raise DataError(f"{len(bad)} unreadable image(s): {listed}{more}. Remove them, run `optik data check`, or set data.skip_bad: true")
+        raise DataError(f"{len(bad)} unreadable image(s): {listed}{more}. Remove or replace them, or set data.skip_bad: true to leave them out")
     for name in ("train", "val", "test"):
         setattr(splits, name, [s for s in splits.get(name) if s[0] not in bad])
     return sorted(bad)

@@ -43,12 +43,16 @@ def test_samples(package_config: dict, classes: list[str], data: str | Path | No
         splits = read_splits(data_cfg)
         return splits.get(split), splits.origin[split]
     data = Path(data)
-    if data.is_file():
-        samples, _ = read_list(data, data.parent, classes)
+    if data.is_file():  # paths relative to the run's data.root, as in training, else to the list's folder
+        root = package_config.get("data", {}).get("root")
+        base = Path(root) if root and Path(root).is_dir() else data.parent
+        samples, _ = read_list(data, base, classes)
         return samples, str(data)
     if not data.is_dir():
         raise DataError(f"data not found: {data} (give a folder of class sub-folders or a list file)")
     folder = data / split if has_split_folders(data) else data
+    if split == "test" and not folder.is_dir() and (data / "val").is_dir():
+        folder = data / "val"  # as in training: without a test split, val serves as test
     if not folder.is_dir():
         raise DataError(f"{data} has no {split}/ folder; choose --split among {[p.name for p in data.iterdir() if p.is_dir()]}")
     images = class_folders(folder)

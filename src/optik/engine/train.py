@@ -20,7 +20,7 @@ from optik.data.transforms import Preprocess
 from optik.engine.callbacks import AtomicCheckpointIO, EpochCheckpoint, EpochLog, EpochReseed, RunCSVLogger
 from optik.errors import ConfigError
 from optik.files import write_atomic
-from optik.models.classify import build_classifier
+from optik.models.classify import build_classifier, is_plugin
 from optik.models.package import load_package, save_package
 from optik.models.weights import load_weights
 from optik.tasks.classify import ClassifyModule
@@ -47,6 +47,14 @@ def resolve_resume(resume: str | Path | None, work_dir: Path) -> Path | None:
     if not path.is_file():
         raise ConfigError(f"cannot resume: checkpoint not found: {path}")
     return path
+
+
+def absolute_plugin(model_cfg):
+    """Plug-in paths made absolute, so model.pt finds its factory from any working directory."""
+    if not is_plugin(model_cfg.name):
+        return model_cfg
+    file_part, _, factory = model_cfg.name.rpartition(":")
+    return model_cfg.model_copy(update={"name": f"{Path(file_part).expanduser().resolve()}:{factory}"})
 
 
 def checkpoint_epoch(path: Path) -> int:
@@ -122,7 +130,7 @@ def train(cfg: ClassifyConfig, work_dir: str | Path | None = None, resume: str |
     """
     quiet_lightning()
     work_dir = Path(work_dir or cfg.work_dir or default_work_dir(cfg))
-    cfg = cfg.model_copy(update={"work_dir": work_dir})
+    cfg = cfg.model_copy(update={"work_dir": work_dir, "model": absolute_plugin(cfg.model)})
     ckpt = resolve_resume(resume, work_dir)
     L.seed_everything(cfg.train.seed, verbose=False)
 
@@ -139,7 +147,9 @@ def train(cfg: ClassifyConfig, work_dir: str | Path | None = None, resume: str |
     if trainer.global_rank == 0:
         write_atomic(work_dir / "config.yaml", dump_config(cfg))
     workers = cfg.data.num_workers
-    train_loader = make_loader(data.datasets["train"], cfg.data.batch_size, workers, shuffle_seed=cfg.train.seed, drop_last=module.mixup is not None)
+    # a last batch of one image breaks batch norm, and mixup needs full batches: drop the remainder
+    train_set = data.datasets["train"]
+    train_loader = make_loader(train_set, cfg.data.batch_size, workers, shuffle_seed=cfg.train.seed, drop_last=len(train_set) > cfg.data.batch_size)
     val_loader = make_loader(data.datasets["val"], cfg.data.batch_size, workers) if cfg.train.validation else None
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt)
     return finish(trainer, cfg, work_dir)

@@ -1,0 +1,152 @@
+"""The `optik` command as a user meets it: bad input gets exit code 2 and one clear line, never a traceback."""
+
+import json
+
+import pytest
+
+from conftest import make_colour_set, run_optik, tiny_overrides
+
+
+def assert_user_error(proc, *needles):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def train_args(root, *extra):
+    args = ["train", "resnet18_small"]
+    for item in [*tiny_overrides(root, epochs=1), *extra]:
+        args += ["--set", item]
+    return args
+
+
+def test_unknown_config_key_suggests(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  root: x\n  batch_sise: 4\n")
+    assert_user_error(run_optik("train", config), "data.batch_sise", "did you mean 'batch_size'")
+
+
+def test_wrong_value_type(tmp_path):
+    assert_user_error(run_optik("train", "resnet18_small", "--set", "train.epochs=ten", "--set", f"data.root={tmp_path}"), "train.epochs", "'ten'")
+
+
+def test_missing_data_folder(tmp_path):
+    assert_user_error(run_optik(*train_args(tmp_path / "missing"), "--work-dir", tmp_path / "w"), "data folder not found", "missing")
+
+
+def test_empty_class_folder(colour_set, tmp_path):
+    (colour_set / "purple").mkdir()
+    assert_user_error(run_optik(*train_args(colour_set), "--work-dir", tmp_path / "w"), "without images", "purple")
+
+
+def test_named_classes_not_matching_folders(colour_set, tmp_path):
+    proc = run_optik(*train_args(colour_set), "--work-dir", tmp_path / "w", env={"MMCLS_CLASSES": "red,green,yellow"})
+    assert_user_error(proc, "MMCLS_CLASSES", "yellow", "blue")
+
+
+def test_corrupt_image(colour_set, tmp_path):
+    good = (colour_set / "red" / "red_0.png").read_bytes()
+    (colour_set / "red" / "cut.png").write_bytes(good[: len(good) // 2])
+    assert_user_error(run_optik(*train_args(colour_set), "--work-dir", tmp_path / "w"), "cut.png", "truncated or corrupt")
+
+
+def test_non_image_with_image_extension(colour_set, tmp_path):
+    (colour_set / "blue" / "readme.jpg").write_text("this is a text file, not a picture")
+    assert_user_error(run_optik(*train_args(colour_set), "--work-dir", tmp_path / "w"), "readme.jpg", "not an image")
+
+
+def test_bad_override_and_resume_without_checkpoint(tmp_path):
+    assert_user_error(run_optik("config", "show", "resnet18_small", "--set", "train.epochs"), "key=value")
+    assert_user_error(run_optik("train", "resnet18_small", "--set", f"data.root={tmp_path}", "--work-dir", tmp_path / "w", "--resume"), "checkpoint not found")
+
+
+def test_config_list_export_show(tmp_path):
+    listed = run_optik("config", "list")
+    assert listed.returncode == 0 and "resnet50_224" in listed.stdout
+    out = tmp_path / "mine.yaml"
+    assert run_optik("config", "export", "vit_small_224", out).returncode == 0
+    shown = run_optik("config", "show", out, "--set", "train.epochs=3")
+    assert "epochs: 3" in shown.stdout and "vit_small_patch16_224" in shown.stdout
+    assert_user_error(run_optik("config", "export", "vit_smal"), "did you mean 'vit_small_224'")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["resnet18_small", "resnet50_224", "efficientnet_b0_224", "vit_small_224"])
+def test_every_exported_preset_trains_with_only_data_root(tmp_path, preset):
+    root = make_colour_set(tmp_path / "data", per_class=4)
+    config = tmp_path / f"{preset}.yaml"
+    assert run_optik("config", "export", preset, config).returncode == 0
+    proc = run_optik("train", config, "--work-dir", tmp_path / "run", "--set", f"data.root={root}", "--set", "train.epochs=1",
+                     "--set", "data.image_size=32", "--set", "data.batch_size=4", "--set", "data.num_workers=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+
+PLUGIN = '''
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.head = nn.Linear(256, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def build(num_classes=10):
+    """A factory that loads its own pretrained backbone from a local file."""
+    model = TinyNet(num_classes)
+    state = torch.load(__file__.replace("my_model.py", "backbone.pth"), weights_only=True)
+    model.features.load_state_dict(state)
+    return model
+'''
+
+
+def test_plugin_model_fine_tunes_tests_and_predicts(colour_set, tmp_path):
+    import importlib.util
+
+    import torch
+
+    plugin = tmp_path / "my_model.py"
+    plugin.write_text(PLUGIN)
+    spec = importlib.util.spec_from_file_location("my_model_for_test", plugin)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(1)
+    torch.save(module.TinyNet(10).features.state_dict(), tmp_path / "backbone.pth")
+
+    work = tmp_path / "run"
+    proc = run_optik(*train_args(colour_set, f"model.name={plugin}:build", "train.epochs=4", "train.lr=0.01"), "--work-dir", work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tested = run_optik("test", work / "model.pt", colour_set, "--out", tmp_path / "r.json")
+    assert tested.returncode == 0, tested.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"]["accuracy_top1"] > 0.6  # 3 classes: chance 0.33
+    predicted = run_optik("predict", work / "model.pt", colour_set / "red", "--top-k", "1")
+    assert predicted.returncode == 0
+    rows = [json.loads(line) for line in predicted.stdout.splitlines()]
+    assert len(rows) == 12 and sum(next(iter(r["prediction"])) == "red" for r in rows) >= 8
+
+
+def test_predict_reports_bad_images_and_keeps_going(colour_set, tmp_path):
+    from optik.config import load_config
+    from optik.engine.train import train
+
+    result = train(load_config(None, tiny_overrides(colour_set, epochs=1)), work_dir=tmp_path / "run")
+    images = tmp_path / "in"
+    images.mkdir()
+    (images / "good.PNG").write_bytes((colour_set / "red" / "red_0.png").read_bytes())
+    (images / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    proc = run_optik("predict", result.package, images, "--out-dir", out, "--top-k", "9")
+    assert proc.returncode == 2 and "empty.jpg" in proc.stderr and "Traceback" not in proc.stderr
+    scores = json.loads((out / "good.json").read_text())  # --top-k 9 is clamped to the 3 classes, highest first
+    assert sorted(scores) == ["blue", "green", "red"] and list(scores.values()) == sorted(scores.values(), reverse=True)
+    assert sum(scores.values()) == pytest.approx(1.0, abs=1e-5)
+    assert json.loads((out / "empty.error.json").read_text())["error"] == "empty file (0 bytes)"
