@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -21,19 +23,39 @@ from optik.errors import DataError, ImageDecodeError
 TORCHVISION_SETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
 
-class ImageDataset(Dataset):
-    """(image path, label) samples decoded through `open_image` and transformed."""
+def seed_sample(seed: int, epoch: int, index: int) -> None:
+    """Seed the RNGs an augmentation uses from (seed, epoch, sample index).
 
-    def __init__(self, samples: list[Sample], transform):
+    Each sample's augmentation then depends on nothing else (not on worker count, batch order or
+    what ran before), so a resumed run redoes an interrupted epoch exactly.
+    """
+    value = hash((seed, epoch, index)) & 0xFFFFFFFF
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+class ImageDataset(Dataset):
+    """(image path, label) samples decoded through `open_image` and transformed.
+
+    With `seed` set (training), augmentation is seeded per sample and epoch (see `seed_sample`).
+    """
+
+    def __init__(self, samples: list[Sample], transform, seed: int | None = None):
         self.samples = samples
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int | tuple[int, int]):
+        index, epoch = index if isinstance(index, tuple) else (index, 0)
         path, label = self.samples[index]
-        return self.transform(open_image(path)), label
+        image = open_image(path)
+        if self.seed is not None:
+            seed_sample(self.seed, epoch, index)
+        return self.transform(image), label
 
     @property
     def labels(self) -> list[int]:
@@ -43,15 +65,19 @@ class ImageDataset(Dataset):
 class TorchvisionImages(Dataset):
     """A torchvision dataset (CIFAR, MNIST, ...) as RGB images through our transforms."""
 
-    def __init__(self, dataset, transform):
+    def __init__(self, dataset, transform, seed: int | None = None):
         self.dataset = dataset
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int | tuple[int, int]):
+        index, epoch = index if isinstance(index, tuple) else (index, 0)
         image, label = self.dataset[index]
+        if self.seed is not None:
+            seed_sample(self.seed, epoch, index)
         return self.transform(image.convert("RGB")), int(label)
 
     @property
@@ -59,21 +85,33 @@ class TorchvisionImages(Dataset):
         return [int(t) for t in self.dataset.targets]
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order."""
+class EpochShuffleSampler(Sampler[tuple[int, int]]):
+    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order.
 
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, seed, 0
+    It yields (index, epoch) pairs: the dataset seeds each sample's augmentation from them,
+    whatever process or moment the sample is loaded in. The epoch is the one last given to
+    `set_epoch`; an iteration started before any `set_epoch` call (Lightning builds the first
+    iterator early, also when resuming) counts on from `start_epoch`.
+    """
+
+    def __init__(self, size: int, seed: int, start_epoch: int = 0):
+        self.size, self.seed = size, seed
+        self.epoch = start_epoch
+        self._given: int | None = None  # set_epoch value not yet used by an iteration
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._given = epoch
 
     def __len__(self) -> int:
         return self.size
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        if self._given is not None:
+            self.epoch, self._given = self._given, None
+        epoch = self.epoch
+        self.epoch += 1  # what the next iteration uses unless set_epoch says otherwise
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return iter([(index, epoch) for index in torch.randperm(self.size, generator=generator).tolist()])
 
 
 @dataclass
@@ -145,22 +183,22 @@ def drop_bad(splits: Splits, mode: str, skip_bad: bool) -> list[str]:
     return sorted(bad)
 
 
-def build_classify_data(data) -> ClassifyData:
+def build_classify_data(data, seed: int | None = None) -> ClassifyData:
     """Datasets for train/val/test with their transforms; images checked before training starts."""
     evaluation = eval_transform(Preprocess.from_data_config(data))
     if data.format in TORCHVISION_SETS:
-        return _torchvision_data(data, evaluation)
+        return _torchvision_data(data, evaluation, seed)
     splits = read_splits(data)
     skipped = drop_bad(splits, data.verify, data.skip_bad)
     if not splits.train:
         raise DataError("no training images left after leaving out unreadable ones")
-    datasets = {"train": ImageDataset(splits.train, train_transform(data))}
+    datasets = {"train": ImageDataset(splits.train, train_transform(data), seed)}
     for name in ("val", "test"):
         datasets[name] = ImageDataset(splits.get(name), evaluation)
     return ClassifyData(splits.classes, datasets, splits.origin, skipped)
 
 
-def _torchvision_data(data, evaluation) -> ClassifyData:
+def _torchvision_data(data, evaluation, seed: int | None) -> ClassifyData:
     import torchvision.datasets as tvd
 
     if data.root is None:
@@ -175,14 +213,14 @@ def _torchvision_data(data, evaluation) -> ClassifyData:
     classes = match_classes(named, origin, list(train.classes), f"the {data.format} classes") if named else list(train.classes)
     if named and classes != list(train.classes):
         raise DataError(f"{origin} must list the {data.format} classes in their standard order: {list(train.classes)}")
-    datasets = {"train": TorchvisionImages(train, train_transform(data)), "val": TorchvisionImages(test, evaluation), "test": TorchvisionImages(test, evaluation)}
+    datasets = {"train": TorchvisionImages(train, train_transform(data), seed), "val": TorchvisionImages(test, evaluation), "test": TorchvisionImages(test, evaluation)}
     where = str(Path(data.root))
     return ClassifyData(classes, datasets, {"train": where, "val": f"{where} (test set)", "test": f"{where} (test set)"}, [])
 
 
-def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle_seed: int | None = None, drop_last: bool = False) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle_seed: int | None = None, drop_last: bool = False, start_epoch: int = 0) -> DataLoader:
     """A DataLoader; with `shuffle_seed` the order is reshuffled per epoch from (seed, epoch)."""
-    sampler = EpochShuffleSampler(len(dataset), shuffle_seed) if shuffle_seed is not None else None
+    sampler = EpochShuffleSampler(len(dataset), shuffle_seed, start_epoch) if shuffle_seed is not None else None
     return DataLoader(
         dataset,
         batch_size=batch_size,

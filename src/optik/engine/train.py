@@ -79,7 +79,7 @@ def build_callbacks(cfg: ClassifyConfig, ckpt_dir: Path) -> list[L.Callback]:
         EpochLog(t.epochs),
         LearningRateMonitor(logging_interval="epoch"),
         # last.ckpt after every epoch: what --resume continues from
-        ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_epochs=1, save_on_train_epoch_end=True),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False),
         # epoch-N.ckpt every checkpoint_every epochs, the newest keep_checkpoints kept
         EpochCheckpoint(dirpath=ckpt_dir, filename="epoch-{epoch}", auto_insert_metric_name=False, monitor="epoch", mode="max",
                         every_n_epochs=t.checkpoint_every, save_top_k=t.keep_checkpoints, save_on_train_epoch_end=True),
@@ -134,7 +134,7 @@ def train(cfg: ClassifyConfig, work_dir: str | Path | None = None, resume: str |
     ckpt = resolve_resume(resume, work_dir)
     L.seed_everything(cfg.train.seed, verbose=False)
 
-    data = build_classify_data(cfg.data)
+    data = build_classify_data(cfg.data, seed=cfg.train.seed)
     log_data_summary(data)
     model = build_classifier(cfg.model, len(data.classes), cfg.data.image_size)
     if cfg.model.weights is not None and ckpt is None:
@@ -143,13 +143,15 @@ def train(cfg: ClassifyConfig, work_dir: str | Path | None = None, resume: str |
     preprocess = Preprocess.from_data_config(cfg.data).to_dict()
     module = ClassifyModule(model, config_to_dict(cfg), data.classes, preprocess)
 
-    trainer = build_trainer(cfg, work_dir, callbacks, resumed_epoch=checkpoint_epoch(ckpt) if ckpt else 0)
+    start_epoch = checkpoint_epoch(ckpt) if ckpt else 0
+    trainer = build_trainer(cfg, work_dir, callbacks, resumed_epoch=start_epoch)
     if trainer.global_rank == 0:
         write_atomic(work_dir / "config.yaml", dump_config(cfg))
     workers = cfg.data.num_workers
     # a last batch of one image breaks batch norm, and mixup needs full batches: drop the remainder
     train_set = data.datasets["train"]
-    train_loader = make_loader(train_set, cfg.data.batch_size, workers, shuffle_seed=cfg.train.seed, drop_last=len(train_set) > cfg.data.batch_size)
+    train_loader = make_loader(train_set, cfg.data.batch_size, workers, shuffle_seed=cfg.train.seed,
+                               drop_last=len(train_set) > cfg.data.batch_size, start_epoch=start_epoch)
     val_loader = make_loader(data.datasets["val"], cfg.data.batch_size, workers) if cfg.train.validation else None
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt)
     return finish(trainer, cfg, work_dir)
