@@ -6,8 +6,10 @@ import csv
 import io
 import os
 import random
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -25,19 +27,40 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temp file and renamed, so a kill mid-save never corrupts last.ckpt."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        write_atomic(path, lambda fh: torch.save(checkpoint, fh))
+        write_atomic(path, lambda fh: torch.save(checkpoint, fh), durable=False)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
-class EpochCheckpoint(ModelCheckpoint):
-    """`epoch-N.ckpt` with N counted from 1, as people count epochs (Lightning counts from 0)."""
+class LastCheckpoint(ModelCheckpoint):
+    """`last.ckpt` after every epoch (what --resume continues from), plus `epoch-N.ckpt` every
+    `every` epochs (N counted from 1), the newest `keep` of them kept (-1: all).
 
-    def format_checkpoint_name(self, metrics, *args, **kwargs):
-        if "epoch" in metrics:
-            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
-        return super().format_checkpoint_name(metrics, *args, **kwargs)
+    An epoch file is a hard link to that epoch's last.ckpt: no second write. last.ckpt is replaced
+    by rename, so the linked epoch file keeps its content.
+    """
+
+    def __init__(self, dirpath: Path, every: int, keep: int):
+        super().__init__(dirpath=dirpath, filename="last", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
+        self.every, self.keep = every, keep
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        super().on_train_epoch_end(trainer, pl_module)
+        epoch = trainer.current_epoch + 1
+        if trainer.global_rank != 0 or epoch % self.every or self.keep == 0:
+            return
+        folder = Path(self.dirpath)
+        target = folder / f"epoch-{epoch}.ckpt"
+        target.unlink(missing_ok=True)
+        try:
+            os.link(folder / "last.ckpt", target)
+        except OSError:  # filesystems without hard links
+            shutil.copyfile(folder / "last.ckpt", target)
+        if self.keep > 0:
+            saved = sorted(folder.glob("epoch-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
+            for old in saved[: -self.keep]:
+                old.unlink(missing_ok=True)
 
 
 class EpochReseed(L.Callback):

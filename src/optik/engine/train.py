@@ -17,7 +17,7 @@ from optik.config.load import config_to_dict, dump_config
 from optik.config.schema import ClassifyConfig
 from optik.data.loaders import build_classify_data, make_loader
 from optik.data.transforms import Preprocess
-from optik.engine.callbacks import AtomicCheckpointIO, EpochCheckpoint, EpochLog, EpochReseed, RunCSVLogger
+from optik.engine.callbacks import AtomicCheckpointIO, EpochLog, EpochReseed, LastCheckpoint, RunCSVLogger
 from optik.errors import ConfigError
 from optik.files import write_atomic
 from optik.models.classify import build_classifier, is_plugin
@@ -78,11 +78,7 @@ def build_callbacks(cfg: ClassifyConfig, ckpt_dir: Path) -> list[L.Callback]:
         EpochReseed(t.seed),
         EpochLog(t.epochs),
         LearningRateMonitor(logging_interval="epoch"),
-        # last.ckpt after every epoch: what --resume continues from
-        ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False),
-        # epoch-N.ckpt every checkpoint_every epochs, the newest keep_checkpoints kept
-        EpochCheckpoint(dirpath=ckpt_dir, filename="epoch-{epoch}", auto_insert_metric_name=False, monitor="epoch", mode="max",
-                        every_n_epochs=t.checkpoint_every, save_top_k=t.keep_checkpoints, save_on_train_epoch_end=True),
+        LastCheckpoint(ckpt_dir, every=t.checkpoint_every, keep=t.keep_checkpoints),
     ]
     if t.validation:
         mode = "min" if t.monitor.endswith("loss") else "max"
