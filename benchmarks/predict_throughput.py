@@ -91,7 +91,7 @@ def compare(name: str, model: torch.nn.Module, preprocess: Preprocess, images: t
             return model(x).softmax(-1)
 
     variants = {}
-    for label, mode, precision in (("optik default (fp32, compiled)", "compiled", "32"), ("optik fused (fp32, no set-up)", "fused", "32"), ("optik --precision bf16", "compiled", "bf16")):
+    for label, mode, precision in (("optik compiled (auto for 1000+)", "compiled", "32"), ("optik fused (auto for <1000)", "fused", "32"), ("optik compiled --precision bf16", "compiled", "bf16")):
         started = time.perf_counter()
         predictor = Predictor(model, classes, preprocess, device="cpu", precision=precision, batch_size=batch, mode=mode)
         predictor.predict_tensors(images[:batch])  # first call: verification and compile

@@ -148,10 +148,12 @@ def model_options(func):
 @model_options
 def test_command(model, data, split, out, out_items, plots, device, precision, batch_size, mode):
     """Evaluate MODEL (model.pt or checkpoint) on DATA (class folders or list file; default: the run's own split)."""
-    from optik.engine.evaluate import evaluate, plot_confusion, write_results
+    from optik.engine.evaluate import check_results_path, evaluate, plot_confusion, write_results
 
     if out_items == "pred" and out is None:
         fail("--out-items pred needs --out FILE to write the predictions to")
+    if out is not None:
+        check_results_path(out)
     result = evaluate(model, data, split=split, batch_size=batch_size, device=device, precision=precision, mode=mode)
     print_metrics(result)
     if out is not None:
@@ -171,6 +173,18 @@ def print_metrics(result) -> None:
         click.echo(f"{name:{width}s}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:5.4f}  {row['support']:7d}")
     for key in [k for k in m if k.startswith("accuracy_")] + ["mean_class_accuracy", "precision_macro", "recall_macro", "f1_macro"]:
         click.echo(f"{key}: {m[key]:.4f}")
+    print_confusion(result.classes, m["confusion_matrix"])
+
+
+def print_confusion(classes: list[str], matrix: list[list[int]], limit: int = 30) -> None:
+    """Rows: true class, columns: predicted class (skipped for more than `limit` classes; see --plots)."""
+    if len(classes) > limit:
+        return
+    width = max(4, *(len(c) for c in classes), *(len(str(v)) for row in matrix for v in row))
+    click.echo("confusion matrix (rows: true, columns: predicted)")
+    click.echo(" " * width + " " + " ".join(f"{c:>{width}s}" for c in classes))
+    for name, row in zip(classes, matrix):
+        click.echo(f"{name:>{width}s} " + " ".join(f"{v:>{width}d}" for v in row))
 
 
 @main.command()

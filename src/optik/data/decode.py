@@ -10,8 +10,9 @@ from PIL import Image, UnidentifiedImageError
 
 from optik.errors import ImageDecodeError
 
-# Above this many pixels an image is refused: a 30000x30000 "image" would take gigabytes to decode.
-MAX_PIXELS = 16384 * 16384
+# Above this many pixels an image is refused (PIL's own decompression-bomb limit, ~179 MP): a
+# 30000x30000 "image" would take gigabytes to decode.
+MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
@@ -43,7 +44,7 @@ def open_image(source: str | Path | bytes, name: str | None = None, draft_size: 
             raise ImageDecodeError(label, "empty file (0 bytes)")
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply MAX_PIXELS ourselves
                 image = Image.open(fp)
                 width, height = image.size
                 if width * height > MAX_PIXELS:

@@ -58,7 +58,8 @@ class LastCheckpoint(ModelCheckpoint):
         except OSError:  # filesystems without hard links
             shutil.copyfile(folder / "last.ckpt", target)
         if self.keep > 0:
-            saved = sorted(folder.glob("epoch-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
+            numbered = {int(p.stem.split("-")[1]): p for p in folder.glob("epoch-*.ckpt") if p.stem.split("-")[1].isdigit()}
+            saved = [numbered[n] for n in sorted(numbered) if n <= epoch]  # files of a longer earlier run stay
             for old in saved[: -self.keep]:
                 old.unlink(missing_ok=True)
 
@@ -111,9 +112,10 @@ class KeepHistoryWriter(ExperimentWriter):
             reader = csv.DictReader(fh)
             kept = [row for row in reader if row.get("epoch") and int(float(row["epoch"])) < self.keep_before_epoch]
             keys = list(reader.fieldnames or [])
-        self.metrics_keys = keys if kept else []
-        write_atomic(self.metrics_file_path, _csv_text(keys, kept) if kept else b"")
-        if not kept:
+        if kept:
+            self.metrics_keys = keys
+            write_atomic(self.metrics_file_path, _csv_text(keys, kept))
+        else:
             os.remove(self.metrics_file_path)
 
 

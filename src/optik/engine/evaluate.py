@@ -39,6 +39,8 @@ def test_samples(package_config: dict, classes: list[str], data: str | Path | No
     """
     if data is None:
         cfg = parse_config(package_config)
+        if cfg.data.format not in ("folder", "list"):
+            raise DataError(f"this run trained on {cfg.data.format}; give DATA (a folder of class sub-folders or a list file) to evaluate on")
         data_cfg = cfg.data.model_copy(update={"classes": classes})
         splits = read_splits(data_cfg)
         return splits.get(split), splits.origin[split]
@@ -97,12 +99,12 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[
     precision = np.divide(true_pos, predicted, out=np.zeros(n), where=predicted > 0)
     recall = np.divide(true_pos, support, out=np.zeros(n), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=(precision + recall) > 0)
-    present = support > 0
+    present = (support > 0) | (predicted > 0)  # as scikit-learn: labels seen in truth or predictions
     k = min(5, n)
     return {
         "accuracy_top1": float(multiclass_accuracy(scores, target, n, top_k=1, average="micro")),
         f"accuracy_top{k}": float(multiclass_accuracy(scores, target, n, top_k=k, average="micro")),
-        "mean_class_accuracy": float(recall[present].mean()),
+        "mean_class_accuracy": float(recall[support > 0].mean()),
         "precision_macro": float(precision[present].mean()),
         "recall_macro": float(recall[present].mean()),
         "f1_macro": float(f1[present].mean()),
@@ -112,6 +114,14 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[
         },
         "confusion_matrix": confusion.tolist(),
     }
+
+
+RESULT_SUFFIXES = (".json", ".yaml", ".yml", ".pkl")
+
+
+def check_results_path(path: str | Path) -> None:
+    if Path(path).suffix.lower() not in RESULT_SUFFIXES:
+        raise ConfigError(f"--out {path}: use a .json, .yaml or .pkl file name")
 
 
 def write_results(result: EvalResult, path: str | Path, include_items: bool = False) -> Path:

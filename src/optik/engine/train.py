@@ -18,7 +18,7 @@ from optik.config.schema import ClassifyConfig
 from optik.data.loaders import build_classify_data, make_loader
 from optik.data.transforms import Preprocess
 from optik.engine.callbacks import AtomicCheckpointIO, EpochLog, EpochReseed, LastCheckpoint, RunCSVLogger
-from optik.errors import ConfigError
+from optik.errors import ConfigError, DataError
 from optik.files import write_atomic
 from optik.models.classify import build_classifier, is_plugin
 from optik.models.package import load_package, save_package
@@ -35,7 +35,7 @@ class TrainResult:
 
 
 def default_work_dir(cfg: ClassifyConfig) -> Path:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.model.name.split(":")[0]).stem if ".py:" in cfg.model.name else cfg.model.name)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.model.name.rpartition(":")[0]).stem if is_plugin(cfg.model.name) else cfg.model.name)
     return Path("work_dirs") / f"{cfg.task}-{name}"
 
 
@@ -74,16 +74,13 @@ def quiet_lightning() -> None:
 
 def build_callbacks(cfg: ClassifyConfig, ckpt_dir: Path) -> list[L.Callback]:
     t = cfg.train
-    callbacks: list[L.Callback] = [
-        EpochReseed(t.seed),
-        EpochLog(t.epochs),
-        LearningRateMonitor(logging_interval="epoch"),
-        LastCheckpoint(ckpt_dir, every=t.checkpoint_every, keep=t.keep_checkpoints),
-    ]
+    callbacks: list[L.Callback] = [EpochReseed(t.seed), EpochLog(t.epochs), LearningRateMonitor(logging_interval="epoch")]
     if t.validation:
+        # before LastCheckpoint: both save at epoch end, and last.ckpt must hold the updated best score
         mode = "min" if t.monitor.endswith("loss") else "max"
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=t.monitor, mode=mode, save_top_k=1,
                                          auto_insert_metric_name=False, enable_version_counter=False))
+    callbacks.append(LastCheckpoint(ckpt_dir, every=t.checkpoint_every, keep=t.keep_checkpoints))
     if sys.stderr.isatty():
         callbacks.append(TQDMProgressBar())
     return callbacks
@@ -131,6 +128,8 @@ def train(cfg: ClassifyConfig, work_dir: str | Path | None = None, resume: str |
     L.seed_everything(cfg.train.seed, verbose=False)
 
     data = build_classify_data(cfg.data, seed=cfg.train.seed)
+    if len(data.classes) < 2:
+        raise DataError(f"a classifier needs at least 2 classes, found {len(data.classes)}: {data.classes}")
     log_data_summary(data)
     model = build_classifier(cfg.model, len(data.classes), cfg.data.image_size)
     if cfg.model.weights is not None and ckpt is None:

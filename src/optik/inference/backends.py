@@ -28,8 +28,8 @@ COMPILE_MIN_IMAGES = 1000
 
 
 def mode_for(images: int | None) -> str:
-    """The fastest exact mode for a job of `images` images (None: a long-running service)."""
-    return "compiled" if images is None or images >= COMPILE_MIN_IMAGES else "fused"
+    """The fastest exact mode for a job of `images` images (None: unknown, no set-up cost wanted)."""
+    return "compiled" if images is not None and images >= COMPILE_MIN_IMAGES else "fused"
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from torch import nn
 from optik.data.decode import open_image
 from optik.data.transforms import Preprocess, eval_transform
 from optik.errors import ConfigError, ImageDecodeError
-from optik.inference.backends import PRECISIONS, TorchBackend, mode_for
+from optik.inference.backends import TorchBackend, mode_for
 from optik.models.package import ModelPackage, build_model, load_package
 
 ImageSource = Union[str, Path, bytes, Image.Image]
@@ -86,8 +86,6 @@ class Predictor:
     """
 
     def __init__(self, model: nn.Module, classes: list[str], preprocess: Preprocess, device: str = "auto", precision: str = "32", batch_size: int = 32, mode: str = "auto", expected_images: int | None = None, decode_workers: int = 2):
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         self.classes = classes
@@ -104,8 +102,9 @@ class Predictor:
         return cls.from_package(load_package(path), device=device, precision=precision, batch_size=batch_size, mode=mode, expected_images=expected_images)
 
     @classmethod
-    def from_package(cls, package: ModelPackage, **options) -> "Predictor":
-        return cls(build_model(package), package.classes, Preprocess.from_dict(package.preprocess), **options)
+    def from_package(cls, package: ModelPackage, device: str = "auto", precision: str = "32", batch_size: int = 32, mode: str = "auto", expected_images: int | None = None) -> "Predictor":
+        preprocess = Preprocess.from_dict(package.preprocess)
+        return cls(build_model(package), package.classes, preprocess, device=device, precision=precision, batch_size=batch_size, mode=mode, expected_images=expected_images)
 
     @property
     def device(self) -> torch.device:

@@ -37,6 +37,7 @@ class ClassifyModule(L.LightningModule):
             self.train_loss = nn.CrossEntropyLoss(label_smoothing=self.train_cfg.label_smoothing)
         self.eval_loss = nn.CrossEntropyLoss()
         self.ema = build_ema(model, self.train_cfg.ema_decay) if self.train_cfg.ema else None
+        self._ema_step = 0
         self.val_acc1 = MulticlassAccuracy(n, top_k=1, average="micro")
         self.val_acc5 = MulticlassAccuracy(n, top_k=min(5, n), average="micro")
         self.val_mean_class_acc = MulticlassAccuracy(n, top_k=1, average="macro")
@@ -57,7 +58,9 @@ class ClassifyModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.ema is not None:
+        # once per optimizer step (not per accumulated micro-batch), so ema_decay keeps its meaning
+        if self.ema is not None and self.global_step != self._ema_step:
+            self._ema_step = self.global_step
             self.ema.update(self.model, step=self.global_step)
 
     def validation_step(self, batch, batch_idx):
@@ -115,4 +118,6 @@ def build_mixup(cfg: TrainConfig, num_classes: int):
 def build_ema(model: nn.Module, decay: float) -> nn.Module:
     from timm.utils import ModelEmaV3
 
-    return ModelEmaV3(model, decay=decay)
+    ema = ModelEmaV3(model, decay=decay)
+    ema.requires_grad_(False)  # never trained by the optimizer; DDP must not wait for its gradients
+    return ema
