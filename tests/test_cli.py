@@ -150,3 +150,14 @@ def test_predict_reports_bad_images_and_keeps_going(colour_set, tmp_path):
     assert sorted(scores) == ["blue", "green", "red"] and list(scores.values()) == sorted(scores.values(), reverse=True)
     assert sum(scores.values()) == pytest.approx(1.0, abs=1e-5)
     assert json.loads((out / "empty.error.json").read_text())["error"] == "empty file (0 bytes)"
+
+
+def test_option_errors_and_non_model_files_are_one_line(tmp_path):
+    assert_user_error(run_optik("test", tmp_path / "nope.pt"), "does not exist", "optik test --help")
+    (tmp_path / "zero.pt").write_bytes(b"")
+    assert_user_error(run_optik("predict", tmp_path / "zero.pt", tmp_path), "empty (0 bytes)")
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    assert_user_error(run_optik("predict", tmp_path / "labels.txt", tmp_path), "not a PyTorch weights file")
+    out = tmp_path / "mine.yaml"
+    assert run_optik("config", "export", "resnet18_small", out).returncode == 0
+    assert_user_error(run_optik("config", "export", "resnet18_small", out), "--force")

@@ -16,11 +16,33 @@ PRESET_HELP = "a config file, or a preset name (`optik config list`)"
 class OptikGroup(click.Group):
     """Turns user errors (OptikError, also when raised in a DataLoader worker) into one line and exit code 2."""
 
+    def main(self, *args, **kwargs):
+        kwargs.setdefault("prog_name", "optik")  # also under `python -m optik`
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:  # bad option or argument: one line, and where to look
+            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            fail(f"{exc.format_message()}{hint}")
+        except click.ClickException as exc:
+            fail(exc.format_message())
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except OptikError as exc:
             fail(str(exc))
+        except OSError as exc:  # a file or folder the user named cannot be written or read
+            if exc.filename is None:
+                raise
+            fail(f"{exc.strerror or exc}: {exc.filename}")
+        except Exception as exc:
+            if type(exc).__name__ == "MisconfigurationException":  # Lightning's word on devices, strategy, precision
+                fail(" ".join(str(exc).split()))
+            raise
         except RuntimeError as exc:  # a worker process re-raises our errors as RuntimeError text
             last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
             if last.startswith("optik.errors."):
@@ -63,7 +85,8 @@ def config_list():
 @click.argument("name")
 @click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a key (repeatable)")
-def config_export(name, file, overrides):
+@click.option("--force", is_flag=True, help="overwrite FILE if it exists")
+def config_export(name, file, overrides, force):
     """Write preset NAME, fully resolved, to FILE (or print it) for editing."""
     from optik.config.load import dump_config, load_config, preset_summary, preset_text
     from optik.files import write_atomic
@@ -74,6 +97,8 @@ def config_export(name, file, overrides):
     text = header + dump_config(cfg)
     if file is None:
         click.echo(text, nl=False)
+    elif file.exists() and not force:
+        fail(f"{file} exists; pass --force to overwrite it")
     else:
         write_atomic(file, text)
         click.echo(f"wrote {file}")

@@ -34,3 +34,9 @@ def test_list_config_with_val_split(tmp_path):
     cfg = load_config(None, ["data.format=list", f"data.root={tmp_path}", "data.train_list=all.txt", "data.val_split=0.25"])
     splits = read_splits(cfg.data)
     assert len(splits.train) == 9 and len(splits.val) == 3 and splits.classes == ["blue", "green", "red"]
+
+
+def test_mixed_index_and_name_labels_are_refused(colour_set):
+    (colour_set / "mixed.txt").write_text("red/red_0.png 0\ngreen/green_0.png green\n")
+    with pytest.raises(DataError, match="mix class indices and class names"):
+        read_list(colour_set / "mixed.txt", colour_set, None)

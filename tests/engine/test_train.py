@@ -63,3 +63,17 @@ def test_validate_and_checkpoint_intervals(colour_set, tmp_path):
     assert names == ["best.ckpt", "epoch-2.ckpt", "epoch-4.ckpt", "last.ckpt"]
     rows = [r for r in csv.DictReader(open(tmp_path / "run" / "logs" / "metrics.csv")) if r.get("val/acc1")]
     assert sorted({int(r["epoch"]) for r in rows}) == [1, 3]
+
+
+def test_resume_refuses_other_classes_finished_runs_and_non_checkpoints(colour_set, tmp_path):
+    from optik.errors import ConfigError
+
+    cfg = load_config(None, tiny_overrides(colour_set, epochs=1))
+    first = train(cfg, work_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="already trained 1 epochs"):
+        train(cfg, work_dir=tmp_path / "run", resume="last")
+    reordered = load_config(None, [*tiny_overrides(colour_set, epochs=2), "data.classes=[red, green, blue]"])
+    with pytest.raises(ConfigError, match="trained on classes"):
+        train(reordered, work_dir=tmp_path / "run", resume="last")
+    with pytest.raises(ConfigError, match="not a training checkpoint"):
+        train(cfg, work_dir=tmp_path / "other", resume=first.package)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -116,19 +117,25 @@ def describe_validation_error(exc: ValidationError, schema: type[BaseModel]) -> 
             valid = _fields_at(schema, loc[:-1])
             hint = _suggest(loc[-1], valid)
             lines.append(f"unknown key {key!r}{hint}" + (f"; valid keys here: {', '.join(valid)}" if not hint else ""))
+        elif key == "config" or not loc:
+            lines.append(err["msg"].removeprefix("Value error, "))
         else:
             got = err.get("input")
-            shown = "" if isinstance(got, (dict, BaseModel)) else f" (got {got!r})"
-            lines.append(f"{_strip_union_suffix(key)}: {err['msg']}{shown}")
-    return "; ".join(dict.fromkeys(lines))
+            message = err["msg"].removeprefix("Value error, ")
+            shown = "" if isinstance(got, (dict, BaseModel)) or "got" in message else f" (got {got!r})"
+            if err["type"] == "missing" and loc and loc[-1].isdigit():  # a tuple given too few values
+                key, message, shown = ".".join(loc[:-1]), f"expected {int(loc[-1]) + 1} values", ""
+            lines.append(f"{_strip_union_suffix(key)}: {message}{shown}")
+    merged: dict[str, list[str]] = {}
+    for line in lines:  # one entry per key: union types report one failure per branch
+        key, sep, rest = line.partition(": ")
+        merged.setdefault(key if sep else line, []).append(rest if sep else "")
+    return "; ".join(f"{key}: {' or '.join(dict.fromkeys(parts))}" if parts[0] else key for key, parts in merged.items())
 
 
 def _strip_union_suffix(key: str) -> str:
-    # pydantic appends the union branch ("train.devices.int") to the location; users know only the key
-    for suffix in (".int", ".str", ".list[int]", ".float", ".bool"):
-        if key.endswith(suffix):
-            return key[: -len(suffix)]
-    return key
+    # pydantic appends the union branch ("train.devices.int", "data.classes.list[str]"); users know only the key
+    return re.sub(r"\.(int|str|float|bool|list\[\w+\])$", "", key)
 
 
 def _fields_at(schema: type[BaseModel], path: list[str]) -> list[str]:

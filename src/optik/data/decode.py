@@ -69,3 +69,23 @@ def _is_empty(fp) -> bool:
     start = fp.read(1)
     fp.seek(0)
     return not start
+
+
+def check_header(path: str | Path) -> None:
+    """Open only the header of an image file: fast, catches non-images, empty and oversized files."""
+    with open(path, "rb") as fp:
+        if _is_empty(fp):
+            raise ImageDecodeError(str(path), "empty file (0 bytes)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(fp) as image:
+                    width, height = image.size
+        except UnidentifiedImageError:
+            raise ImageDecodeError(str(path), "not an image (unknown or unsupported format)") from None
+        except Image.DecompressionBombError:
+            raise ImageDecodeError(str(path), "image too large (decompression bomb check)") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageDecodeError(str(path), f"truncated or corrupt ({exc})") from None
+    if width * height > MAX_PIXELS:
+        raise ImageDecodeError(str(path), f"image too large ({width}x{height} pixels, limit {MAX_PIXELS})")

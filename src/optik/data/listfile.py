@@ -27,7 +27,11 @@ def read_list(list_file: str | Path, root: str | Path | None, classes: list[str]
     if not rows:
         raise DataError(f"list file {list_file} has no 'path label' lines")
     labels = [label for _, _, label in rows]
-    numeric = all(label.lstrip("-").isdigit() for label in labels)
+    digits = [label.lstrip("-").isdigit() for label in labels]
+    numeric = all(digits)
+    if any(digits) and not numeric and classes is None:
+        first = next(number for (number, _, label) in rows if label.lstrip("-").isdigit())
+        raise DataError(f"{list_file}:{first}: labels mix class indices and class names; use one kind throughout")
     if classes is None:
         if numeric:
             count = max(int(label) for label in labels) + 1

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from optik.data.classes import configured_classes, match_classes
-from optik.data.decode import open_image
+from optik.data.decode import check_header, open_image
 from optik.data.folder import Sample, Splits, folder_splits, stratified_split
 from optik.data.listfile import read_list
 from optik.data.transforms import Preprocess, eval_transform, train_transform
@@ -153,15 +152,11 @@ def check_images(paths: list[str], mode: str = "full", workers: int | None = Non
 
     def problem(path: str) -> str | None:
         try:
-            if mode == "full":
-                open_image(path)
-            else:
-                with Image.open(path) as image:
-                    image.size  # noqa: B018 - reading the header is the check
+            open_image(path) if mode == "full" else check_header(path)
         except ImageDecodeError as exc:
             return exc.reason
-        except Exception as exc:  # header mode: PIL's own errors
-            return f"not a readable image ({exc})"
+        except OSError as exc:
+            return exc.strerror or str(exc)
         return None
 
     workers = workers or min(8, (os.cpu_count() or 1) * 2)

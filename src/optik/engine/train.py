@@ -57,11 +57,27 @@ def absolute_plugin(model_cfg):
     return model_cfg.model_copy(update={"name": f"{Path(file_part).expanduser().resolve()}:{factory}"})
 
 
-def checkpoint_epoch(path: Path) -> int:
-    """The number of epochs a checkpoint has completed (read without loading its tensors)."""
+def inspect_checkpoint(path: Path) -> tuple[int, list[str]]:
+    """Epochs completed and class names of an optik training checkpoint (tensors not loaded)."""
     import torch
 
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch", -1)) + 1
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        content = None
+    hparams = content.get("hyper_parameters", {}) if isinstance(content, dict) else {}
+    if "pytorch-lightning_version" not in (content or {}) or "classes" not in hparams:
+        raise ConfigError(f"cannot resume from {path}: not a training checkpoint of an optik run (use checkpoints/last.ckpt; for model.pt use model.weights)")
+    return int(content.get("epoch", -1)) + 1, list(hparams["classes"])
+
+
+def check_resume(path: Path, epochs_done: int, classes: list[str], cfg: ClassifyConfig, data_classes: list[str]) -> None:
+    if classes != data_classes:
+        raise ConfigError(f"cannot resume from {path}: it was trained on classes {classes}, the data now has {data_classes}; "
+                          "fix data.root/data.classes, or start a new run with model.weights to fine-tune")
+    if epochs_done >= cfg.train.epochs:
+        raise ConfigError(f"{path} has already trained {epochs_done} epochs (train.epochs is {cfg.train.epochs}); "
+                          f"to train longer, resume with --set train.epochs={epochs_done + 10} (for example)")
 
 
 def quiet_lightning() -> None:
@@ -125,11 +141,14 @@ def train(cfg: ClassifyConfig, work_dir: str | Path | None = None, resume: str |
     work_dir = Path(work_dir or cfg.work_dir or default_work_dir(cfg))
     cfg = cfg.model_copy(update={"work_dir": work_dir, "model": absolute_plugin(cfg.model)})
     ckpt = resolve_resume(resume, work_dir)
+    epochs_done, ckpt_classes = inspect_checkpoint(ckpt) if ckpt else (0, [])
     L.seed_everything(cfg.train.seed, verbose=False)
 
     data = build_classify_data(cfg.data, seed=cfg.train.seed)
     if len(data.classes) < 2:
         raise DataError(f"a classifier needs at least 2 classes, found {len(data.classes)}: {data.classes}")
+    if ckpt is not None:
+        check_resume(ckpt, epochs_done, ckpt_classes, cfg, data.classes)
     log_data_summary(data)
     model = build_classifier(cfg.model, len(data.classes), cfg.data.image_size)
     if cfg.model.weights is not None and ckpt is None:
@@ -138,15 +157,14 @@ def train(cfg: ClassifyConfig, work_dir: str | Path | None = None, resume: str |
     preprocess = Preprocess.from_data_config(cfg.data).to_dict()
     module = ClassifyModule(model, config_to_dict(cfg), data.classes, preprocess)
 
-    start_epoch = checkpoint_epoch(ckpt) if ckpt else 0
-    trainer = build_trainer(cfg, work_dir, callbacks, resumed_epoch=start_epoch)
+    trainer = build_trainer(cfg, work_dir, callbacks, resumed_epoch=epochs_done)
     if trainer.global_rank == 0:
         write_atomic(work_dir / "config.yaml", dump_config(cfg))
     workers = cfg.data.num_workers
     # a last batch of one image breaks batch norm, and mixup needs full batches: drop the remainder
     train_set = data.datasets["train"]
     train_loader = make_loader(train_set, cfg.data.batch_size, workers, shuffle_seed=cfg.train.seed,
-                               drop_last=len(train_set) > cfg.data.batch_size, start_epoch=start_epoch)
+                               drop_last=len(train_set) > cfg.data.batch_size, start_epoch=epochs_done)
     val_loader = make_loader(data.datasets["val"], cfg.data.batch_size, workers) if cfg.train.validation else None
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt)
     return finish(trainer, cfg, work_dir)

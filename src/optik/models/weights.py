@@ -24,10 +24,14 @@ def read_checkpoint(path: str | Path) -> dict:
         from safetensors.torch import load_file
 
         return load_file(str(path))
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path} is empty (0 bytes), not a weights file")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelError(f"cannot load {path} as weights ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        unsafe = "Weights only load failed" in str(exc)
+        reason = "it holds Python objects that are not safe to load (only tensors and plain values are)" if unsafe else "it is not a PyTorch weights file"
+        raise ModelError(f"cannot load {path}: {reason}; give a model.pt, a .ckpt, a state_dict .pth or a .safetensors file") from None
     if not isinstance(content, dict):
         raise ModelError(f"{path} holds a {type(content).__name__}, not a state_dict or checkpoint")
     return content
