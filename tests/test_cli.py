@@ -154,6 +154,11 @@ def test_predict_reports_bad_images_and_keeps_going(colour_set, tmp_path):
 
 def test_option_errors_and_non_model_files_are_one_line(tmp_path):
     assert_user_error(run_optik("test", tmp_path / "nope.pt"), "does not exist", "optik test --help")
+    assert_user_error(run_optik("predict", __file__, tmp_path), "no image files found", ".png")
+    from conftest import colour_image
+    import numpy as np
+
+    colour_image((1, 2, 3), 8, np.random.default_rng(0)).save(tmp_path / "x.png")
     (tmp_path / "zero.pt").write_bytes(b"")
     assert_user_error(run_optik("predict", tmp_path / "zero.pt", tmp_path), "empty (0 bytes)")
     (tmp_path / "labels.txt").write_text("a\nb\n")

@@ -220,6 +220,7 @@ def print_confusion(classes: list[str], matrix: list[list[int]], limit: int = 30
 @model_options
 def predict(model, images, out_dir, top_k, device, precision, batch_size, mode):
     """Classify IMAGES (files or folders) with MODEL; one JSON per image."""
+    from optik.data.decode import IMAGE_EXTENSIONS
     from optik.data.folder import find_images
     from optik.inference.predictor import Predictor
     from optik.outputs.classification import classification_json, write_classification, write_error
@@ -230,7 +231,7 @@ def predict(model, images, out_dir, top_k, device, precision, batch_size, mode):
             fail(f"image or folder not found: {item}")
         files += find_images(item) if item.is_dir() else [item]
     if not files:
-        fail("no image files found in " + ", ".join(map(str, images)))
+        fail("no image files found in " + ", ".join(map(str, images)) + f" (looked for {' '.join(sorted(IMAGE_EXTENSIONS))}, any case)")
     stems = {}
     for path in files:
         stems.setdefault(path.stem, []).append(path)
