@@ -34,6 +34,14 @@ def seed_sample(seed: int, epoch: int, index: int) -> None:
     torch.default_generator.manual_seed(value)  # CPU only: torch.manual_seed also visits every device (100x slower)
 
 
+def seeded_index(key: int | tuple[int, int], seed: int | None) -> int:
+    """The sample index of a sampler key (`index` or `(index, epoch)`), seeding its augmentation."""
+    index, epoch = key if isinstance(key, tuple) else (key, 0)
+    if seed is not None:
+        seed_sample(seed, epoch, index)
+    return index
+
+
 class ImageDataset(Dataset):
     """(image path, label) samples decoded through `open_image` and transformed.
 
@@ -48,13 +56,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int | tuple[int, int]):
-        index, epoch = index if isinstance(index, tuple) else (index, 0)
+    def __getitem__(self, key: int | tuple[int, int]):
+        index = seeded_index(key, self.seed)
         path, label = self.samples[index]
-        image = open_image(path)
-        if self.seed is not None:
-            seed_sample(self.seed, epoch, index)
-        return self.transform(image), label
+        return self.transform(open_image(path)), label
 
     @property
     def labels(self) -> list[int]:
@@ -72,11 +77,9 @@ class TorchvisionImages(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int | tuple[int, int]):
-        index, epoch = index if isinstance(index, tuple) else (index, 0)
+    def __getitem__(self, key: int | tuple[int, int]):
+        index = seeded_index(key, self.seed)
         image, label = self.dataset[index]
-        if self.seed is not None:
-            seed_sample(self.seed, epoch, index)
         return self.transform(image.convert("RGB")), int(label)
 
     @property
