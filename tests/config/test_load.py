@@ -75,3 +75,13 @@ def test_presets_cover_the_promised_families():
     models = {load_config(name).model.name for name in preset_names()}
     assert {"resnet18", "resnet50", "efficientnet_b0", "vit_small_patch16_224"} <= models
     assert any(load_config(name).data.image_size <= 64 for name in preset_names())
+
+
+def test_example_configs_validate():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        cfg = load_config(path)
+        assert cfg.data.root is not None and cfg.task == "classify"
