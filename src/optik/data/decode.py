@@ -23,6 +23,15 @@ def is_image_file(path: str | Path) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def describe_source(source) -> str:
+    """How errors and results name an image: its path, or its size for bytes and pictures."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>"
+    return "<image>"
+
+
 def open_image(source: str | Path | bytes, name: str | None = None, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Open and fully decode an image as RGB.
 
@@ -34,7 +43,7 @@ def open_image(source: str | Path | bytes, name: str | None = None, draft_size: 
     Raises:
         ImageDecodeError: empty, not an image, truncated or corrupt, or too large.
     """
-    label = name or (f"<{len(source)} bytes>" if isinstance(source, bytes) else str(source))
+    label = name or describe_source(source)
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
     except OSError as exc:

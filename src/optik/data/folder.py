@@ -106,15 +106,18 @@ def folder_splits(root: str | Path, named: list[str] | None, origin: str, val_sp
     splits = Splits(classes=classes)
     splits.train = samples_from(per_split["train"], classes)
     splits.origin["train"] = str(root / "train") if "val" in per_split or len(per_split) > 1 else str(root)
-    if "val" in per_split:
-        splits.val = samples_from(per_split["val"], classes)
-        splits.origin["val"] = str(root / "val")
-    else:
+    for name in ("val", "test"):
+        if name in per_split:
+            setattr(splits, name, samples_from(per_split[name], classes))
+            splits.origin[name] = str(root / name)
+    return complete_splits(splits, val_split, seed)
+
+
+def complete_splits(splits: Splits, val_split: float, seed: int) -> Splits:
+    """Without a val split, hold out a seeded stratified share of train; without a test split, use val."""
+    if "val" not in splits.origin:
         splits.train, splits.val = stratified_split(splits.train, val_split, seed)
         splits.origin["val"] = f"{val_split:.0%} of {splits.origin['train']} (seed {seed})"
-    if "test" in per_split:
-        splits.test = samples_from(per_split["test"], classes)
-        splits.origin["test"] = str(root / "test")
-    else:
+    if "test" not in splits.origin:
         splits.test, splits.origin["test"] = splits.val, splits.origin["val"]
     return splits

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from optik.data.classes import configured_classes, match_classes
 from optik.data.decode import check_header, open_image
-from optik.data.folder import Sample, Splits, folder_splits, stratified_split
+from optik.data.folder import Sample, Splits, complete_splits, folder_splits
 from optik.data.listfile import read_list
 from optik.data.transforms import Preprocess, eval_transform, train_transform
 from optik.errors import DataError, ImageDecodeError
@@ -134,20 +134,12 @@ def read_splits(data) -> Splits:
             raise DataError("data.root is not set: give the dataset folder (e.g. --set data.root=path/to/images)")
         return folder_splits(data.root, named, origin, data.val_split, data.split_seed)
     train, classes = read_list(data.train_list, data.root, named)
-    splits = Splits(classes=classes, origin={"train": str(data.train_list)})
-    if data.val_list is not None:
-        splits.train = train
-        splits.val, _ = read_list(data.val_list, data.root, classes)
-        splits.origin["val"] = str(data.val_list)
-    else:
-        splits.train, splits.val = stratified_split(train, data.val_split, data.split_seed)
-        splits.origin["val"] = f"{data.val_split:.0%} of {data.train_list} (seed {data.split_seed})"
-    if data.test_list is not None:
-        splits.test, _ = read_list(data.test_list, data.root, classes)
-        splits.origin["test"] = str(data.test_list)
-    else:
-        splits.test, splits.origin["test"] = splits.val, splits.origin["val"]
-    return splits
+    splits = Splits(classes=classes, train=train, origin={"train": str(data.train_list)})
+    for name, list_file in (("val", data.val_list), ("test", data.test_list)):
+        if list_file is not None:
+            setattr(splits, name, read_list(list_file, data.root, classes)[0])
+            splits.origin[name] = str(list_file)
+    return complete_splits(splits, data.val_split, data.split_seed)
 
 
 def check_images(paths: list[str], mode: str = "full", workers: int | None = None) -> dict[str, str]:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from optik.data.decode import open_image
+from optik.data.decode import describe_source, open_image
 from optik.data.transforms import Preprocess, eval_transform
 from optik.errors import ConfigError, ImageDecodeError
 from optik.inference.backends import TorchBackend, mode_for
@@ -139,7 +139,7 @@ class Predictor:
 
     def _load_one(self, item: tuple[ImageSource, str | None]) -> tuple[str, torch.Tensor | str]:
         source, name = item
-        label = name or _describe(source)
+        label = name or describe_source(source)
         try:
             return label, self.load(source, name=label)
         except ImageDecodeError as exc:
@@ -157,10 +157,3 @@ class Predictor:
                 results.append(ImageFailure(label, tensor))
         return results
 
-
-def _describe(source: ImageSource) -> str:
-    if isinstance(source, (str, Path)):
-        return str(source)
-    if isinstance(source, bytes):
-        return f"<{len(source)} bytes>"
-    return "<image>"
