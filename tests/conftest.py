@@ -69,3 +69,27 @@ def run_optik(*args: str, cwd: Path | None = None, env: dict | None = None, time
 @pytest.fixture
 def optik():
     return run_optik
+
+
+@pytest.fixture(scope="session")
+def colour_model(tmp_path_factory) -> Path:
+    """A small resnet trained on the three colour classes (32 px), as a model package: a real model to serve."""
+    from optik.config.load import load_config
+    from optik.engine.train import train
+
+    root = tmp_path_factory.mktemp("colour_model")
+    data = make_colour_set(root / "data", per_class=16)
+    cfg = load_config("resnet18_small", tiny_overrides(data, epochs=4) + ["data.classes=[red,green,blue]"])
+    return train(cfg, work_dir=root / "run").work_dir / "model.pt"
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a free port, for this test only."""
+    from service_helpers import RedisServer
+
+    folder = tmp_path / "redis-data"
+    folder.mkdir()
+    server = RedisServer(folder).start()
+    yield server
+    server.stop()

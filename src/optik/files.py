@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, IO
@@ -42,3 +44,24 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def move_atomic(source: str | Path, target: str | Path) -> Path:
+    """Move a file so that `target` appears whole or not at all, also across filesystems.
+
+    Within one filesystem this is a rename. Across filesystems the file is copied to a temporary
+    name next to `target`, synced and renamed, and only then is `source` removed: a crash leaves
+    the source in place (and at worst a stray temp file), never a partial target.
+    """
+    source, target = Path(source), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        with open(source, "rb") as fh:
+            write_atomic(target, lambda out: shutil.copyfileobj(fh, out, 1 << 20))
+        shutil.copystat(source, target)
+        source.unlink()
+    return target

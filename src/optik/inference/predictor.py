@@ -110,6 +110,15 @@ class Predictor:
     def device(self) -> torch.device:
         return self.backend.device
 
+    def warmup(self) -> None:
+        """Run one batch of noise, so that compiling and checking the fast path happen before real work.
+
+        Services call this before they take their first request.
+        """
+        generator = torch.Generator().manual_seed(0)
+        size = self.preprocess.image_size
+        self.predict_tensors(torch.randn(self.batch_size, 3, size, size, generator=generator))
+
     def load(self, source: ImageSource, name: str | None = None) -> torch.Tensor:
         """Decode (through `open_image`) and preprocess one image to a (3, H, W) tensor."""
         image = source.convert("RGB") if isinstance(source, Image.Image) else open_image(source, name=name)
