@@ -14,6 +14,9 @@ from optik.errors import ImageDecodeError
 # 30000x30000 "image" would take gigabytes to decode.
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 
+# The last chunk of every PNG; pixel data can be complete without it, but a file without it was cut.
+PNG_END = b"IEND\xaeB`\x82"
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 
@@ -61,6 +64,8 @@ def open_image(source: str | Path | bytes, name: str | None = None, draft_size: 
                 if draft_size is not None and image.format == "JPEG":
                     image.draft("RGB", draft_size)
                 image.load()
+                if image.format == "PNG" and not _has_png_end(fp):
+                    raise ImageDecodeError(label, "truncated or corrupt (the PNG ends before its IEND chunk)")
         except ImageDecodeError:
             raise
         except UnidentifiedImageError:
@@ -72,6 +77,13 @@ def open_image(source: str | Path | bytes, name: str | None = None, draft_size: 
     if image.mode != "RGB":
         image = image.convert("RGBA").convert("RGB") if "transparency" in image.info else image.convert("RGB")
     return image
+
+
+def _has_png_end(fp) -> bool:
+    """Whether the IEND chunk is in the last KiB (some tools append a little data after it)."""
+    fp.seek(0, io.SEEK_END)
+    fp.seek(max(0, fp.tell() - 1024))
+    return PNG_END in fp.read()
 
 
 def _is_empty(fp) -> bool:

@@ -19,14 +19,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from optik.data.decode import is_image_file
+from optik.data.decode import PNG_END, is_image_file
 from optik.errors import ConfigError
 from optik.files import move_atomic, write_atomic
 from optik.outputs.classification import error_record
 from optik.services.loop import Rate, Stop, log
 
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
-PNG_END = b"IEND\xaeB`\x82"
 
 
 def has_end_marker(path: Path) -> bool | None:

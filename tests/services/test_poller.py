@@ -1,0 +1,241 @@
+"""`optik serve poll`: every image gets exactly one output or error record, whatever happens to the process."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import signal
+import struct
+import threading
+import time
+import zlib
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import COLOURS, colour_image, run_optik
+from service_helpers import Service
+
+CLASSES = ["red", "green", "blue"]
+
+
+def drop_images(folder: Path, count: int, ext: str = ".jpg", seed: int = 0, size: int = 40) -> dict[str, str]:
+    """`count` colour images named `<n>_<colour><ext>`; name -> true colour."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, truth = np.random.default_rng(seed), {}
+    for i in range(count):
+        colour = list(COLOURS)[i % 3]
+        name = f"{i:04d}_{colour}{ext}"
+        colour_image(COLOURS[colour], size, rng).save(folder / name)
+        truth[name] = colour
+    return truth
+
+
+def png_with_size(width: int, height: int) -> bytes:
+    """A valid PNG whose header declares width x height (the pixel data is tiny)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 4)) + chunk(b"IEND", b"")
+
+
+def broken_images(folder: Path) -> list[str]:
+    """15 broken files, three of each kind a user drops by mistake."""
+    good = io.BytesIO()
+    colour_image(COLOURS["red"], 64, np.random.default_rng(1)).save(good, format="JPEG")
+    png = io.BytesIO()
+    colour_image(COLOURS["blue"], 64, np.random.default_rng(2)).save(png, format="PNG")
+    kinds = {
+        "truncated.jpg": good.getvalue()[: len(good.getvalue()) // 2],
+        "zero.jpg": b"",
+        "text.jpg": b"this is a text file, not a photo\n",
+        "cut.png": png.getvalue()[: png.getvalue().rindex(b"IEND") - 4],
+        "huge.png": png_with_size(30000, 30000),
+    }
+    names = []
+    for i in range(3):
+        for kind, data in kinds.items():
+            names.append(f"broken{i}_{kind}")
+            (folder / names[-1]).write_bytes(data)
+    return names
+
+
+def outputs(folder: Path) -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in folder.glob("*.json")}
+
+
+def serve_poll(model: Path, in_dir: Path, out_dir: Path, *args: str, timeout: float = 300):
+    return run_optik("serve", "poll", model, "--in", in_dir, "--out", out_dir, "--optimize", "fused", "--batch-size", "16", *args, timeout=timeout)
+
+
+def test_300_images_15_broken_one_output_each(colour_model, tmp_path):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    truth = drop_images(in_dir, 285)
+    broken = broken_images(in_dir)
+    done = serve_poll(colour_model, in_dir, out_dir, "--settle", "0.2")
+    assert done.returncode == 0, done.stderr
+    assert list(in_dir.iterdir()) == []  # every input moved on
+    results = outputs(out_dir)
+    for name in truth:  # one prediction, over all classes, and the image next to it
+        assert set(results[f"{Path(name).stem}.json"]) == set(CLASSES)
+        assert (out_dir / name).is_file()
+    correct = sum(max(results[f"{Path(n).stem}.json"].items(), key=lambda kv: kv[1])[0] == c for n, c in truth.items())
+    assert correct / len(truth) > 0.9
+    for name in broken:  # an error record each, and the file in failed/
+        record = results[f"{Path(name).stem}.error.json"]
+        assert record["file"] == name and record["error"] and datetime.fromisoformat(record["time"])
+        assert (out_dir / "failed" / name).is_file()
+    assert len(results) == 300 and len(list((out_dir / "failed").iterdir())) == 15
+    reason = {kind: results[f"broken0_{kind}.error.json"]["error"] for kind in ("truncated", "zero", "text", "cut", "huge")}
+    assert reason["zero"] == "empty file (0 bytes)" and reason["text"].startswith("not an image")
+    assert reason["truncated"].startswith("truncated") and reason["cut"].startswith("truncated") and reason["huge"].startswith("image too large")
+
+
+@pytest.mark.slow
+def test_sigkill_at_five_random_moments_loses_and_doubles_nothing(colour_model, tmp_path):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    truth = drop_images(in_dir, 200, size=96)
+    rng, seen = random.Random(7), {}
+    for _ in range(5):
+        before = len(list(out_dir.glob("*.json"))) if out_dir.exists() else 0
+        service = Service("poll", colour_model, "--in", in_dir, "--out", out_dir, "--optimize", "fused", "--batch-size", "4", "--continuous")
+        target = before + rng.randint(1, 30)
+        deadline = time.monotonic() + 120
+        while len(list(out_dir.glob("*.json"))) < target and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(rng.random() * 0.05)  # somewhere inside a batch: writing outputs, moving inputs
+        service.kill()
+        for path in out_dir.glob("*.json"):  # an output, once written, never changes
+            text = path.read_text()
+            assert seen.setdefault(path.name, text) == text
+    final = serve_poll(colour_model, in_dir, out_dir)
+    assert final.returncode == 0, final.stderr
+    results = outputs(out_dir)
+    assert sorted(results) == sorted(f"{Path(n).stem}.json" for n in truth)  # 200, none missing, no errors
+    assert all(seen.get(name, text) == text for name, text in ((p.name, p.read_text()) for p in out_dir.glob("*.json")))
+    assert list(in_dir.iterdir()) == [] and sorted(p.name for p in out_dir.glob("*.jpg")) == sorted(truth)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp"])
+def test_a_file_written_slowly_is_read_only_when_complete(colour_model, tmp_path, ext):
+    """Written in 8 chunks over 2 seconds while the service polls every 0.05 s: one good prediction."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    buffer = io.BytesIO()
+    colour_image(COLOURS["green"], 64, np.random.default_rng(3)).save(buffer, format={".jpg": "JPEG", ".png": "PNG", ".bmp": "BMP"}[ext])
+    data = buffer.getvalue()
+    service = Service("poll", colour_model, "--in", in_dir, "--out", out_dir, "--optimize", "fused", "--continuous", "--poll-wait", "0.05", "--settle", "1.0")
+    service.wait_for("ready")
+    with open(in_dir / f"slow{ext}", "wb") as fh:
+        for part in np.array_split(np.frombuffer(data, np.uint8), 8):
+            fh.write(part.tobytes())
+            fh.flush()
+            time.sleep(0.25)
+    deadline = time.monotonic() + 30
+    while not (out_dir / "slow.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert service.stop() == 0
+    assert set(json.loads((out_dir / "slow.json").read_text())) == set(CLASSES), service.log
+    assert not (out_dir / "slow.error.json").exists() and (out_dir / f"slow{ext}").read_bytes() == data
+
+
+def look_times(log: str) -> list[float]:
+    stamps = re.findall(r"^(\S+ \S+) DEBUG no files in", log, flags=re.M)
+    return [datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f").timestamp() for s in stamps]
+
+
+def test_continuous_waits_poll_wait_between_empty_looks(colour_model, tmp_path):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    service = Service("poll", colour_model, "--prediction_in", in_dir, "--prediction_out", out_dir, "--optimize", "fused", "--continuous", "--poll_wait", "0.7", "--verbose")
+    service.wait_for("ready")
+    time.sleep(3)
+    drop_images(in_dir, 2)  # still served while it waits
+    deadline = time.monotonic() + 10
+    while len(list(out_dir.glob("*.json"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert service.stop() == 0  # SIGTERM: a clean exit
+    assert len(outputs(out_dir)) == 2
+    gaps = np.diff(look_times(service.log))
+    assert len(gaps) >= 3 and (gaps >= 0.7 - 0.01).all(), gaps  # honoured: never looks sooner than --poll-wait
+
+
+def test_watch_answers_a_new_file_within_a_second(colour_model, tmp_path):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    service = Service("poll", colour_model, "--in", in_dir, "--out", out_dir, "--optimize", "fused", "--use_watchdog", "--watchdog_check_interval", "60")
+    service.wait_for("ready")
+    time.sleep(0.5)
+    latencies = []
+    for i in range(3):
+        staged = tmp_path / f"w{i}.jpg"
+        colour_image(COLOURS["red"], 40, np.random.default_rng(i)).save(staged)
+        start = time.monotonic()
+        os.replace(staged, in_dir / staged.name)  # the atomic drop
+        while not (out_dir / f"w{i}.json").exists() and time.monotonic() - start < 30:
+            time.sleep(0.005)
+        latencies.append(time.monotonic() - start)
+    assert service.stop() == 0
+    assert sorted(latencies)[1] < 1.0, latencies  # the rescan is 60 s away: only the file event explains this
+
+
+@pytest.mark.parametrize("disposal", ["done", "delete", "tmp"])
+def test_done_delete_and_tmp_options(colour_model, tmp_path, disposal):
+    in_dir, out_dir, other = tmp_path / "in", tmp_path / "out", tmp_path / "other"
+    truth = drop_images(in_dir, 5, ext=".PNG")  # extensions in any case
+    (in_dir / ".hidden.jpg").write_bytes(b"x")
+    (in_dir / "copying.jpg.part").write_bytes(b"x")
+    (in_dir / "notes.txt").write_text("not an image: left alone")
+    args = {"done": ["--done", other], "delete": ["--delete_input"], "tmp": ["--prediction_tmp", other]}[disposal]
+    done = serve_poll(colour_model, in_dir, out_dir, *args)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in in_dir.iterdir()) == [".hidden.jpg", "copying.jpg.part", "notes.txt"]
+    assert sorted(outputs(out_dir)) == sorted(f"{Path(n).stem}.json" for n in truth)
+    moved = sorted(p.name for p in (other if disposal == "done" else out_dir).glob("*.PNG"))
+    assert moved == ([] if disposal == "delete" else sorted(truth))
+    if disposal == "tmp":
+        assert list(other.iterdir()) == []  # staged, then renamed into --out
+
+
+def test_restart_finishes_an_image_whose_output_exists_and_repredicts_a_newer_one(colour_model, tmp_path):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    drop_images(in_dir, 2)
+    out_dir.mkdir()
+    time.sleep(0.05)
+    (out_dir / "0000_red.json").write_text('{"written": "before the crash"}')  # output written, input not moved yet
+    stale = out_dir / "0001_green.json"
+    stale.write_text('{"written": "for an older image of the same name"}')
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    done = serve_poll(colour_model, in_dir, out_dir)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out_dir / "0000_red.json").read_text()) == {"written": "before the crash"}  # not predicted twice
+    assert set(json.loads(stale.read_text())) == set(CLASSES)
+    assert list(in_dir.iterdir()) == []
+
+
+def test_bad_options_exit_2_with_a_clear_message(colour_model, tmp_path):
+    missing = serve_poll(colour_model, tmp_path / "nope", tmp_path / "out")
+    assert missing.returncode == 2 and "input folder not found" in missing.stderr
+    (tmp_path / "in").mkdir()
+    both = serve_poll(colour_model, tmp_path / "in", tmp_path / "out", "--done", tmp_path / "d", "--delete-input")
+    assert both.returncode == 2 and "not both" in both.stderr
+    same = serve_poll(colour_model, tmp_path / "in", tmp_path / "in")
+    assert same.returncode == 2 and "cannot also be" in same.stderr
+
+
+def test_a_second_poller_on_the_same_folder_is_refused(colour_model, tmp_path):
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    service = Service("poll", colour_model, "--in", in_dir, "--out", tmp_path / "out", "--optimize", "fused", "--continuous")
+    service.wait_for("ready")
+    time.sleep(0.5)
+    second = serve_poll(colour_model, in_dir, tmp_path / "out2")
+    assert second.returncode == 2 and "already serving" in second.stderr
+    assert service.stop() == 0
