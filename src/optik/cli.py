@@ -217,13 +217,14 @@ def print_confusion(classes: list[str], matrix: list[list[int]], limit: int = 30
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="write <stem>.json per image here (default: print JSON lines)")
 @click.option("--top-k", "--top_x", "top_k", type=click.IntRange(min=1), help="only the K most likely classes, highest first")
+@click.option("--score", "min_score", type=click.FloatRange(0, 1), help="only classes scoring at least this")
 @model_options
-def predict(model, images, out_dir, top_k, device, precision, batch_size, mode):
+def predict(model, images, out_dir, top_k, min_score, device, precision, batch_size, mode):
     """Classify IMAGES (files or folders) with MODEL; one JSON per image."""
     from optik.data.decode import IMAGE_EXTENSIONS
     from optik.data.folder import find_images
     from optik.inference.predictor import Predictor
-    from optik.outputs.classification import classification_json, write_classification, write_error
+    from optik.outputs.classification import ClassificationFormat, write_error
 
     files = []
     for item in images:
@@ -239,7 +240,7 @@ def predict(model, images, out_dir, top_k, device, precision, batch_size, mode):
     if out_dir is not None and clashes:
         fail(f"two images would write the same output {clashes[0][0].stem}.json: {clashes[0][0]} and {clashes[0][1]}")
     predictor = Predictor.from_checkpoint(model, device=device, precision=precision, batch_size=batch_size, mode=mode, expected_images=len(files))
-    failed = 0
+    output, failed = ClassificationFormat(top_k, min_score), 0
     for path, result in zip(files, predictor.predict_stream(files)):
         if not result.ok:
             failed += 1
@@ -247,9 +248,9 @@ def predict(model, images, out_dir, top_k, device, precision, batch_size, mode):
             if out_dir is not None:
                 write_error(str(path), result.reason, out_dir / f"{path.stem}.error.json")
         elif out_dir is not None:
-            write_classification(result, out_dir / f"{path.stem}.json", top_k)
+            output.write(result, out_dir / f"{path.stem}{output.suffix}")
         else:
-            click.echo(json.dumps({"file": str(path), "prediction": result.to_dict(top_k)}))
+            click.echo(json.dumps({"file": str(path), "prediction": output.payload(result)}))
     if out_dir is not None:
         click.echo(f"wrote {len(files) - failed} prediction(s) to {out_dir}", err=True)
     if failed:
@@ -264,6 +265,7 @@ def service_options(func):
     """Options both services share: the output, logging, and the model options."""
     func = click.option("--quiet", is_flag=True, help="log only warnings and errors")(func)
     func = click.option("--verbose", is_flag=True, help="log every batch and every empty look")(func)
+    func = click.option("--score", "min_score", type=click.FloatRange(0, 1), help="only classes scoring at least this")(func)
     func = click.option("--top-k", "--top_x", "top_k", type=click.IntRange(min=1), help="only the K most likely classes, highest first")(func)
     return model_options(func)
 
@@ -302,20 +304,21 @@ def serve():
 @click.option("--watch-interval", "--watchdog_check_interval", type=click.FloatRange(min=0.01), default=10.0, show_default=True, help="seconds between rescans with --watch")
 @click.option("--settle", type=click.FloatRange(min=0), default=1.0, show_default=True, help="a file without an end marker (JPEG/PNG/GIF have one) is taken once unchanged this long")
 @service_options
-def serve_poll(model, in_dir, out_dir, tmp_dir, done_dir, failed_dir, delete_input, continuous, poll_wait, watch, watch_interval, settle, top_k, verbose, quiet, device, precision, batch_size, mode):
+def serve_poll(model, in_dir, out_dir, tmp_dir, done_dir, failed_dir, delete_input, continuous, poll_wait, watch, watch_interval, settle, top_k, min_score, verbose, quiet, device, precision, batch_size, mode):
     """Predict images dropped into --in: <stem>.json in --out, then move the image on (the old predict_poll).
 
     Without --continuous or --watch it empties the folder once and exits.
     """
     from optik.outputs.classification import ClassificationFormat
     from optik.services.loop import Stop
-    from optik.services.poller import FilePoller, PollOptions
+    from optik.services.poller import FilePoller, PollOptions, folder_lock
 
     options = PollOptions(in_dir, out_dir, tmp_dir, done_dir, failed_dir, delete_input, continuous, watch, poll_wait, watch_interval, settle)
-    predictor = start_predictor(model, device, precision, batch_size, mode, verbose, quiet)
     stop = Stop()
-    with stop.on_signals():
-        FilePoller(predictor, ClassificationFormat(top_k), options, stop).run()
+    with folder_lock(in_dir):  # before the model loads: a second poller is refused at once
+        predictor = start_predictor(model, device, precision, batch_size, mode, verbose, quiet)
+        with stop.on_signals():
+            FilePoller(predictor, ClassificationFormat(top_k, min_score), options, stop).run(locked=True)
 
 
 def redis_options(func):
@@ -356,9 +359,10 @@ def connect_options(host, port, db, username, password, password_env, ssl, ssl_c
 @click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True, help="deliveries before an entry goes to <redis-in>:dead (stream)")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10, show_default=True, help="after the first image, wait this long for more to fill the batch")
 @click.option("--maxlen", type=click.IntRange(min=1), help="trim the output stream to about this many entries (stream)")
+@click.option("--delete-processed", is_flag=True, help="delete input entries once answered, so the input stream does not grow (stream)")
 @service_options
 def serve_redis(model, transport, redis_in, redis_out, redis_host, redis_port, redis_db, redis_username, redis_password, redis_password_env, redis_ssl, redis_ssl_ca,
-                group, consumer, claim_idle_ms, max_attempts, max_wait_ms, maxlen, top_k, verbose, quiet, device, precision, batch_size, mode):
+                group, consumer, claim_idle_ms, max_attempts, max_wait_ms, maxlen, delete_processed, top_k, min_score, verbose, quiet, device, precision, batch_size, mode):
     """Predict images sent through Redis (the old predict_redis; --mode stream to scale out and lose nothing)."""
     from optik.outputs.classification import ClassificationFormat
     from optik.services.loop import Stop
@@ -367,11 +371,11 @@ def serve_redis(model, transport, redis_in, redis_out, redis_host, redis_port, r
     connection = connect_options(redis_host, redis_port, redis_db, redis_username, redis_password, redis_password_env, redis_ssl, redis_ssl_ca)
     check_auth(connection)
     predictor = start_predictor(model, device, precision, batch_size, mode, verbose, quiet)
-    output, stop = ClassificationFormat(top_k), Stop()
+    output, stop = ClassificationFormat(top_k, min_score), Stop()
     if transport == "pubsub":
         service = PubSubService(predictor, output, connection, redis_in, redis_out, max_wait_ms, stop)
     else:
-        streams = StreamOptions(redis_in, redis_out, group, claim_idle_ms=claim_idle_ms, max_attempts=max_attempts, max_wait_ms=max_wait_ms, maxlen=maxlen)
+        streams = StreamOptions(redis_in, redis_out, group, claim_idle_ms=claim_idle_ms, max_attempts=max_attempts, max_wait_ms=max_wait_ms, maxlen=maxlen, delete_processed=delete_processed)
         if consumer:
             streams.consumer = consumer
         service = StreamService(predictor, output, connection, streams, stop)

@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, IO
 
@@ -65,3 +66,19 @@ def move_atomic(source: str | Path, target: str | Path) -> Path:
         shutil.copystat(source, target)
         source.unlink()
     return target
+
+
+def remove_stale_temp_files(folder: str | Path, older_than: float = 600.0) -> int:
+    """Delete `write_atomic` temp files (`.<name>.<random>.tmp`) a killed process left in `folder`.
+
+    Only files untouched for `older_than` seconds go, so a writer at work elsewhere keeps its own.
+    """
+    removed, now = 0, time.time()
+    for path in Path(folder).glob(".*.tmp"):
+        try:
+            if now - path.stat().st_mtime > older_than:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed

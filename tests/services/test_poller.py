@@ -204,20 +204,61 @@ def test_done_delete_and_tmp_options(colour_model, tmp_path, disposal):
         assert list(other.iterdir()) == []  # staged, then renamed into --out
 
 
-def test_restart_finishes_an_image_whose_output_exists_and_repredicts_a_newer_one(colour_model, tmp_path):
+def test_restart_finishes_a_journalled_image_and_repredicts_a_replaced_one(colour_model, tmp_path):
+    """A run stopped after writing outputs but before moving the images: the next run moves them without
+    predicting again; an image replaced under the same name since then is predicted."""
+    from optik.outputs.classification import ClassificationFormat
+    from optik.services.poller import FilePoller, PollOptions, identity
+
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
-    drop_images(in_dir, 2)
-    out_dir.mkdir()
-    time.sleep(0.05)
-    (out_dir / "0000_red.json").write_text('{"written": "before the crash"}')  # output written, input not moved yet
-    stale = out_dir / "0001_green.json"
-    stale.write_text('{"written": "for an older image of the same name"}')
-    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    drop_images(in_dir, 3)
+    journal = FilePoller(None, ClassificationFormat(), PollOptions(in_dir, out_dir)).journal
+    entries = []
+    for name in ("0000_red.jpg", "0001_green.jpg"):
+        entries.append({"name": name, "identity": list(identity((in_dir / name).stat())), "output": name.replace(".jpg", ".json"), "before": 0, "ok": True})
+        (out_dir / name.replace(".jpg", ".json")).write_text('{"written": "before the stop"}')
+    journal.write_text("\n".join(map(json.dumps, entries)))
+    replaced = in_dir / "0001_green.jpg"
+    replaced.write_bytes((in_dir / "0002_blue.jpg").read_bytes())  # a new image under the same name
     done = serve_poll(colour_model, in_dir, out_dir)
     assert done.returncode == 0, done.stderr
-    assert json.loads((out_dir / "0000_red.json").read_text()) == {"written": "before the crash"}  # not predicted twice
-    assert set(json.loads(stale.read_text())) == set(CLASSES)
-    assert list(in_dir.iterdir()) == []
+    assert json.loads((out_dir / "0000_red.json").read_text()) == {"written": "before the stop"}  # not predicted twice
+    assert set(json.loads((out_dir / "0001_green.json").read_text())) == set(CLASSES)
+    assert list(in_dir.iterdir()) == [] and not journal.exists()
+
+
+def test_images_sharing_a_stem_get_separate_outputs(colour_model, tmp_path):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    drop_images(in_dir, 1, ext=".jpg")
+    time.sleep(0.01)
+    (in_dir / "0000_red.png").write_bytes(_png(COLOURS["blue"]))
+    done = serve_poll(colour_model, in_dir, out_dir)
+    assert done.returncode == 0, done.stderr
+    assert sorted(outputs(out_dir)) == ["0000_red.json", "0000_red.png.json"]
+    assert sorted(p.name for p in out_dir.glob("0000_red.*g")) == ["0000_red.jpg", "0000_red.png"]
+
+
+def _png(colour) -> bytes:
+    buffer = io.BytesIO()
+    colour_image(colour, 40, np.random.default_rng(5)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_file_replaced_while_predicted_is_left_for_the_next_pass(colour_model, tmp_path):
+    from optik.inference.predictor import Predictor
+    from optik.outputs.classification import ClassificationFormat
+    from optik.services.poller import FilePoller, PollOptions
+
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    drop_images(in_dir, 2)
+    poller = FilePoller(Predictor.from_checkpoint(colour_model, device="cpu", mode="fused"), ClassificationFormat(), PollOptions(in_dir, out_dir, settle=0))
+    poller.scan()
+    ready, _ = poller.scan()
+    results = poller.predictor.predict([d.path for d in ready])
+    swapped = ready[0].path
+    swapped.write_bytes(swapped.read_bytes())  # rewritten between scan and commit
+    poller.commit(list(zip(ready, results)))
+    assert [p.name for p in in_dir.iterdir()] == [swapped.name] and sorted(outputs(out_dir)) == ["0001_green.json"]
 
 
 def test_bad_options_exit_2_with_a_clear_message(colour_model, tmp_path):

@@ -64,7 +64,7 @@ def open_image(source: str | Path | bytes, name: str | None = None, draft_size: 
                 if draft_size is not None and image.format == "JPEG":
                     image.draft("RGB", draft_size)
                 image.load()
-                if image.format == "PNG" and not _has_png_end(fp):
+                if image.format == "PNG" and not has_png_end(fp):
                     raise ImageDecodeError(label, "truncated or corrupt (the PNG ends before its IEND chunk)")
         except ImageDecodeError:
             raise
@@ -79,10 +79,10 @@ def open_image(source: str | Path | bytes, name: str | None = None, draft_size: 
     return image
 
 
-def _has_png_end(fp) -> bool:
-    """Whether the IEND chunk is in the last KiB (some tools append a little data after it)."""
+def has_png_end(fp) -> bool:
+    """Whether a PNG's IEND chunk is in its last 64 KiB (some tools append data after it)."""
     fp.seek(0, io.SEEK_END)
-    fp.seek(max(0, fp.tell() - 1024))
+    fp.seek(max(0, fp.tell() - 65536))
     return PNG_END in fp.read()
 
 

@@ -94,9 +94,14 @@ def check_outputs(model: nn.Module, num_classes: int, image_size: int, name: str
     """A plug-in must give one logit per class; replace a timm-style head when it does not."""
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        out = model(torch.zeros(1, 3, image_size, image_size))
-    model.train(was_training)
+    probe = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    except Exception as exc:
+        raise ModelError(f"{name} fails on a (1, 3, {image_size}, {image_size}) image batch: {type(exc).__name__}: {exc}") from exc
+    finally:
+        model.train(was_training)
     width = out.shape[-1] if isinstance(out, torch.Tensor) else None
     if width == num_classes:
         return

@@ -10,29 +10,32 @@ from pathlib import Path
 from optik.files import write_atomic
 
 
-def classification_json(result, top_k: int | None = None) -> str:
-    """The JSON text of one image's prediction (scores are softmax probabilities)."""
-    return json.dumps(result.to_dict(top_k))
-
-
 @dataclass(frozen=True)
 class ClassificationFormat:
-    """How `optik predict` and the services render a classification: `<stem>.json` with `{class: score}`."""
+    """How `optik predict` and the services render a classification: `<stem>.json` with `{class: score}`.
+
+    Args:
+        top_k: only the K most likely classes, highest first (clamped to the class count).
+        min_score: only classes scoring at least this (softmax probability).
+    """
 
     top_k: int | None = None
+    min_score: float | None = None
     suffix = ".json"
 
-    def payload(self, result) -> dict:
+    def payload(self, result) -> dict[str, float]:
         """The prediction as a JSON-ready dict (what Redis replies carry)."""
-        return result.to_dict(self.top_k)
+        scores = result.to_dict(self.top_k)
+        if self.min_score is not None:
+            scores = {name: score for name, score in scores.items() if score >= self.min_score}
+        return scores
 
     def text(self, result) -> str:
         """The content of the output file."""
         return json.dumps(self.payload(result))
 
-
-def write_classification(result, path: str | Path, top_k: int | None = None, staging_dir: str | Path | None = None) -> Path:
-    return write_atomic(path, classification_json(result, top_k), staging_dir)
+    def write(self, result, path: str | Path, staging_dir: str | Path | None = None) -> Path:
+        return write_atomic(path, self.text(result), staging_dir)
 
 
 def error_record(source: str, reason: str) -> dict:

@@ -7,7 +7,9 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
+
+from optik.inference.predictor import ImageFailure
 
 log = logging.getLogger("optik.services")
 
@@ -80,3 +82,43 @@ class Rate:
     def summary(self) -> str:
         seconds = time.monotonic() - self.started
         return f"{self.done} predicted, {self.failed} failed in {seconds:.1f} s ({self.done / max(seconds, 1e-9):.1f} images/s)"
+
+
+class ModelFailure(ImageFailure):
+    """The model raised on this image (not the image's fault): a stream entry is retried, then dead-lettered."""
+
+
+def predict_batches(predictor, sources: Sequence, names: Sequence[str]) -> Iterator[list]:
+    """Results of `sources` in batches of the predictor's batch size: the one loop every service runs.
+
+    The next batch decodes while this one runs. When the model raises on a batch, its images are
+    tried one at a time, so one bad input cannot fail its neighbours; an image on which the model
+    still raises gets a `ModelFailure`, and the service goes on.
+    """
+    size, start = predictor.batch_size, 0
+    while start < len(sources):
+        batch: list = []
+        stream = predictor.predict_stream(sources[start:], names[start:])
+        try:
+            for result in stream:
+                batch.append(result)
+                if len(batch) == size or start + len(batch) == len(sources):
+                    yield batch
+                    start, batch = start + len(batch), []
+            return
+        except Exception as exc:  # noqa: BLE001 - a service outlives a failing forward pass
+            log.warning("prediction failed for a batch (%s: %s); trying its images one at a time", type(exc).__name__, exc)
+        finally:
+            stream.close()
+        end = min(start + size, len(sources))
+        batch += [_predict_one(predictor, source, name) for source, name in zip(sources[start + len(batch) : end], names[start + len(batch) : end])]
+        yield batch
+        start = end
+
+
+def _predict_one(predictor, source, name: str):
+    try:
+        return predictor.predict([source], names=[name])[0]
+    except Exception as exc:  # noqa: BLE001
+        log.exception("prediction failed for %s", name)
+        return ModelFailure(name, f"prediction failed ({type(exc).__name__}: {exc})")

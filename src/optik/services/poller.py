@@ -2,60 +2,77 @@
 
 For each complete image file in `in_dir` (oldest first) the poller writes the prediction
 atomically, then moves the image on (to `out_dir`, `done_dir`, or deletes it). An image that
-cannot be decoded gets `<stem>.error.json` and moves to `failed_dir`. Output first, input second:
-a crash between the two leaves the image in place with its output already written, which the next
-run recognises (the output is newer than the image's last change) and finishes without predicting
-again, so every image ends with exactly one output.
+cannot be decoded gets `<stem>.error.json` and moves to `failed_dir`. Output first, input second,
+with a journal of the batch in hand: a crash between the two leaves the image in place with its
+output already written, which the next run recognises from the journal and finishes without
+predicting again, so every image ends with exactly one output, written once.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from optik.data.decode import PNG_END, is_image_file
+from optik.data.decode import has_png_end, is_image_file
 from optik.errors import ConfigError
-from optik.files import move_atomic, write_atomic
-from optik.outputs.classification import error_record
-from optik.services.loop import Rate, Stop, log
+from optik.files import move_atomic, remove_stale_temp_files, write_atomic
+from optik.outputs.classification import write_error
+from optik.services.loop import Rate, Stop, log, predict_batches
 
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 
 
 def has_end_marker(path: Path) -> bool | None:
-    """Whether a JPEG, PNG or GIF file ends with its format's end marker; None for other formats."""
+    """Whether a JPEG or PNG file ends with its format's end marker; None for formats without a reliable one."""
     suffix = path.suffix.lower()
-    if suffix not in JPEG_SUFFIXES | {".png", ".gif"}:
+    if suffix not in JPEG_SUFFIXES | {".png"}:
         return None
     try:
         with open(path, "rb") as fh:
+            if suffix == ".png":
+                return has_png_end(fh)
             fh.seek(0, os.SEEK_END)
             fh.seek(max(0, fh.tell() - 64))
-            tail = fh.read()
+            return fh.read().rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")  # some writers pad after the EOI marker
     except OSError:
         return False
-    if suffix in JPEG_SUFFIXES:
-        return tail.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")  # some writers pad after the EOI marker
-    if suffix == ".png":
-        return tail.endswith(PNG_END)
-    return tail.endswith(b";")
 
 
-def is_complete(path: Path, stat: os.stat_result, settle: float, now: float) -> bool:
-    """A file is complete when its format's end marker is there, or when it has not changed for `settle` s.
+class Completeness:
+    """Decides when a file in the drop folder has been written completely.
 
-    A truncated JPEG or PNG never gets its marker; it is taken once it has been left alone for
-    `settle` seconds, and then fails to decode like any other broken image.
+    JPEG and PNG files are complete once their end marker is there. Other files (and a truncated
+    JPEG or PNG, which never gets its marker) are complete once two looks see the same size and
+    modification time and either the file is `settle` seconds old or this poller has seen it unchanged
+    that long (so files with clocks ahead or behind still settle). Half-copied files are never read.
     """
-    if stat.st_size > 0 and has_end_marker(path):
-        return True
-    return now - stat.st_mtime >= settle
+
+    def __init__(self, settle: float):
+        self.settle = settle
+        self.seen: dict[str, tuple[tuple[int, int], float]] = {}
+
+    def __call__(self, path: Path, stat: os.stat_result) -> bool:
+        if stat.st_size > 0 and has_end_marker(path):
+            return True
+        key, now = (stat.st_size, stat.st_mtime_ns), time.monotonic()
+        previous = self.seen.get(path.name)
+        if previous is None or previous[0] != key:
+            self.seen[path.name] = (key, now)
+            return False
+        return time.time() - stat.st_mtime >= self.settle or now - previous[1] >= self.settle
+
+    def forget(self, names: set[str]) -> None:
+        """Drop what is no longer in the folder."""
+        for name in set(self.seen) - names:
+            del self.seen[name]
 
 
 @dataclass
@@ -91,8 +108,27 @@ class PollOptions:
             raise ConfigError(f"--tmp {self.tmp_dir} must be on the same filesystem as --out {self.out_dir} (outputs are renamed from it)")
 
 
+@dataclass(frozen=True)
+class Drop:
+    """An image file taken from the folder: where it is, its output name, and its identity when seen."""
+
+    path: Path
+    stem: str
+    identity: tuple[int, int, int]  # inode, ctime, size: a file swapped in under the same name differs
+
+
+def identity(stat: os.stat_result) -> tuple[int, int, int]:
+    return stat.st_ino, stat.st_ctime_ns, stat.st_size
+
+
 class FilePoller:
     """Serves a predictor through a folder; see the module docstring for the guarantees.
+
+    Each micro-batch is committed in three steps: a journal in the output folder names its images
+    and the outputs about to be written; the outputs are written atomically; the images are moved
+    on. A run that starts after a crash reads the journal and finishes the images whose output was
+    already written, without predicting them again. Two images in the folder at once with the same
+    stem (a.jpg, a.png) do not share an output: the second writes `a.png.json`.
 
     Args:
         predictor: an `optik.inference.Predictor` (its batch size is the micro-batch size).
@@ -104,11 +140,20 @@ class FilePoller:
         self.predictor, self.output, self.options = predictor, output, options
         self.stop = stop if stop is not None else Stop()
         self.rate = Rate()
+        self.complete = Completeness(options.settle)
+        self.stems: dict[str, str] = {}
+        self.journal = options.out_dir / f".optik-poll-{hashlib.sha1(str(options.in_dir.resolve()).encode()).hexdigest()[:10]}.journal"
         self._wake = threading.Event()
 
-    def run(self) -> Rate:
-        """Serve until the folder is empty (default), or until stopped (`continuous` / `watch`)."""
-        with _folder_lock(self.options.in_dir), self._watching():
+    def run(self, locked: bool = False) -> Rate:
+        """Serve until the folder is empty (default), or until stopped (`continuous` / `watch`).
+
+        `locked`: the caller already holds `folder_lock(in_dir)`.
+        """
+        with nullcontext() if locked else folder_lock(self.options.in_dir), self._watching():
+            for folder in {self.options.out_dir, self.options.tmp_dir or self.options.out_dir}:
+                remove_stale_temp_files(folder)
+            self.recover()
             while not self.stop:
                 ready, waiting = self.scan()
                 if ready:
@@ -118,112 +163,121 @@ class FilePoller:
                 elif not (self.options.continuous or self.options.watch):
                     break
                 elif self.options.watch:
-                    self._wake.wait(self.options.watch_interval)
-                    self._wake.clear()
+                    self._sleep_until_event(self.options.watch_interval)
                 else:
                     log.debug("no files in %s; next look in %.1f s", self.options.in_dir, self.options.poll_wait)
                     self.stop.wait(self.options.poll_wait)
         log.info("file drop: %s", self.rate.summary())
         return self.rate
 
-    def scan(self) -> tuple[list[Path], int]:
-        """Complete image files, oldest first (one per output name), and how many are still being written."""
-        now, found, waiting = time.time(), [], 0
+    def scan(self) -> tuple[list[Drop], int]:
+        """Complete image files, oldest first, and how many are still being written."""
+        present = []
         with os.scandir(self.options.in_dir) as entries:
             for entry in entries:
                 if not is_image_file(entry.name) or entry.name.lower().endswith((".tmp", ".part")):
                     continue
                 try:
-                    if not entry.is_file():
-                        continue
-                    stat = entry.stat()
+                    if entry.is_file():
+                        present.append((entry.stat(), entry.name))
                 except FileNotFoundError:
                     continue
-                if is_complete(Path(entry.path), stat, self.options.settle, now):
-                    found.append((stat.st_mtime_ns, entry.name, Path(entry.path)))
-                else:
-                    waiting += 1
-        ready, stems = [], set()
-        for _, _, path in sorted(found):
-            if path.stem in stems:  # a.jpg and a.png both write a.json: the second waits for the next pass
-                waiting += 1
-                continue
-            stems.add(path.stem)
-            ready.append(path)
-        return ready, waiting
+        present.sort(key=lambda item: (item[0].st_mtime_ns, item[1]))
+        self.complete.forget({name for _, name in present})
+        self._name_outputs([name for _, name in present])
+        ready = [Drop(self.options.in_dir / name, self.stems[name], identity(stat)) for stat, name in present if self.complete(self.options.in_dir / name, stat)]
+        return ready, len(present) - len(ready)
 
-    def process(self, paths: list[Path]) -> None:
-        """Predict `paths` in micro-batches; write each output, then move its input on."""
-        todo = [path for path in paths if not self._finish_earlier_run(path)]
-        size = self.predictor.batch_size
-        for start in range(0, len(todo), size):
+    def _name_outputs(self, names: list[str]) -> None:
+        """Output stem per file, fixed when first seen: its stem, or its whole name if another file in the
+        folder has that stem already (a.jpg and a.png at once: a.json and a.png.json)."""
+        here = set(names)
+        self.stems = {name: stem for name, stem in self.stems.items() if name in here}
+        taken = set(self.stems.values())
+        for name in names:
+            if name not in self.stems:
+                stem = Path(name).stem
+                self.stems[name] = name if stem in taken else stem
+                taken.add(self.stems[name])
+
+    def process(self, drops: list[Drop]) -> None:
+        """Predict in micro-batches (the next batch decodes during this one's forward pass) and commit
+        each batch; a stop request ends after the batch in hand."""
+        start = 0
+        for results in predict_batches(self.predictor, [d.path for d in drops], [d.path.name for d in drops]):
+            self.commit(list(zip(drops[start : start + len(results)], results)))
+            start += len(results)
             if self.stop:
                 return
-            batch = todo[start : start + size]
-            done = failed = 0
-            for path, result in zip(batch, self.predictor.predict(batch, names=[p.name for p in batch])):
-                if not path.exists():  # taken away while we worked: nothing to answer
-                    continue
-                if result.ok:
-                    self._write(self._output_path(path), self.output.text(result))
-                    self._dispose(path)
-                    done += 1
-                else:
-                    self._fail(path, result.reason)
-                    failed += 1
-            self.rate.add(done, failed)
-            log.info("%d image(s) predicted, %d failed (%s)", done, failed, self.rate.summary())
 
-    def _output_path(self, path: Path) -> Path:
-        return self.options.out_dir / f"{path.stem}{self.output.suffix}"
+    def commit(self, batch: list) -> None:
+        """Journal, outputs, then inputs moved on (see the class docstring)."""
+        batch = [(drop, result) for drop, result in batch if self._unchanged(drop)]
+        plan = [{"name": d.path.name, "identity": list(d.identity), "output": self._target(d, r).name, "before": _inode(self._target(d, r)), "ok": r.ok} for d, r in batch]
+        write_atomic(self.journal, "\n".join(json.dumps(entry) for entry in plan))
+        for drop, result in batch:
+            if result.ok:
+                self.output.write(result, self._target(drop, result), self.options.tmp_dir)
+            else:
+                log.warning("cannot predict %s: %s (moved to %s)", drop.path.name, result.reason, self.options.failed_dir)
+                write_error(drop.path.name, result.reason, self._target(drop, result), self.options.tmp_dir)
+            self._dispose(drop.path, result.ok)
+        self.journal.unlink(missing_ok=True)
+        failed = sum(not r.ok for _, r in batch)
+        self.rate.add(len(batch) - failed, failed)
+        log.debug("batch: %d predicted, %d failed; %s", len(batch) - failed, failed, self.rate.summary())
 
-    def _error_path(self, path: Path) -> Path:
-        return self.options.out_dir / f"{path.stem}.error.json"
+    def recover(self) -> None:
+        """Finish the images of a batch whose outputs a stopped run wrote but whose moves it did not do."""
+        try:
+            plan = [json.loads(line) for line in self.journal.read_text().splitlines() if line.strip()]
+        except FileNotFoundError:
+            return
+        for entry in plan:
+            path, target = self.options.in_dir / entry["name"], self.options.out_dir / entry["output"]
+            try:
+                same_image = identity(path.stat()) == tuple(entry["identity"])
+            except FileNotFoundError:
+                continue
+            if same_image and _inode(target) not in (0, entry["before"]):
+                log.info("%s: its output was written before the last stop; finishing it", path.name)
+                self._dispose(path, entry["ok"])
+        self.journal.unlink(missing_ok=True)
 
-    def _write(self, target: Path, text: str) -> None:
-        write_atomic(target, text, staging_dir=self.options.tmp_dir)
+    def _unchanged(self, drop: Drop) -> bool:
+        """False when the file went away or was replaced while it was predicted (it is seen again next pass)."""
+        try:
+            return identity(drop.path.stat()) == drop.identity
+        except FileNotFoundError:
+            return False
 
-    def _fail(self, path: Path, reason: str) -> None:
-        log.warning("cannot predict %s: %s (moved to %s)", path.name, reason, self.options.failed_dir)
-        self._write(self._error_path(path), json.dumps(error_record(path.name, reason)))
-        move_atomic(path, self.options.failed_dir / path.name)
+    def _target(self, drop: Drop, result) -> Path:
+        return self.options.out_dir / (f"{drop.stem}{self.output.suffix}" if result.ok else f"{drop.stem}.error.json")
 
-    def _dispose(self, path: Path) -> None:
-        if self.options.delete_input:
+    def _dispose(self, path: Path, ok: bool) -> None:
+        if not ok:
+            move_atomic(path, self.options.failed_dir / path.name)
+        elif self.options.delete_input:
             path.unlink(missing_ok=True)
         else:
             move_atomic(path, (self.options.done_dir or self.options.out_dir) / path.name)
 
-    def _finish_earlier_run(self, path: Path) -> bool:
-        """Finish an image whose output a stopped run wrote but whose move it did not do.
-
-        An output written after the image last changed (its ctime: written, renamed into the
-        folder) belongs to this very image; a newer image with the same name is predicted again.
-        """
-        try:
-            changed = path.stat().st_ctime_ns
-        except FileNotFoundError:
-            return True
-        for target, ok in ((self._output_path(path), True), (self._error_path(path), False)):
-            try:
-                if target.stat().st_mtime_ns > changed:
-                    log.info("%s: output from an earlier run found; finishing it", path.name)
-                    if ok:
-                        self._dispose(path)
-                    else:
-                        move_atomic(path, self.options.failed_dir / path.name)
-                    return True
-            except FileNotFoundError:
-                continue
-        return False
+    def _sleep_until_event(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stop and not self._wake.is_set() and time.monotonic() < deadline:
+            self._wake.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+        self._wake.clear()
 
     def _watching(self):
         """File events wake the loop at once (`watch`); a no-op context otherwise."""
-        from contextlib import nullcontext
+        return _Watch(self.options.in_dir, self._wake) if self.options.watch else nullcontext()
 
-        if not self.options.watch:
-            return nullcontext()
-        return _Watch(self.options.in_dir, self._wake)
+
+def _inode(path: Path) -> int:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return 0
 
 
 class _Watch:
@@ -248,10 +302,11 @@ class _Watch:
         self.observer.join(timeout=5)
 
 
-class _folder_lock:
+class folder_lock:
     """One poller per input folder (a second one would race the first for the same files).
 
-    The lock is taken on the folder itself, so nothing is left behind in it.
+    The lock is taken on the folder itself, so nothing is left behind in it. Where the filesystem
+    cannot lock a folder (some network filesystems), a warning says so and the poller goes on.
     """
 
     def __init__(self, folder: Path):
@@ -263,10 +318,13 @@ class _folder_lock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(self.fd)
+            self.fd = None
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise ConfigError(f"another optik serve poll is already serving {self.folder}") from None
-            raise
+            log.warning("cannot lock %s (%s); make sure only one poller serves it", self.folder, exc.strerror)
+            self.fd = None
         return self
 
     def __exit__(self, *exc):
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import json
 import os
 import socket
@@ -30,7 +31,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from optik.errors import ConfigError, OptikError
-from optik.services.loop import Backoff, Rate, Stop, log
+from optik.inference.predictor import ImageFailure
+from optik.services.loop import Backoff, ModelFailure, Rate, Stop, log, predict_batches
 
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
@@ -70,8 +72,10 @@ def check_auth(options: RedisOptions) -> None:
         if options.password is None:
             raise ConfigError(f"Redis at {options.where()} needs a password ({exc}); give --redis-password-env VAR or --redis-password") from None
         raise ConfigError(f"Redis at {options.where()} refused the login ({exc}); check --redis-password / --redis-password-env") from None
-    except REDIS_ERRORS:
-        log.warning("Redis at %s is not reachable yet; the service will keep trying", options.where())
+    except REDIS_ERRORS as exc:
+        if any(sign in str(exc) for sign in ("SSL", "certificate", "Name or service not known", "name resolution", "nodename nor servname")):
+            raise ConfigError(f"cannot connect to Redis at {options.where()}: {_first_line(exc)}; check --redis-host and the TLS options") from None
+        log.warning("Redis at %s is not reachable yet (%s); the service keeps trying", options.where(), _first_line(exc))
     finally:
         client.close()
 
@@ -107,19 +111,12 @@ def parse_message(data: bytes) -> Request:
     return request
 
 
-def predict_requests(predictor, requests: list[Request]) -> list[tuple[object, str | None]]:
-    """(result, error) per request, in one micro-batch forward pass for those that are images."""
+def predict_requests(predictor, requests: list[Request]) -> list:
+    """A result per request (an `ImageFailure` for those that are not images), in micro-batches."""
     todo = [r for r in requests if r.error is None]
     names = [str(r.id) if r.id is not None else "message" for r in todo]
-    predicted = iter(predictor.predict([r.image for r in todo], names=names))
-    answers = []
-    for request in requests:
-        if request.error is not None:
-            answers.append((None, request.error))
-            continue
-        result = next(predicted)
-        answers.append((result, None) if result.ok else (None, result.reason))
-    return answers
+    predicted = iter([result for batch in predict_batches(predictor, [r.image for r in todo], names) for result in batch])
+    return [next(predicted) if r.error is None else ImageFailure(str(r.id), r.error) for r in requests]
 
 
 class RedisService:
@@ -137,21 +134,28 @@ class RedisService:
             try:
                 self.serve(client)
             except REDIS_ERRORS as exc:
-                delay = self.backoff.next()
-                log.warning("Redis at %s unavailable (%s); reconnecting in %.1f s", self.options.where(), str(exc).splitlines()[0], delay)
-                self.stop.wait(delay)
+                self._retry(f"Redis at {self.options.where()} unavailable ({_first_line(exc)})")
+            except redis.ResponseError as exc:
+                if str(exc).startswith("WRONGTYPE"):
+                    raise ConfigError(f"a key this service uses on {self.options.where()} holds another type ({exc}); pick other --redis-in / --redis-out names") from None
+                self._retry(f"Redis at {self.options.where()} answered {_first_line(exc)!r}")  # OOM, READONLY, LOADING, NOGROUP...
             finally:
                 client.close()
         log.info("redis: %s", self.rate.summary())
         return self.rate
 
+    def _retry(self, why: str) -> None:
+        delay = self.backoff.next()
+        log.warning("%s; reconnecting in %.1f s", why, delay)
+        self.stop.wait(delay)
+
     def serve(self, client: redis.Redis) -> None:
         raise NotImplementedError
 
-    def _count(self, answers) -> None:
-        failed = sum(error is not None for _, error in answers)
-        self.rate.add(len(answers) - failed, failed)
-        log.debug("%d answered, %d failed (%s)", len(answers) - failed, failed, self.rate.summary())
+    def _count(self, results: list) -> None:
+        failed = sum(not r.ok for r in results)
+        self.rate.add(len(results) - failed, failed)
+        log.debug("%d answered, %d failed (%s)", len(results) - failed, failed, self.rate.summary())
 
 
 class PubSubService(RedisService):
@@ -159,6 +163,8 @@ class PubSubService(RedisService):
 
     def __init__(self, predictor, output, options: RedisOptions, channel_in: str, channel_out: str, max_wait_ms: float = 10, stop: Stop | None = None):
         super().__init__(predictor, output, options, stop)
+        if fnmatch.fnmatchcase(channel_out, channel_in):
+            raise ConfigError(f"the output channel {channel_out!r} matches the input pattern {channel_in!r}: the service would answer its own replies")
         self.channel_in, self.channel_out, self.max_wait = channel_in, channel_out, max_wait_ms / 1000
 
     def serve(self, client: redis.Redis) -> None:
@@ -189,18 +195,18 @@ class PubSubService(RedisService):
         return batch
 
     def _answer(self, client: redis.Redis, requests: list[Request]) -> None:
-        answers = predict_requests(self.predictor, requests)
+        results = predict_requests(self.predictor, requests)
         pipe = client.pipeline(transaction=False)
-        for request, (result, error) in zip(requests, answers):
-            if error is not None:
-                log.warning("cannot predict message %s: %s", request.id if request.id is not None else "(raw bytes)", error)
-                reply = {"error": error, "id": request.id}
+        for request, result in zip(requests, results):
+            if not result.ok:
+                log.warning("cannot predict message %s: %s", request.id if request.id is not None else "(raw bytes)", result.reason)
+                reply = {"error": result.reason, "id": request.id}
             else:
                 payload = self.output.payload(result)
                 reply = {"id": request.id, "result": payload} if request.envelope else payload
             pipe.publish(self.channel_out, json.dumps(reply))
         pipe.execute()
-        self._count(answers)
+        self._count(results)
 
 
 @dataclass
@@ -215,6 +221,7 @@ class StreamOptions:
     max_attempts: int = 3
     max_wait_ms: float = 10
     maxlen: int | None = None
+    delete_processed: bool = False
 
     @property
     def dead(self) -> str:
@@ -228,6 +235,8 @@ class StreamService(RedisService):
         super().__init__(predictor, output, options, stop)
         if streams.max_attempts < 1 or streams.claim_idle_ms < 1:
             raise ConfigError("--max-attempts and --claim-idle-ms must be at least 1")
+        if streams.stream_out in (streams.stream_in, streams.dead):
+            raise ConfigError("the output stream must differ from the input stream and its dead-letter stream")
         self.streams = streams
         self.next_claim = 0.0
 
@@ -240,10 +249,10 @@ class StreamService(RedisService):
                 raise
         log.info("worker %r of group %r on %s: %r -> %r", s.consumer, s.group, self.options.where(), s.stream_in, s.stream_out)
         self.backoff.reset()
-        self._recover_own(client)
+        self._take_pending(client, consumer=s.consumer, idle=None)  # what this worker name held before a restart
         while not self.stop:
             if time.monotonic() >= self.next_claim:
-                self._claim_stale(client)
+                self._take_pending(client, consumer=None, idle=s.claim_idle_ms)  # what stopped workers left
                 self.next_claim = time.monotonic() + s.claim_idle_ms / 2000
             entries = self._read(client)
             if entries:
@@ -264,46 +273,29 @@ class StreamService(RedisService):
             entries += more
         return entries
 
-    def _recover_own(self, client: redis.Redis) -> None:
-        """Entries delivered to this consumer name before a restart, not yet acknowledged."""
-        s = self.streams
+    def _take_pending(self, client: redis.Redis, consumer: str | None, idle: int | None) -> None:
+        """Claim delivered, unacknowledged entries (of `consumer`, or idle `idle` ms), and answer them;
+        those already delivered `max_attempts` times go to the dead-letter stream instead."""
+        s, seen = self.streams, set()
         while not self.stop:
-            entries = _entries(client.xreadgroup(s.group, s.consumer, {s.stream_in: "0"}, count=self.predictor.batch_size))
-            if not entries:
+            pending = client.xpending_range(s.stream_in, s.group, "-", "+", count=self.predictor.batch_size, consumername=consumer, idle=idle)
+            attempts = {p["message_id"]: p["times_delivered"] for p in pending if p["message_id"] not in seen}
+            if not attempts:
                 return
-            log.info("%d unacknowledged entr%s of this worker from before; answering", len(entries), "y" if len(entries) == 1 else "ies")
-            if not self._handle(client, entries):
-                return  # they stay pending; the claim of stale entries retries them
-
-    def _claim_stale(self, client: redis.Redis) -> None:
-        """Take over entries idle for `claim_idle_ms` (their worker died); dead-letter those tried too often."""
-        s = self.streams
-        while not self.stop:
-            pending = client.xpending_range(s.stream_in, s.group, "-", "+", count=self.predictor.batch_size, idle=s.claim_idle_ms)
-            if not pending:
-                return
-            attempts = {p["message_id"]: p["times_delivered"] for p in pending}
-            claimed = client.xclaim(s.stream_in, s.group, s.consumer, s.claim_idle_ms, list(attempts))
+            seen |= set(attempts)
+            claimed = client.xclaim(s.stream_in, s.group, s.consumer, idle or 0, list(attempts))
             if not claimed:
-                return
-            retry = [(i, f) for i, f in claimed if attempts.get(i, 0) < s.max_attempts]
-            dead = [(i, f) for i, f in claimed if attempts.get(i, 0) >= s.max_attempts]
-            log.info("claimed %d stale entr%s of stopped workers", len(claimed), "y" if len(claimed) == 1 else "ies")
+                continue
+            log.info("took over %d unacknowledged entr%s", len(claimed), "y" if len(claimed) == 1 else "ies")
+            dead = [(i, f) for i, f in claimed if attempts[i] >= s.max_attempts]
             if dead:
-                self._finish(client, dead, [(None, f"failed {attempts[i]} times (worker crashed or prediction raised)") for i, _ in dead], attempts)
-            if retry:
-                self._handle(client, retry)
+                failures = [ModelFailure(str(i), f"failed {attempts[i]} times (its workers crashed, or the model raised)") for i, _ in dead]
+                self._finish(client, dead, failures, attempts)
+            self._handle(client, [(i, f) for i, f in claimed if attempts[i] < s.max_attempts], attempts)
 
-    def _handle(self, client: redis.Redis, entries: list) -> bool:
-        """Predict and answer entries; False (entries left pending) when the prediction itself raised."""
-        requests = [self._request(entry_id, fields) for entry_id, fields in entries]
-        try:
-            answers = predict_requests(self.predictor, requests)
-        except Exception:  # not the image's fault: leave the entries pending; they are retried, then dead-lettered
-            log.exception("prediction failed for %d entries; they stay pending and are retried after %d ms", len(entries), self.streams.claim_idle_ms)
-            return False
-        self._finish(client, entries, answers)
-        return True
+    def _handle(self, client: redis.Redis, entries: list, attempts: dict | None = None) -> None:
+        if entries:
+            self._finish(client, entries, predict_requests(self.predictor, [self._request(i, f) for i, f in entries]), attempts)
 
     def _request(self, entry_id: bytes, fields: dict | None) -> Request:
         fields = fields or {}
@@ -313,23 +305,37 @@ class StreamService(RedisService):
             request.error = "the entry has no \"image\" field (the encoded image bytes)"
         return request
 
-    def _finish(self, client: redis.Redis, entries: list, answers: list, attempts: dict | None = None) -> None:
-        """Add each result (and dead letters) to the output stream and acknowledge, in one transaction."""
-        s = self.streams
-        pipe = client.pipeline(transaction=True)
+    def _finish(self, client: redis.Redis, entries: list, results: list, attempts: dict | None = None) -> None:
+        """Add results (and dead letters) to their streams and acknowledge, in one transaction.
+
+        An entry the model raised on (`ModelFailure`) is left pending: it is retried after
+        `claim_idle_ms`, and dead-lettered after `max_attempts` deliveries.
+        """
+        s, attempts = self.streams, attempts or {}
         trim = {"maxlen": s.maxlen, "approximate": True} if s.maxlen else {}
-        for (entry_id, fields), (result, error) in zip(entries, answers):
-            request_id = self._request(entry_id, fields).id
-            if error is None:
+        pipe, done = client.pipeline(transaction=True), []
+        for (entry_id, fields), result in zip(entries, results):
+            request_id, tries = self._request(entry_id, fields).id, attempts.get(entry_id, 1)
+            if result.ok:
                 pipe.xadd(s.stream_out, {"id": request_id, "result": json.dumps(self.output.payload(result))}, **trim)
+            elif isinstance(result, ModelFailure) and tries < s.max_attempts:
                 continue
-            log.warning("entry %s (id %s) goes to %s: %s", entry_id.decode(), request_id, s.dead, error)
-            pipe.xadd(s.stream_out, {"id": request_id, "error": error}, **trim)
-            tries = (attempts or {}).get(entry_id, 1)
-            pipe.xadd(s.dead, {**(fields or {}), "id": request_id, "entry": entry_id, "error": error, "attempts": tries, "consumer": s.consumer})
-        pipe.xack(s.stream_in, s.group, *[entry_id for entry_id, _ in entries])
-        pipe.execute()
-        self._count(answers)
+            else:
+                log.warning("entry %s (id %s) goes to %s: %s", entry_id.decode(), request_id, s.dead, result.reason)
+                pipe.xadd(s.stream_out, {"id": request_id, "error": result.reason}, **trim)
+                original = {k.decode(errors="replace"): v for k, v in (fields or {}).items() if k != b"id"}
+                pipe.xadd(s.dead, {**original, "id": request_id, "entry": entry_id, "error": result.reason, "attempts": tries, "consumer": s.consumer})
+            done.append(entry_id)
+        if done:
+            pipe.xack(s.stream_in, s.group, *done)
+            if s.delete_processed:
+                pipe.xdel(s.stream_in, *done)
+            pipe.execute()
+        self._count(results)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _entries(response) -> list:
@@ -365,21 +371,45 @@ def send_images(options: RedisOptions, paths: list[Path], channel_in: str, chann
 
 def _send_pubsub(client, paths, channel_in, channel_out, raw, timeout) -> Iterator[dict]:
     pubsub = client.pubsub()
-    pubsub.subscribe(channel_out)
-    while (message := pubsub.get_message(timeout=5)) is None or message["type"] != "subscribe":
-        pass  # replies may only be published once our subscription is in place
+    try:
+        pubsub.subscribe(channel_out)
+        deadline = time.monotonic() + 10
+        while (message := pubsub.get_message(timeout=1)) is None or message["type"] != "subscribe":
+            if time.monotonic() > deadline:  # replies may only be published once the subscription is in place
+                raise OptikError(f"could not subscribe to {channel_out!r} on Redis")
+        ids = _unique_ids(paths)
+        for path, request_id in zip(paths, ids):
+            data = path.read_bytes()
+            payload = data if raw else json.dumps({"id": request_id, "image": base64.b64encode(data).decode()})
+            if client.publish(channel_in, payload) == 0:
+                raise OptikError(f"nobody listens on channel {channel_in!r}; start `optik serve redis MODEL --redis-in {channel_in} --redis-out {channel_out}` first")
+        wanted = None if raw else set(ids)  # raw bytes carry no id: count the replies instead
+
+        def replies(wait: float) -> list[dict]:
+            message = pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+            if message is None:
+                return []
+            reply = json.loads(message["data"])
+            if wanted is None:
+                return [reply]
+            if isinstance(reply, dict) and reply.get("id") in wanted:  # other clients' replies share the channel
+                wanted.discard(reply["id"])
+                return [reply]
+            return []
+
+        yield from _gather(replies, len(paths), timeout)
+    finally:
+        pubsub.close()
+
+
+def _unique_ids(paths: list[Path]) -> list[str]:
+    """The file path as the id, with `#2`, `#3`... when a path is given more than once."""
+    counts: dict[str, int] = {}
+    ids = []
     for path in paths:
-        data = path.read_bytes()
-        payload = data if raw else json.dumps({"id": str(path), "image": base64.b64encode(data).decode()})
-        if client.publish(channel_in, payload) == 0:
-            raise OptikError(f"nobody listens on channel {channel_in!r}; start `optik serve redis MODEL --redis-in {channel_in} --redis-out {channel_out}` first")
-    yield from _gather(lambda wait: _pubsub_replies(pubsub, wait), len(paths), timeout)
-    pubsub.close()
-
-
-def _pubsub_replies(pubsub, wait: float) -> list[dict]:
-    message = pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
-    return [json.loads(message["data"])] if message is not None else []
+        counts[str(path)] = counts.get(str(path), 0) + 1
+        ids.append(str(path) if counts[str(path)] == 1 else f"{path}#{counts[str(path)]}")
+    return ids
 
 
 def _send_stream(client, paths, stream_in, stream_out, timeout) -> Iterator[dict]:
@@ -387,11 +417,12 @@ def _send_stream(client, paths, stream_in, stream_out, timeout) -> Iterator[dict
         last = client.xinfo_stream(stream_out)["last-generated-id"]
     except redis.ResponseError:  # no such stream yet
         last = b"0-0"
-    wanted = set()
-    for path in paths:
-        client.xadd(stream_in, {"image": path.read_bytes(), "id": str(path)})
-        wanted.add(str(path))
-    position = {"last": last}
+    ids = _unique_ids(paths)
+    pipe = client.pipeline(transaction=False)
+    for path, request_id in zip(paths, ids):
+        pipe.xadd(stream_in, {"image": path.read_bytes(), "id": request_id})
+    pipe.execute()
+    wanted, position = set(ids), {"last": last}
 
     def replies(wait: float) -> list[dict]:
         found = []

@@ -1,0 +1,160 @@
+"""Serving speed: one image per forward pass (the old predict_redis / predict_poll) vs optik's micro-batching.
+
+Both run as real `optik serve` processes with the same model (resnet18 at 224, 1000 classes, random
+init: no download) on the same photo-sized JPEGs (640x480 crops of scikit-image's sample photos):
+
+- Redis pub/sub on a real redis-server: a burst of N images published at once; images/s from the
+  first publish to the last reply, and p50/p99 latency (publish -> reply) per image.
+- File drop: N images in a folder, one pass; images/s from the service's own log (model load and
+  compilation excluded for both).
+
+The one-at-a-time reference is `--batch-size 1 --optimize eager --max-wait-ms 0`: a plain PyTorch
+forward per message, as the old scripts did. Ours is the default (`--batch-size 32`, compiled).
+
+    python benchmarks/serve.py                  # 256-image burst, 500-image file drop
+    python benchmarks/serve.py --burst 128 --files 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import redis
+import timm
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from service_helpers import RedisServer, Service  # noqa: E402  (the test helpers: a real redis-server, `optik serve` in the background)
+
+REFERENCE = ["--batch-size", "1", "--optimize", "eager", "--max-wait-ms", "0"]
+OURS: list[str] = []
+
+
+def photo_jpegs(count: int, seed: int = 0) -> list[bytes]:
+    """640x480 JPEGs (quality 90) cut from scikit-image's sample photographs, upscaled where needed."""
+    from skimage import data
+
+    photos = [getattr(data, name)() for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")]
+    rng, out = np.random.default_rng(seed), []
+    for i in range(count):
+        photo = Image.fromarray(photos[i % len(photos)][..., :3])
+        scale = max(640 / photo.width, 480 / photo.height) * rng.uniform(1.0, 1.5)
+        photo = photo.resize((int(photo.width * scale) + 1, int(photo.height * scale) + 1), Image.BILINEAR)
+        x, y = rng.integers(0, photo.width - 640 + 1), rng.integers(0, photo.height - 480 + 1)
+        buffer = io.BytesIO()
+        photo.crop((x, y, x + 640, y + 480)).save(buffer, format="JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def model_package(path: Path) -> Path:
+    from optik.config import load_config
+    from optik.config.load import config_to_dict
+    from optik.data.transforms import Preprocess
+    from optik.models.package import ModelPackage, save_package
+
+    torch.manual_seed(0)
+    classes = [f"class{i:03d}" for i in range(1000)]
+    cfg = load_config("resnet50_224", ["model.name=resnet18", "data.root=unused"])
+    model = timm.create_model("resnet18", num_classes=len(classes))
+    package = ModelPackage("classify", config_to_dict(cfg), classes, Preprocess.from_data_config(cfg.data).to_dict(), model.state_dict())
+    return save_package(package, path)
+
+
+def burst(server: RedisServer, images: list[bytes]) -> tuple[float, np.ndarray]:
+    """Publish every image at once; (images/s, per-image latencies in s)."""
+    client = server.client()
+    pubsub = client.pubsub()
+    pubsub.subscribe("predictions")
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    payloads = [json.dumps({"id": i, "image": base64.b64encode(image).decode()}) for i, image in enumerate(images)]
+    sent, received = {}, {}
+    start = time.perf_counter()
+    for i, payload in enumerate(payloads):
+        sent[i] = time.perf_counter()
+        client.publish("images", payload)
+    deadline = time.monotonic() + 600
+    while len(received) < len(images) and time.monotonic() < deadline:
+        message = pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        if message is not None:
+            reply = json.loads(message["data"])
+            assert "result" in reply, reply
+            received[reply["id"]] = time.perf_counter()
+    elapsed = max(received.values()) - start
+    pubsub.close()
+    return len(images) / elapsed, np.array([received[i] - sent[i] for i in received])
+
+
+def redis_figures(model: Path, args: list[str], images: list[bytes], folder: Path) -> tuple[float, np.ndarray]:
+    folder.mkdir(parents=True)
+    server = RedisServer(folder).start()
+    try:
+        service = Service("redis", model, "--redis-port", server.port, "--quiet", *args)
+        time.sleep(0.5)
+        wait_ready(server)
+        burst(server, images[:32])  # warm: first-batch checks, allocator
+        rate, latencies = burst(server, images)
+        service.stop()
+        return rate, latencies
+    finally:
+        server.stop()
+
+
+def wait_ready(server: RedisServer, timeout: float = 300) -> None:
+    client, deadline = server.client(), time.monotonic() + timeout
+    while client.pubsub_numpat() < 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the service did not subscribe")
+        time.sleep(0.2)
+
+
+def file_drop(model: Path, args: list[str], images: list[bytes], folder: Path) -> float:
+    in_dir, out_dir = folder / "in", folder / "out"
+    shutil.rmtree(folder, ignore_errors=True)
+    in_dir.mkdir(parents=True)
+    for i, image in enumerate(images):
+        (in_dir / f"{i:05d}.jpg").write_bytes(image)
+    done = subprocess.run([sys.executable, "-m", "optik.cli", "serve", "poll", model, "--in", in_dir, "--out", out_dir, *args], capture_output=True, text=True)
+    if done.returncode != 0 or len(list(out_dir.glob("*.json"))) != len(images):
+        raise RuntimeError(done.stderr)
+    return float(re.search(r"file drop: .*\(([\d.]+) images/s\)", done.stderr).group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--burst", type=int, default=256, help="images published at once")
+    parser.add_argument("--files", type=int, default=500, help="images in the file drop")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="optik-serve-bench-"))
+    model = model_package(work / "model.pt")
+    images = photo_jpegs(max(args.burst, args.files))
+    print(f"resnet18 at 224, {os.cpu_count()} CPU threads, torch {torch.__version__}; JPEGs 640x480")
+    rows = {}
+    for name, extra in (("one at a time", REFERENCE), ("micro-batch", OURS)):
+        rate, latencies = redis_figures(model, extra, images[: args.burst], work / f"redis-{len(rows)}")
+        rows[name] = rate
+        print(f"redis pub/sub burst of {args.burst:4d}  {name:14s} {rate:7.1f} images/s   latency p50 {np.percentile(latencies, 50) * 1000:7.0f} ms   p99 {np.percentile(latencies, 99) * 1000:7.0f} ms")
+    print(f"redis pub/sub: micro-batching {rows['micro-batch'] / rows['one at a time']:.2f}x the one-at-a-time throughput")
+    drops = {}
+    for name, extra in (("one at a time", ["--batch-size", "1", "--optimize", "eager"]), ("micro-batch", OURS)):
+        drops[name] = file_drop(model, extra, images[: args.files], work / "drop")
+        print(f"file drop of {args.files:4d} images     {name:14s} {drops[name]:7.1f} images/s")
+    print(f"file drop: micro-batching {drops['micro-batch'] / drops['one at a time']:.2f}x the one-at-a-time throughput")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
