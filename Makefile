@@ -27,15 +27,16 @@ redis-server:
 test: install redis-server
 	$(PY) -m pytest -q -ra
 
-test-fast: install
+test-fast: install redis-server
 	$(PY) -m pytest -q -m "not slow"
 
 demo: install
 	$(PY) scripts/demo.py --out $(DEMO_DIR)
 
-bench: install
+bench: install redis-server
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/predict_throughput.py
+	$(PY) benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) work_dirs .pytest_cache

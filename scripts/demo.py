@@ -1,4 +1,4 @@
-"""`make demo`: sklearn's handwritten digits -> train -> test -> predict, with the real `optik` commands.
+"""`make demo`: sklearn's handwritten digits -> train -> test -> predict -> file drop, with the real `optik` commands.
 
 Each step prints the command it runs, so the demo doubles as a tutorial.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -40,6 +41,14 @@ def main() -> None:
     run("test", work / "model.pt", data, "--split", "test", "--out", work / "test.json", "--plots", work / "plots")
     samples = sorted((data / "test").glob("*/*.png"))[::60]
     run("predict", work / "model.pt", *samples, "--top-k", "3", "--out-dir", work / "predictions")
+
+    drop_in, drop_out = args.out / "drop" / "in", args.out / "drop" / "out"  # the file-drop service, one pass
+    drop_in.mkdir(parents=True, exist_ok=True)
+    for sample in samples:
+        shutil.copy(sample, drop_in / f"{sample.parent.name}_{sample.name}")
+    run("serve", "poll", work / "model.pt", "--in", drop_in, "--out", drop_out, "--top-k", "1", "--quiet")
+    served = sorted(drop_out.glob("*.json"))
+    print(f"file drop: {len(served)} predictions in {drop_out}, e.g. {served[0].name}: {served[0].read_text()}")
 
     accuracy = json.loads((work / "test.json").read_text())["metrics"]["accuracy_top1"]
     print(f"\ndigits test accuracy: {accuracy:.4f}  ({time.monotonic() - started:.0f}s in all; run folder {work})")

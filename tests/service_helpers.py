@@ -25,8 +25,8 @@ def free_port() -> int:
 class RedisServer:
     """redis-server in a temp dir; `persist=True` keeps data across `restart()` (append-only file, fsync always)."""
 
-    def __init__(self, folder: Path, persist: bool = False, password: str | None = None):
-        self.folder, self.persist, self.password = folder, persist, password
+    def __init__(self, folder: Path, persist: bool = False, password: str | None = None, tls: tuple[Path, Path] | None = None):
+        self.folder, self.persist, self.password, self.tls = folder, persist, password, tls
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -35,6 +35,9 @@ class RedisServer:
         if exe is None:
             pytest.fail("redis-server not found: `make test` installs it (apt-get install redis-server)")
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--save", "", "--protected-mode", "no"]
+        if self.tls:  # (certificate, key): TLS only, the certificate is its own CA
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls[0]), "--tls-key-file", str(self.tls[1]),
+                         "--tls-ca-cert-file", str(self.tls[0]), "--tls-auth-clients", "no"]
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
         if self.password:
             args += ["--requirepass", self.password]
@@ -59,7 +62,8 @@ class RedisServer:
         self.start()
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, password=self.password, socket_timeout=10)
+        tls = {"ssl": True, "ssl_ca_certs": str(self.tls[0])} if self.tls else {}
+        return redis.Redis(port=self.port, password=self.password, socket_timeout=10, **tls)
 
 
 class Service:

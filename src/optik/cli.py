@@ -270,16 +270,22 @@ def service_options(func):
     return model_options(func)
 
 
-def start_predictor(model: Path, device: str, precision: str, batch_size: int, mode: str, verbose: bool, quiet: bool):
-    """Logging on stderr, the predictor loaded and warmed up (a service compiles before its first request)."""
+def start_predictor(model: Path, device: str, precision: str, batch_size: int, mode: str, verbose: bool, quiet: bool, expected_images: int | None = None):
+    """Logging on stderr, the predictor loaded and warmed up (a service compiles before its first request).
+
+    `mode` auto compiles for a service that keeps running (`expected_images` None) or a big one-off job.
+    """
     import logging
 
+    from optik.inference.backends import COMPILE_MIN_IMAGES, mode_for
     from optik.inference.predictor import Predictor
 
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("optik").setLevel(level)
-    predictor = Predictor.from_checkpoint(model, device=device, precision=precision, batch_size=batch_size, mode="compiled" if mode == "auto" else mode)
+    if mode == "auto":
+        mode = mode_for(COMPILE_MIN_IMAGES if expected_images is None else expected_images)
+    predictor = Predictor.from_checkpoint(model, device=device, precision=precision, batch_size=batch_size, mode=mode)
     predictor.warmup()
     logging.getLogger("optik.services").info("model %s ready on %s (%s, precision %s, batch %d)", model, predictor.device, predictor.backend.mode, precision, batch_size)
     return predictor
@@ -311,12 +317,14 @@ def serve_poll(model, in_dir, out_dir, tmp_dir, done_dir, failed_dir, delete_inp
     """
     from optik.outputs.classification import ClassificationFormat
     from optik.services.loop import Stop
+    from optik.data.decode import is_image_file
     from optik.services.poller import FilePoller, PollOptions, folder_lock
 
     options = PollOptions(in_dir, out_dir, tmp_dir, done_dir, failed_dir, delete_input, continuous, watch, poll_wait, watch_interval, settle)
     stop = Stop()
+    one_pass = None if continuous or watch else sum(1 for p in in_dir.iterdir() if is_image_file(p.name))
     with folder_lock(in_dir):  # before the model loads: a second poller is refused at once
-        predictor = start_predictor(model, device, precision, batch_size, mode, verbose, quiet)
+        predictor = start_predictor(model, device, precision, batch_size, mode, verbose, quiet, expected_images=one_pass)
         with stop.on_signals():
             FilePoller(predictor, ClassificationFormat(top_k, min_score), options, stop).run(locked=True)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -220,6 +222,35 @@ def test_password_from_environment_and_clear_error_when_wrong(colour_model, tmp_
         client.publish("images", jpeg_bytes("red", 5))
         (reply,) = collect(pubsub, 1)
         assert max(reply, key=reply.get) == "red"
+        assert service.stop() == 0
+    finally:
+        server.stop()
+
+
+def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_with_a_ca_file_and_a_clear_error_with_the_wrong_one(colour_model, tmp_path):
+    cert, key = self_signed(tmp_path, "server")
+    other, _ = self_signed(tmp_path, "other")
+    folder = tmp_path / "redis-data"
+    folder.mkdir()
+    server = RedisServer(folder, tls=(cert, key)).start()
+    try:
+        wrong = run_optik("serve", "redis", colour_model, "--redis-port", server.port, "--redis-ssl-ca", other)
+        assert wrong.returncode == 2 and "TLS" in wrong.stderr and "Traceback" not in wrong.stderr
+        service = serve_redis(colour_model, server, "--redis-ssl", "--redis-ssl-ca", cert)
+        client = server.client()
+        pubsub = subscribed(client, "predictions")
+        client.publish("images", jpeg_bytes("blue", 8))
+        (reply,) = collect(pubsub, 1)
+        assert set(reply) == set(CLASSES)
         assert service.stop() == 0
     finally:
         server.stop()
