@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import redis
 import timm
 import torch
 from PIL import Image

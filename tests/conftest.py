@@ -86,10 +86,7 @@ def colour_model(tmp_path_factory) -> Path:
 @pytest.fixture
 def redis_server(tmp_path):
     """A real redis-server on a free port, for this test only."""
-    from service_helpers import RedisServer
+    from service_helpers import running_redis
 
-    folder = tmp_path / "redis-data"
-    folder.mkdir()
-    server = RedisServer(folder).start()
-    yield server
-    server.stop()
+    with running_redis(tmp_path) as server:
+        yield server

@@ -10,7 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import redis
@@ -64,6 +66,18 @@ class RedisServer:
     def client(self) -> redis.Redis:
         tls = {"ssl": True, "ssl_ca_certs": str(self.tls[0])} if self.tls else {}
         return redis.Redis(port=self.port, password=self.password, socket_timeout=10, **tls)
+
+
+@contextmanager
+def running_redis(tmp_path: Path, **options) -> Iterator[RedisServer]:
+    """A RedisServer (options as for the class) in `tmp_path/redis-data`, stopped afterwards."""
+    folder = tmp_path / "redis-data"
+    folder.mkdir()
+    server = RedisServer(folder, **options).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class Service:

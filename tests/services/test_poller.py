@@ -7,9 +7,7 @@ import json
 import os
 import random
 import re
-import signal
 import struct
-import threading
 import time
 import zlib
 from datetime import datetime
@@ -17,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import COLOURS, colour_image, run_optik
 from service_helpers import Service

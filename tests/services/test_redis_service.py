@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import COLOURS, colour_image, run_optik
-from service_helpers import RedisServer, Service
+from service_helpers import RedisServer, Service, running_redis
 
 CLASSES = ["red", "green", "blue"]
 
@@ -165,10 +164,7 @@ def test_stream_entry_delivered_too_often_is_dead_lettered(colour_model, redis_s
 
 def test_stream_worker_survives_a_redis_restart(colour_model, tmp_path):
     """Redis goes down and comes back (append-only file): the worker reconnects and every entry is answered."""
-    folder = tmp_path / "redis-data"
-    folder.mkdir()
-    server = RedisServer(folder, persist=True).start()
-    try:
+    with running_redis(tmp_path, persist=True) as server:
         service = serve_redis(colour_model, server, "--mode", "stream", "--redis-in", "jobs", "--redis-out", "results", "--claim-idle-ms", "1000", ready="worker")
         images = [jpeg_bytes("blue", i) for i in range(60)]
         ids = [f"a{i}" for i in range(60)]
@@ -179,15 +175,10 @@ def test_stream_worker_survives_a_redis_restart(colour_model, tmp_path):
         results = wait_for_results(server.client(), "results", set(ids), timeout=90)
         assert {r["id"] for r in results} == set(ids)
         assert service.stop() == 0
-    finally:
-        server.stop()
 
 
 def test_pubsub_reconnects_after_redis_restart(colour_model, tmp_path):
-    folder = tmp_path / "redis-data"
-    folder.mkdir()
-    server = RedisServer(folder).start()
-    try:
+    with running_redis(tmp_path) as server:
         service = serve_redis(colour_model, server)
         server.restart(down_for=1.0)
         service.wait_for("reconnecting")
@@ -200,15 +191,10 @@ def test_pubsub_reconnects_after_redis_restart(colour_model, tmp_path):
         (reply,) = collect(pubsub, 1)
         assert set(reply) == set(CLASSES)
         assert service.stop() == 0
-    finally:
-        server.stop()
 
 
 def test_password_from_environment_and_clear_error_when_wrong(colour_model, tmp_path):
-    folder = tmp_path / "redis-data"
-    folder.mkdir()
-    server = RedisServer(folder, password="s3cret").start()
-    try:
+    with running_redis(tmp_path, password="s3cret") as server:
         wrong = run_optik("serve", "redis", colour_model, "--redis-port", server.port, "--redis-password", "nope")
         assert wrong.returncode == 2 and "refused the login" in wrong.stderr and "Traceback" not in wrong.stderr
         missing = run_optik("serve", "redis", colour_model, "--redis-port", server.port)
@@ -223,8 +209,6 @@ def test_password_from_environment_and_clear_error_when_wrong(colour_model, tmp_
         (reply,) = collect(pubsub, 1)
         assert max(reply, key=reply.get) == "red"
         assert service.stop() == 0
-    finally:
-        server.stop()
 
 
 def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
@@ -239,10 +223,7 @@ def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
 def test_tls_with_a_ca_file_and_a_clear_error_with_the_wrong_one(colour_model, tmp_path):
     cert, key = self_signed(tmp_path, "server")
     other, _ = self_signed(tmp_path, "other")
-    folder = tmp_path / "redis-data"
-    folder.mkdir()
-    server = RedisServer(folder, tls=(cert, key)).start()
-    try:
+    with running_redis(tmp_path, tls=(cert, key)) as server:
         wrong = run_optik("serve", "redis", colour_model, "--redis-port", server.port, "--redis-ssl-ca", other)
         assert wrong.returncode == 2 and "TLS" in wrong.stderr and "Traceback" not in wrong.stderr
         service = serve_redis(colour_model, server, "--redis-ssl", "--redis-ssl-ca", cert)
@@ -252,5 +233,3 @@ def test_tls_with_a_ca_file_and_a_clear_error_with_the_wrong_one(colour_model, t
         (reply,) = collect(pubsub, 1)
         assert set(reply) == set(CLASSES)
         assert service.stop() == 0
-    finally:
-        server.stop()
