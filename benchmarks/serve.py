@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import os
 import re
@@ -33,30 +32,14 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from service_helpers import RedisServer, Service  # noqa: E402  (the test helpers: a real redis-server, `optik serve` in the background)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from photos import photo_jpegs  # noqa: E402
 
 REFERENCE = ["--batch-size", "1", "--optimize", "eager", "--max-wait-ms", "0"]
 OURS: list[str] = []
-
-
-def photo_jpegs(count: int, seed: int = 0) -> list[bytes]:
-    """640x480 JPEGs (quality 90) cut from scikit-image's sample photographs, upscaled where needed."""
-    from skimage import data
-
-    photos = [getattr(data, name)() for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")]
-    rng, out = np.random.default_rng(seed), []
-    for i in range(count):
-        photo = Image.fromarray(photos[i % len(photos)][..., :3])
-        scale = max(640 / photo.width, 480 / photo.height) * rng.uniform(1.0, 1.5)
-        photo = photo.resize((int(photo.width * scale) + 1, int(photo.height * scale) + 1), Image.BILINEAR)
-        x, y = rng.integers(0, photo.width - 640 + 1), rng.integers(0, photo.height - 480 + 1)
-        buffer = io.BytesIO()
-        photo.crop((x, y, x + 640, y + 480)).save(buffer, format="JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
 
 
 def model_package(path: Path) -> Path:

@@ -90,3 +90,15 @@ def redis_server(tmp_path):
 
     with running_redis(tmp_path) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def stop_leftover_services():
+    """A test that fails halfway must not leave `optik serve` processes behind."""
+    yield
+    from service_helpers import RUNNING
+
+    while RUNNING:
+        service = RUNNING.pop()
+        if service.process.poll() is None:
+            service.kill()

@@ -80,10 +80,14 @@ def running_redis(tmp_path: Path, **options) -> Iterator[RedisServer]:
         server.stop()
 
 
+RUNNING: list["Service"] = []  # killed after each test by the `stop_leftover_services` fixture
+
+
 class Service:
     """`optik serve ...` running in the background, its log (stdout and stderr) collected by a thread."""
 
     def __init__(self, *args: str, env: dict | None = None):
+        RUNNING.append(self)
         self.process = subprocess.Popen([sys.executable, "-m", "optik.cli", "serve", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -258,6 +258,77 @@ def predict(model, images, out_dir, top_k, min_score, device, precision, batch_s
         sys.exit(2)
 
 
+# ----------------------------------------------------------------------------- batch evaluation
+
+
+@main.command("batch-predict")
+@click.argument("images", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", required=False)
+@click.option("--model-class", "--model_class", help="file.py:Name, a zero-argument class or factory (with --checkpoint)")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), help="a state_dict for --model-class or a timm MODEL (`module.` prefixes are stripped)")
+@click.option("--transform", help="file.py:function giving the preprocessing (PIL image -> tensor) instead of the model's own")
+@click.option("--border-crop", type=click.IntRange(min=0), default=0, show_default=True, help="pixels cut from each side first (2 removes ObjectNet's red border)")
+@click.option("--format", "fmt", type=click.Choice(["objectnet", "csv", "jsonl"]), default="objectnet", show_default=True)
+@click.option("--top-k", "--top_x", "top_k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--softmax/--no-softmax", default=True, show_default=True, help="confidences as softmax probabilities, or the raw outputs")
+@click.option("--convert-outputs-mode", "--convert_outputs_mode", type=click.Choice(["0", "1"]), default="0", show_default=True, help="1: map ImageNet (PyTorch index) predictions to ObjectNet ids")
+@click.option("--objectnet-mappings", type=click.Path(exists=True, file_okay=False, path_type=Path), help="the ObjectNet dataset's mappings/ folder (for mode 1)")
+@click.option("--batch-size", "--batch_size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), help="image loading processes [default: min(4, CPUs)]")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (under torchrun: one GPU per process)")
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True, help="processes to shard over, one GPU each (launches torchrun --standalone for you)")
+@click.option("--precision", type=click.Choice(["32", "bf16", "16"]), default="32", show_default=True)
+@click.option("--optimize", type=click.Choice(["auto", "fused", "compiled", "eager"]), default="auto", show_default=True)
+@click.option("--resume", is_flag=True, help="keep the rows already in OUT (and its part files) and predict the rest")
+def batch_predict(images, out, model, model_class, checkpoint, transform, border_crop, fmt, top_k, softmax, convert_outputs_mode, objectnet_mappings,
+                  batch_size, workers, device, devices, precision, optimize, resume):
+    """Predict every image below IMAGES into one CSV (ObjectNet challenge format by default).
+
+    MODEL is a model.pt / optik checkpoint, or a timm name with --checkpoint; or give
+    --model-class file.py:Name --checkpoint W. Run under `torchrun --nproc_per_node N` to shard.
+    """
+    import os
+    import subprocess
+
+    from optik.tools.objectnet import BatchJob
+    from optik.tools.objectnet import batch_predict as run_batch
+
+    if devices > 1 and "WORLD_SIZE" not in os.environ:  # the same command, one process per device
+        args = sys.argv[1:]
+        args = [a for i, a in enumerate(args) if not (a == "--devices" or a.startswith("--devices=") or (i and args[i - 1] == "--devices"))]
+        sys.exit(subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(devices), "-m", "optik.cli", *args]))
+    job = BatchJob(images, out, model, model_class, checkpoint, transform, border_crop, fmt, top_k, softmax, int(convert_outputs_mode), objectnet_mappings,
+                   batch_size, workers, device, precision, optimize, resume)
+    report = run_batch(job)
+    if os.environ.get("RANK", "0") != "0":
+        return
+    rate = report.predicted / max(report.seconds, 1e-9)
+    click.echo(f"wrote {report.rows} rows to {out} ({report.predicted} predicted now, {report.skipped} kept from before; {rate:.1f} images/s)", err=True)
+    if report.failures:
+        for path, reason in report.failures[:10]:
+            click.echo(f"  unreadable: {path}: {reason}", err=True)
+        fail(f"{len(report.failures)} image(s) could not be read; they have no row in {out}")
+
+
+@main.group(cls=OptikGroup)
+def objectnet():
+    """ObjectNet challenge tools."""
+
+
+@objectnet.command("score")
+@click.argument("predictions", type=click.Path(exists=True, dir_okay=False))
+@click.argument("answers", type=click.Path(exists=True, dir_okay=False))
+@click.option("--no-range-check", is_flag=True, help="accept prediction ids outside [-1, num-classes)")
+@click.option("--num-classes", type=click.IntRange(min=1), default=313, show_default=True)
+def objectnet_score(predictions, answers, no_range_check, num_classes):
+    """Score PREDICTIONS (ObjectNet CSV) against ANSWERS (JSON: file name -> id) with the challenge's rules."""
+    from optik.tools.objectnet import score_predictions
+
+    score = score_predictions(predictions, answers, range_check=not no_range_check, num_classes=num_classes)
+    click.echo(f"top-1: {score.top1:.4f}\ntop-5: {score.top5:.4f}\nimages scored: {score.scored}\ntotal: {score.total}")
+
+
 # ----------------------------------------------------------------------------- services
 
 

@@ -1,0 +1,200 @@
+"""Batch prediction over a folder: any model, a sharded parallel loader, top-K rows per image.
+
+Used by `optik batch-predict` (ObjectNet-style jobs of tens of thousands of images): images are
+found recursively and keyed by base name; each process of a `torchrun` job takes a disjoint
+shard; loader workers decode and resize (uint8, 4x less to pass between processes) while the
+model runs, and the batch is normalised in one step, exactly as ToTensor + Normalize would.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from optik.data.decode import open_image
+from optik.data.folder import find_images
+from optik.data.transforms import INTERPOLATIONS, Preprocess
+from optik.errors import ConfigError, DataError, ImageDecodeError, ModelError
+from optik.inference.backends import TorchBackend
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Resize(224), CenterCrop(224), ImageNet mean/std: what plug-in models get unless --transform says otherwise.
+PLUGIN_PREPROCESS = Preprocess(image_size=224, resize_size=224, interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def find_flat_images(root: str | Path) -> list[Path]:
+    """Images below `root`, recursively, in sorted order; folders are ignored, so base names must be unique."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    files = find_images(root)
+    if not files:
+        raise DataError(f"no images found below {root}")
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.name in seen:
+            raise DataError(f"two images share the base name {path.name!r} ({seen[path.name]} and {path}); the output is keyed by base name, so rename one")
+        seen[path.name] = path
+    return sorted(files, key=lambda p: p.name)
+
+
+@dataclass
+class BatchModel:
+    """A network and how its inputs are prepared: a Preprocess, or a user transform (PIL -> tensor)."""
+
+    model: nn.Module
+    preprocess: Preprocess | None
+    transform: Callable | None = None
+    classes: list[str] | None = None
+
+
+def load_batch_model(model: str | None, model_class: str | None = None, checkpoint: str | None = None) -> BatchModel:
+    """MODEL as `optik batch-predict` takes it: a model package / optik checkpoint; a plug-in class or
+    factory (`file.py:Name`) with `checkpoint` weights; or a timm name with `checkpoint` weights."""
+    from optik.models.package import build_model, load_package
+    from optik.models.weights import extract_state_dict, read_checkpoint
+
+    if model_class is not None:
+        if checkpoint is None:
+            raise ConfigError("--model-class needs --checkpoint WEIGHTS")
+        from optik.models.classify import load_factory
+
+        network = load_factory(model_class)()
+        if not isinstance(network, nn.Module):
+            raise ModelError(f"{model_class} made a {type(network).__name__}, expected a torch.nn.Module")
+        _load_state(network, extract_state_dict(read_checkpoint(checkpoint)), checkpoint)
+        return BatchModel(network.eval(), PLUGIN_PREPROCESS)
+    if model is None:
+        raise ConfigError("give MODEL (model.pt, an optik checkpoint or a timm name), or --model-class file.py:Name --checkpoint W")
+    if Path(model).is_file():
+        package = load_package(model)
+        return BatchModel(build_model(package), Preprocess.from_dict(package.preprocess), classes=package.classes)
+    return _timm_model(model, checkpoint)
+
+
+def _timm_model(name: str, checkpoint: str | None) -> BatchModel:
+    import timm
+    from timm.data import resolve_data_config
+
+    from optik.models.weights import extract_state_dict, read_checkpoint
+
+    if not timm.is_model(name):
+        raise ConfigError(f"MODEL {name!r} is neither a file nor a timm architecture")
+    if checkpoint is None:
+        raise ConfigError("a timm name needs its weights: --checkpoint FILE (nothing is downloaded)")
+    state = extract_state_dict(read_checkpoint(checkpoint))
+    head = [v for k, v in state.items() if k.endswith(("fc.weight", "head.weight", "classifier.weight", "head.fc.weight"))]
+    network = timm.create_model(name, num_classes=head[-1].shape[0] if head else 1000)
+    _load_state(network, state, checkpoint)
+    cfg = resolve_data_config({}, model=network)
+    size = cfg["input_size"][-1]
+    preprocess = Preprocess(size, int(size / cfg["crop_pct"]), cfg["interpolation"] if cfg["interpolation"] in INTERPOLATIONS else "bilinear", tuple(cfg["mean"]), tuple(cfg["std"]))
+    return BatchModel(network.eval(), preprocess)
+
+
+def _load_state(network: nn.Module, state: dict, source: str) -> None:
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
+        state = {k[len("module."):]: v for k, v in state.items()}
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"the weights in {source} do not fit the model: {str(exc).splitlines()[0]}") from None
+
+
+def load_transform(spec: str) -> Callable:
+    """`file.py:function`: the function returns a transform (PIL image -> float tensor), or is one."""
+    from optik.models.classify import load_factory
+
+    function = load_factory(spec)
+    try:
+        transform = function()
+    except TypeError:  # the function is the transform itself
+        return function
+    if not callable(transform):
+        raise ConfigError(f"{spec} returned {type(transform).__name__}, expected a transform (PIL image -> tensor)")
+    return transform
+
+
+class FlatImages(Dataset):
+    """(index, picture, error) per file: uint8 (3, H, W) resized and cropped, or the user transform's tensor."""
+
+    def __init__(self, files: list[Path], preprocess: Preprocess | None, transform: Callable | None, border: int = 0):
+        self.files, self.preprocess, self.transform, self.border = files, preprocess, transform, border
+        if transform is None:
+            interpolation = INTERPOLATIONS[preprocess.interpolation]
+            self.resize = v2.Compose([v2.Resize(preprocess.resize_size, interpolation=interpolation, antialias=True), v2.CenterCrop(preprocess.image_size)])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        path = self.files[index]
+        try:
+            image = open_image(path, draft_size=self._draft_size(path))
+        except ImageDecodeError as exc:
+            return index, None, exc.reason
+        if self.border:
+            image = image.crop((self.border, self.border, image.width - self.border, image.height - self.border))
+        if self.transform is not None:
+            return index, self.transform(image), None
+        return index, torch.from_numpy(np.asarray(self.resize(image), dtype=np.uint8).copy()).permute(2, 0, 1), None
+
+    def _draft_size(self, path: Path) -> tuple[int, int] | None:
+        """JPEG decoding at a reduced scale only for images at least 4x the size needed, so the decoded
+        picture still has twice the resolution the resize keeps (the result stays the same in practice)."""
+        if self.transform is not None or path.suffix.lower() not in (".jpg", ".jpeg"):
+            return None
+        need = 2 * self.preprocess.resize_size
+        try:
+            with Image.open(path) as probe:
+                return (need, need) if min(probe.size) >= 2 * need else None
+        except Exception:  # noqa: BLE001 - open_image reports what is wrong with the file
+            return None
+
+
+def collate(items):
+    indices = [i for i, picture, _ in items if picture is not None]
+    pictures = [picture for _, picture, _ in items if picture is not None]
+    failures = [(i, error) for i, picture, error in items if picture is None]
+    return indices, (torch.stack(pictures) if pictures else None), failures
+
+
+def normalise(batch: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> what ToTensor + Normalize give, computed once for the whole batch."""
+    mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return batch.float().div_(255).sub_(mean).div_(std)
+
+
+@dataclass
+class Prediction:
+    index: int
+    ids: list[int]
+    scores: list[float]
+
+
+def predict_folder(bundle: BatchModel, files: list[Path], backend: TorchBackend, batch_size: int, workers: int, top_k: int, softmax: bool, border: int = 0) -> Iterator[tuple[list[Prediction], list[tuple[int, str]]]]:
+    """(predictions, failures) per batch, in order; indices refer to `files`."""
+    dataset = FlatImages(files, bundle.preprocess, bundle.transform, border)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=backend.device.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None)
+    for indices, pictures, failures in loader:
+        if pictures is None:
+            yield [], failures
+            continue
+        if bundle.transform is None:
+            pictures = normalise(pictures, bundle.preprocess.mean, bundle.preprocess.std)
+        outputs = backend(pictures).float()
+        outputs = outputs.softmax(dim=-1) if softmax else outputs
+        scores, ids = outputs.topk(min(top_k, outputs.shape[-1]), dim=-1)
+        yield [Prediction(i, row_ids, row_scores) for i, row_ids, row_scores in zip(indices, ids.tolist(), scores.cpu().tolist())], failures

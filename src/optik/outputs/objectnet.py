@@ -1,0 +1,114 @@
+"""Rows of batch prediction: ObjectNet challenge CSV, CSV with a header, or JSON lines.
+
+`objectnet`: no header, `filename,p1,c1,...,pK,cK` (prediction id and confidence interleaved,
+highest first). `csv`: the same columns under a header, plus `label1..labelK` when the classes have
+names. `jsonl`: `{"filename", "ids", "scores"[, "labels"]}` per line.
+
+Rows go to a part file per process as batches finish (flushed and synced), so a killed run keeps
+what it wrote; `merge_rows` writes the final file, sorted by file name, atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from optik.errors import ConfigError
+from optik.files import write_atomic
+
+FORMATS = ("objectnet", "csv", "jsonl")
+
+
+@dataclass
+class Row:
+    filename: str
+    ids: list[int]
+    scores: list[float]
+    labels: list[str] | None = None
+
+
+def header(fmt: str, k: int, labels: bool) -> str | None:
+    if fmt != "csv":
+        return None
+    columns = ["filename"] + [f"{kind}{i}" for i in range(1, k + 1) for kind in ("p", "c")] + ([f"label{i}" for i in range(1, k + 1)] if labels else [])
+    return ",".join(columns) + "\n"
+
+
+def format_row(row: Row, fmt: str) -> str:
+    if fmt == "jsonl":
+        record = {"filename": row.filename, "ids": row.ids, "scores": row.scores}
+        if row.labels is not None:
+            record["labels"] = row.labels
+        return json.dumps(record) + "\n"
+    cells = [row.filename] + [value for pair in zip(row.ids, (f"{s:.6g}" for s in row.scores)) for value in pair]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(cells + (row.labels or []))
+        return buffer.getvalue()
+    return ",".join(map(str, cells)) + "\n"
+
+
+def row_filename(line: str, fmt: str) -> str | None:
+    """The file name of a complete row (None for a header or a line cut short by a killed run)."""
+    if not line.endswith("\n") or not line.strip():
+        return None
+    if fmt == "jsonl":
+        try:
+            return json.loads(line)["filename"]
+        except (ValueError, KeyError, TypeError):
+            return None
+    first = next(csv.reader([line]))[0]
+    return None if fmt == "csv" and first == "filename" else first
+
+
+class PartWriter:
+    """Appends rows to this process's part file; each batch is flushed and synced before the next."""
+
+    def __init__(self, path: Path, fmt: str):
+        if fmt not in FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        self.path, self.fmt = path, fmt
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(path, "a", encoding="utf-8")
+
+    def write(self, rows: Iterable[Row]) -> None:
+        self.fh.write("".join(format_row(row, self.fmt) for row in rows))
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def part_files(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f"{out.name}.part-*"))
+
+
+def done_rows(paths: Iterable[Path], fmt: str) -> dict[str, str]:
+    """File name -> its complete row line, from finished outputs and part files (first one wins)."""
+    rows: dict[str, str] = {}
+    for path in paths:
+        if not path.is_file():
+            continue
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                name = row_filename(line, fmt)
+                if name is not None:
+                    rows.setdefault(name, line)
+    return rows
+
+
+def merge_rows(out: Path, fmt: str, k: int, labels: bool) -> int:
+    """Write `out` from itself and every part file, one row per file name, sorted; remove the parts."""
+    parts = part_files(out)
+    rows = done_rows([out, *parts], fmt)
+    head = header(fmt, k, labels) or ""
+    write_atomic(out, head + "".join(rows[name] for name in sorted(rows)))
+    for part in parts:
+        part.unlink()
+    return len(rows)

@@ -1,0 +1,249 @@
+"""ObjectNet-style batch prediction (`optik batch-predict`) and the challenge's scoring (`optik objectnet score`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from optik.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchJob:
+    """What `optik batch-predict` was asked to do."""
+
+    images: Path
+    out: Path
+    model: str | None = None
+    model_class: str | None = None
+    checkpoint: str | None = None
+    transform: str | None = None
+    border_crop: int = 0
+    fmt: str = "objectnet"
+    top_k: int = 5
+    softmax: bool = True
+    convert_outputs_mode: int = 0
+    objectnet_mappings: Path | None = None
+    batch_size: int = 32
+    workers: int | None = None
+    device: str = "auto"
+    precision: str = "32"
+    optimize: str = "auto"
+    resume: bool = False
+
+
+@dataclass
+class BatchReport:
+    rows: int = 0
+    predicted: int = 0
+    skipped: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    first_batch: tuple[int, float] = (0, 0.0)  # images and seconds of the first batch (compiling happens there)
+
+    def steady_rate(self) -> float:
+        """Images/s after the first batch: the speed of a long job, without the one-time set-up."""
+        images, seconds = self.predicted - self.first_batch[0], self.seconds - self.first_batch[1]
+        return images / seconds if seconds > 0 and images > 0 else self.predicted / max(self.seconds, 1e-9)
+
+
+def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
+    """Predict every image below `job.images` into `job.out`; under torchrun each rank takes a shard and
+    rank 0 merges the rows in sorted order. Returns this rank's report (rank 0: with the row count)."""
+    from optik.inference.backends import TorchBackend, mode_for
+    from optik.inference.batch import find_flat_images, load_batch_model, load_transform, predict_folder
+    from optik.outputs.objectnet import FORMATS, PartWriter, Row, done_rows, merge_rows, part_files
+
+    if job.fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
+    if job.convert_outputs_mode == 1 and job.objectnet_mappings is None:
+        raise ConfigError("--convert-outputs-mode 1 needs --objectnet-mappings DIR (the ObjectNet dataset's mappings/ folder)")
+    files = find_flat_images(job.images)
+    if job.fmt == "objectnet" and any("," in f.name for f in files):
+        raise DataError("an image name contains a comma, which the ObjectNet CSV cannot hold; use --format csv or jsonl")
+    rank, world = _start_distributed(job.device)
+    bundle = load_batch_model(job.model, job.model_class, job.checkpoint)
+    if job.transform is not None:
+        bundle.transform = load_transform(job.transform)
+    id_map, labels = _id_map(job, bundle)
+    device = _rank_device(job.device, rank, world)
+    mode = mode_for(len(files)) if job.optimize == "auto" else job.optimize
+    backend = TorchBackend(bundle.model, device=str(device), precision=job.precision, mode=mode, batch_size=job.batch_size)
+
+    part = job.out.with_name(f"{job.out.name}.part-{rank}")
+    if not job.resume:
+        part.unlink(missing_ok=True)
+        if rank == 0:
+            job.out.unlink(missing_ok=True)
+            for stale in part_files(job.out):
+                if int(stale.name.rsplit("-", 1)[-1]) >= world:
+                    stale.unlink()
+    _barrier(world)
+    done = set(done_rows([job.out, *part_files(job.out)], job.fmt)) if job.resume else set()
+    mine = [f for i, f in enumerate(files) if i % world == rank and f.name not in done]
+    report = BatchReport(skipped=len([f for i, f in enumerate(files) if i % world == rank]) - len(mine))
+    workers = job.workers if job.workers is not None else min(4, os.cpu_count() or 1)
+    writer, started = PartWriter(part, job.fmt), time.perf_counter()
+    bar = _progress(len(mine), progress and rank == 0, world)
+    try:
+        for predictions, failures in predict_folder(bundle, mine, backend, job.batch_size, workers, job.top_k, job.softmax, job.border_crop):
+            rows = []
+            for p in predictions:
+                ids = [int(id_map[i]) if i < len(id_map) else -1 for i in p.ids] if id_map is not None else p.ids
+                rows.append(Row(mine[p.index].name, ids, p.scores, [labels[i] if 0 <= i < len(labels) else "" for i in ids] if labels else None))
+            writer.write(rows)
+            if report.predicted == 0:
+                report.first_batch = (len(rows), time.perf_counter() - started)
+            report.predicted += len(rows)
+            report.failures += [(str(mine[i]), reason) for i, reason in failures]
+            bar.update(len(rows) + len(failures))
+    finally:
+        writer.close()
+        bar.close()
+    report.seconds = time.perf_counter() - started
+    report.failures = _gather_failures(report.failures, world)
+    _barrier(world)
+    if rank == 0:
+        report.rows = merge_rows(job.out, job.fmt, job.top_k, labels is not None)
+    _stop_distributed(world)
+    return report
+
+
+def _id_map(job: BatchJob, bundle) -> tuple[np.ndarray | None, list[str] | None]:
+    """Mode 1: PyTorch ImageNet index -> ObjectNet id (and ObjectNet labels); mode 0: none (and class names)."""
+    if job.convert_outputs_mode == 1:
+        from optik.data.objectnet import objectnet_labels, pytorch_to_objectnet
+
+        return pytorch_to_objectnet(job.objectnet_mappings), (objectnet_labels(job.objectnet_mappings) if job.fmt != "objectnet" else None)
+    if job.convert_outputs_mode != 0:
+        raise ConfigError("--convert-outputs-mode is 0 (ids as the model gives them) or 1 (ImageNet -> ObjectNet)")
+    return None, (bundle.classes if job.fmt != "objectnet" else None)
+
+
+def _start_distributed(device: str) -> tuple[int, int]:
+    """(rank, world size): torchrun's environment, or a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+        if backend == "gloo":  # share the CPU cores between the processes
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    return rank, world
+
+
+def _rank_device(device: str, rank: int, world: int) -> torch.device:
+    from optik.inference.backends import pick_device
+
+    chosen = pick_device(device)
+    if chosen.type == "cuda" and world > 1 and chosen.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    return chosen
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _gather_failures(failures: list, world: int) -> list:
+    if world == 1:
+        return failures
+    gathered: list = [None] * world
+    torch.distributed.all_gather_object(gathered, failures)
+    return [item for part in gathered for item in part]
+
+
+def _stop_distributed(world: int) -> None:
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _progress(total: int, enabled: bool, world: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total * world, unit="img", desc="batch-predict", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class Score:
+    top1: float
+    top5: float
+    scored: int
+    total: int
+
+
+def score_predictions(predictions: str | Path, answers: str | Path, range_check: bool = True, num_classes: int = 313) -> Score:
+    """Score an ObjectNet CSV with the challenge's rules; any malformed row rejects the whole file.
+
+    ANSWERS is `{"file name": id}` or `{"file name": [ids]}` (any listed id counts as right). A
+    row is `filename,p1,c1,...` with one to five (integer id, numeric confidence) pairs; file names
+    must be known and unique; ids must lie in [-1, num_classes) unless `range_check` is off. Top-1
+    and top-5 count over all answers, so a missing image counts as wrong.
+    """
+    truth = _read_answers(Path(answers))
+    rows: dict[str, list[int]] = {}
+    with open(predictions, newline="", encoding="utf-8") as fh:
+        for number, cells in enumerate(csv.reader(fh), start=1):
+            where = f"{predictions} line {number}"
+            if not cells or not any(c.strip() for c in cells):
+                raise DataError(f"{where}: empty line; the file is rejected")
+            name, values = cells[0].strip(), cells[1:]
+            if len(values) < 2 or len(values) > 10 or len(values) % 2:
+                raise DataError(f"{where}: expected filename and 1 to 5 (prediction, confidence) pairs, got {len(values)} values; the file is rejected")
+            if name not in truth:
+                raise DataError(f"{where}: unknown file name {name!r}; the file is rejected")
+            if name in rows:
+                raise DataError(f"{where}: {name!r} appears twice; the file is rejected")
+            rows[name] = [_prediction_id(v, where, range_check, num_classes) for v in values[0::2]]
+            for confidence in values[1::2]:
+                try:
+                    float(confidence)
+                except ValueError:
+                    raise DataError(f"{where}: confidence {confidence!r} is not a number; the file is rejected") from None
+    if not rows:
+        raise DataError(f"{predictions} has no predictions")
+    top1 = sum(bool(rows.get(name)) and rows[name][0] in ids for name, ids in truth.items())
+    top5 = sum(any(p in ids for p in rows.get(name, [])[:5]) for name, ids in truth.items())
+    return Score(top1 / len(truth), top5 / len(truth), len(rows), len(truth))
+
+
+def _prediction_id(value: str, where: str, range_check: bool, num_classes: int) -> int:
+    try:
+        ident = int(value.strip())
+    except ValueError:
+        raise DataError(f"{where}: prediction {value!r} is not an integer id; the file is rejected") from None
+    if range_check and not -1 <= ident < num_classes:
+        raise DataError(f"{where}: prediction id {ident} is outside [-1, {num_classes - 1}]; the file is rejected (--no-range-check to allow it)")
+    return ident
+
+
+def _read_answers(path: Path) -> dict[str, set[int]]:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"answers file not found: {path}") from None
+    except ValueError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(content, dict) or not content:
+        raise DataError(f"{path} should map file names to ObjectNet ids: {{\"image.png\": 12, ...}}")
+    answers = {}
+    for name, ids in content.items():
+        ids = ids if isinstance(ids, list) else [ids]
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise DataError(f"{path}: the answer for {name!r} is not an integer id (or a list of them)")
+        answers[name] = set(ids)
+    return answers
