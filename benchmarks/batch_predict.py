@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shutil
 import sys
 import tempfile
@@ -61,10 +62,10 @@ def reference(model, files, batch_size: int, workers: int) -> tuple[float, float
     return (len(files) - first[0]) / (total - first[1]), len(files) / total, top1
 
 
-def ours(folder: Path, weights: Path, out: Path, batch_size: int, workers: int, precision: str, optimize: str) -> tuple[float, float, dict[str, int]]:
+def ours(folder: Path, weights: Path, out: Path, batch_size: int, precision: str, optimize: str) -> tuple[float, float, dict[str, int]]:
     from optik.tools.objectnet import BatchJob, batch_predict
 
-    job = BatchJob(folder, out, model_class=f"{PLUGIN}:build", checkpoint=str(weights), batch_size=batch_size, workers=workers, device="cpu", precision=precision, optimize=optimize)
+    job = BatchJob(folder, out, model_class=f"{PLUGIN}:build", checkpoint=str(weights), batch_size=batch_size, device="cpu", precision=precision, optimize=optimize)
     report = batch_predict(job, progress=False)
     with open(out, newline="") as fh:
         top1 = {row[0]: int(row[1]) for row in csv.reader(fh)}
@@ -75,7 +76,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="the reference's loader workers (its default: every CPU); optik uses its own default")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="optik-batch-bench-"))
     folder = work / "images"
@@ -85,13 +87,22 @@ def main() -> None:
     files = sorted(folder.glob("*.jpg"))
     model = calibrated_resnet50(photo_batch(128, 224))
     torch.save(model.state_dict(), work / "resnet50.pth")
-    print(f"resnet50 (random init, batch-norm statistics from photos), {args.images} JPEGs 640x480, batch {args.batch_size}, {args.workers} loader workers, torch {torch.__version__}")
-    ref_rate, ref_total, ref_top1 = reference(model, files, args.batch_size, args.workers)
-    print(f"{'reference (PIL, DataLoader, eager fp32 NCHW)':48s} {ref_rate:6.1f} images/s steady, {ref_total:6.1f} over the run   1.00x   top-1 same: -")
-    for name, precision, optimize in (("optik fused fp32 (auto below 1000 images)", "32", "fused"), ("optik compiled fp32 (auto from 1000 images)", "32", "compiled"), ("optik compiled bf16", "bf16", "compiled")):
-        rate, total, top1 = ours(folder, work / "resnet50.pth", work / f"{optimize}-{precision}.csv", args.batch_size, args.workers, precision, optimize)
+    print(f"resnet50 (random init, batch-norm statistics from photos), {args.images} JPEGs 640x480, batch {args.batch_size}, reference loader workers {args.workers}, torch {torch.__version__}")
+    configs = {"reference (PIL, DataLoader, eager fp32 NCHW)": None, "optik fused fp32 (auto below 1000 images)": ("32", "fused"),
+               "optik compiled fp32 (auto from 1000 images)": ("32", "compiled"), "optik compiled bf16": ("bf16", "compiled")}
+    best: dict[str, tuple[float, float, dict]] = {}
+    for _ in range(args.rounds):  # rounds alternate the pipelines, so background load hits all alike; the best round counts
+        for name, config in configs.items():
+            if config is None:
+                result = reference(model, files, args.batch_size, args.workers)
+            else:
+                result = ours(folder, work / "resnet50.pth", work / "out.csv", args.batch_size, *config)
+            if name not in best or result[0] > best[name][0]:
+                best[name] = result
+    ref_rate, _, ref_top1 = best[next(iter(configs))]
+    for name, (rate, total, top1) in best.items():
         same = sum(top1[n] == ref_top1[n] for n in ref_top1)
-        print(f"{name:48s} {rate:6.1f} images/s steady, {total:6.1f} over the run   {rate / ref_rate:.2f}x   top-1 same: {same}/{len(ref_top1)}")
+        print(f"{name:48s} {rate:6.1f} images/s steady, {total:6.1f} over the run   {rate / ref_rate:.2f}x   top-1 same as reference: {same}/{len(ref_top1)}")
     shutil.rmtree(work, ignore_errors=True)
 
 

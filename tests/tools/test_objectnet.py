@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import COLOURS, colour_image, run_optik
 
@@ -234,3 +235,21 @@ def test_score_top1_top5_and_missing_images(tmp_path):
     assert done.stdout.split("\n")[:4] == ["top-1: 0.5000", "top-5: 0.7500", "images scored: 3", "total: 4"]
     (tmp_path / "far.csv").write_text("a.png,400,0.9\n")
     assert run_optik("objectnet", "score", tmp_path / "far.csv", tmp_path / "answers.json", "--no-range-check").returncode == 0
+
+
+def test_large_jpegs_decode_at_reduced_scale_with_the_same_picture(tmp_path):
+    """Draft decoding only for JPEGs at least 4x the size needed; the resized picture stays nearly the same."""
+    from optik.inference.batch import PLUGIN_PREPROCESS, FlatImages
+
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 255, (60, 50, 3)), np.ones((20, 20, 1))).astype(np.uint8)  # 1200x1000, photo-like detail
+    Image.fromarray(smooth).save(tmp_path / "big.jpg", quality=95)
+    Image.fromarray(smooth[:400, :500]).save(tmp_path / "small.jpg", quality=95)
+    dataset = FlatImages([tmp_path / "big.jpg", tmp_path / "small.jpg"], PLUGIN_PREPROCESS, None)
+    assert dataset._draft_size(tmp_path / "big.jpg") == (448, 448) and dataset._draft_size(tmp_path / "small.jpg") is None
+    _, drafted, _ = dataset[0]
+    full = FlatImages([tmp_path / "big.jpg"], PLUGIN_PREPROCESS, None)
+    full._draft_size = lambda path: None
+    _, exact, _ = full[0]
+    assert drafted.shape == exact.shape == (3, 224, 224)
+    assert (drafted.float() - exact.float()).abs().mean() < 2.0  # of 255

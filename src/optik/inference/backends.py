@@ -23,6 +23,9 @@ from optik.errors import ConfigError
 PRECISIONS = ("32", "bf16", "16")
 MODES = ("eager", "fused", "compiled")
 
+# Images of the first batch on which an optimised form is checked against eager.
+CHECK_IMAGES = 8
+
 # Below this many images the compile time (10-25 s) costs more than it saves.
 COMPILE_MIN_IMAGES = 1000
 
@@ -135,25 +138,27 @@ class TorchBackend:
             return self.model(images.contiguous(memory_format=self.layout))
 
     def _choose(self, images: torch.Tensor) -> torch.Tensor:
-        """Try the optimised forms on this first batch; keep the first that matches eager."""
+        """Try the optimised forms on a slice of this first batch; keep the first that matches eager."""
         self._checked = True
+        probe = images[:CHECK_IMAGES]  # enough to catch a wrong form, without an eager pass over a whole batch
         with self.autocast():
-            reference = self.eager(images)
+            reference = self.eager(probe)
         candidates = ["compiled", "fused"] if self.requested == "compiled" else ["fused"]
         for mode in candidates:
             try:
                 model = self._build(mode)
                 with warnings.catch_warnings(), self.autocast():
                     warnings.simplefilter("ignore")
-                    output = model(images.contiguous(memory_format=torch.channels_last))
+                    output = model(probe.contiguous(memory_format=torch.channels_last))
             except Exception as exc:  # a model the optimiser cannot handle still runs eagerly
                 log.warning("inference mode %s unavailable for this model (%s: %s); falling back", mode, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
                 continue
             if _agrees(output, reference, self.precision):
                 self.model, self.mode, self.layout = model, mode, torch.channels_last
-                return output
+                break
             log.warning("inference mode %s changes this model's outputs; falling back", mode)
-        return reference
+        with self.autocast():
+            return self.model(images.contiguous(memory_format=self.layout))
 
     def _build(self, mode: str) -> nn.Module:
         if mode == "fused":

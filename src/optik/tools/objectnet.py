@@ -92,7 +92,7 @@ def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
     done = set(done_rows([job.out, *part_files(job.out)], job.fmt)) if job.resume else set()
     mine = [f for i, f in enumerate(files) if i % world == rank and f.name not in done]
     report = BatchReport(skipped=len([f for i, f in enumerate(files) if i % world == rank]) - len(mine))
-    workers = job.workers if job.workers is not None else min(4, os.cpu_count() or 1)
+    workers = job.workers if job.workers is not None else default_workers(device)
     writer, started = PartWriter(part, job.fmt), time.perf_counter()
     bar = _progress(len(mine), progress and rank == 0, world)
     try:
@@ -117,6 +117,12 @@ def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
         report.rows = merge_rows(job.out, job.fmt, job.top_k, labels is not None)
     _stop_distributed(world)
     return report
+
+
+def default_workers(device: torch.device) -> int:
+    """Loader processes: on a CPU half the cores (the model needs the rest), on a GPU most of them."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, max(1, cores - 1)) if device.type == "cuda" else min(4, max(1, cores // 2))
 
 
 def _id_map(job: BatchJob, bundle) -> tuple[np.ndarray | None, list[str] | None]:
