@@ -275,7 +275,7 @@ def predict(model, images, out_dir, top_k, min_score, device, precision, batch_s
 @click.option("--convert-outputs-mode", "--convert_outputs_mode", type=click.Choice(["0", "1"]), default="0", show_default=True, help="1: map ImageNet (PyTorch index) predictions to ObjectNet ids")
 @click.option("--objectnet-mappings", type=click.Path(exists=True, file_okay=False, path_type=Path), help="the ObjectNet dataset's mappings/ folder (for mode 1)")
 @click.option("--batch-size", "--batch_size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), help="image loading processes [default: min(4, CPUs)]")
+@click.option("--workers", type=click.IntRange(min=0), help="image loading processes per process [default: half the cores on a CPU, most of them on a GPU]")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (under torchrun: one GPU per process)")
 @click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True, help="processes to shard over, one GPU each (launches torchrun --standalone for you)")
 @click.option("--precision", type=click.Choice(["32", "bf16", "16"]), default="32", show_default=True)

@@ -253,3 +253,51 @@ def test_large_jpegs_decode_at_reduced_scale_with_the_same_picture(tmp_path):
     _, exact, _ = full[0]
     assert drafted.shape == exact.shape == (3, 224, 224)
     assert (drafted.float() - exact.float()).abs().mean() < 2.0  # of 255
+
+
+def test_resume_after_a_row_cut_short(plugin, tmp_path):
+    """A kill in the middle of writing a row: the fragment is dropped and that image predicted again."""
+    truth = nested_images(tmp_path / "images", 8)
+    out = tmp_path / "out.csv"
+    args = ["batch-predict", tmp_path / "images", out, "--model-class", plugin[0], "--checkpoint", plugin[1], "--workers", "0"]
+    assert run_optik(*args).returncode == 0
+    rows = out.read_text().splitlines(keepends=True)
+    out.unlink()
+    (tmp_path / "out.csv.part-0").write_text("".join(rows[:3]) + rows[3][:12])  # three rows and a fragment
+    done = run_optik(*args, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert out.read_text().splitlines(keepends=True) == rows and [r[0] for r in read_rows(out)] == sorted(truth)
+
+
+def test_unreadable_images_are_reported_and_the_rest_written(plugin, tmp_path):
+    nested_images(tmp_path / "images", 6)
+    (tmp_path / "images" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (tmp_path / "images" / "tiny.png").write_bytes(_tiny_png())
+    out = tmp_path / "out.csv"
+    done = run_optik("batch-predict", tmp_path / "images", out, "--model-class", plugin[0], "--checkpoint", plugin[1], "--border-crop", "2", "--workers", "1")
+    assert done.returncode == 2 and "2 image(s) could not be read" in done.stderr and "Traceback" not in done.stderr
+    assert "broken.jpg: not an image" in done.stderr and "too small for --border-crop 2" in done.stderr
+    assert len(read_rows(out)) == 6
+
+
+def _tiny_png() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (3, 3)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_option_mistakes_are_one_line_errors(plugin, colour_model, tmp_path):
+    nested_images(tmp_path / "images", 2)
+    out = tmp_path / "out.csv"
+    cases = [
+        (["--model-class", plugin[0], "--checkpoint", plugin[1], "--top-k", "6"], "at most 5 predictions"),
+        ([colour_model, "--checkpoint", plugin[1]], "carries its own weights"),
+        (["--model-class", plugin[0]], "needs --checkpoint"),
+        (["resnet50"], "needs its weights"),
+        (["not_a_model_or_file"], "neither a file nor a timm architecture"),
+    ]
+    for extra, message in cases:
+        done = run_optik("batch-predict", tmp_path / "images", out, *extra)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, (extra, done.stderr)

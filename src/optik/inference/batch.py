@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from optik.config.schema import IMAGENET_MEAN, IMAGENET_STD
 from optik.data.decode import open_image
 from optik.data.folder import find_images
 from optik.data.transforms import INTERPOLATIONS, Preprocess
@@ -28,7 +29,6 @@ from optik.inference.backends import TorchBackend
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Resize(224), CenterCrop(224), ImageNet mean/std: what plug-in models get unless --transform says otherwise.
 PLUGIN_PREPROCESS = Preprocess(image_size=224, resize_size=224, interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
@@ -66,6 +66,8 @@ def load_batch_model(model: str | None, model_class: str | None = None, checkpoi
     from optik.models.weights import extract_state_dict, read_checkpoint
 
     if model_class is not None:
+        if model is not None:
+            raise ConfigError(f"give MODEL ({model}) or --model-class, not both")
         if checkpoint is None:
             raise ConfigError("--model-class needs --checkpoint WEIGHTS")
         from optik.models.classify import load_factory
@@ -78,6 +80,8 @@ def load_batch_model(model: str | None, model_class: str | None = None, checkpoi
     if model is None:
         raise ConfigError("give MODEL (model.pt, an optik checkpoint or a timm name), or --model-class file.py:Name --checkpoint W")
     if Path(model).is_file():
+        if checkpoint is not None:
+            raise ConfigError(f"{model} carries its own weights; --checkpoint is for --model-class or a timm name")
         package = load_package(model)
         return BatchModel(build_model(package), Preprocess.from_dict(package.preprocess), classes=package.classes)
     return _timm_model(model, checkpoint)
@@ -104,12 +108,14 @@ def _timm_model(name: str, checkpoint: str | None) -> BatchModel:
 
 
 def _load_state(network: nn.Module, state: dict, source: str) -> None:
-    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
+    """All of the model's weights, from a state_dict saved bare or by DataParallel/DDP (`module.`)."""
+    if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     try:
         network.load_state_dict(state)
     except RuntimeError as exc:
-        raise ModelError(f"the weights in {source} do not fit the model: {str(exc).splitlines()[0]}") from None
+        details = " ".join(line.strip() for line in str(exc).splitlines()[1:])[:400]
+        raise ModelError(f"the weights in {source} do not fit the model: {details}") from None
 
 
 def load_transform(spec: str) -> Callable:
@@ -117,10 +123,15 @@ def load_transform(spec: str) -> Callable:
     from optik.models.classify import load_factory
 
     function = load_factory(spec)
+    import inspect
+
     try:
-        transform = function()
-    except TypeError:  # the function is the transform itself
+        takes_image = any(p.default is p.empty for p in inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        takes_image = False
+    if takes_image:  # the function is the transform itself
         return function
+    transform = function()
     if not callable(transform):
         raise ConfigError(f"{spec} returned {type(transform).__name__}, expected a transform (PIL image -> tensor)")
     return transform
@@ -145,16 +156,21 @@ class FlatImages(Dataset):
         except ImageDecodeError as exc:
             return index, None, exc.reason
         if self.border:
+            if min(image.size) <= 2 * self.border:
+                return index, None, f"image of {image.width}x{image.height} is too small for --border-crop {self.border}"
             image = image.crop((self.border, self.border, image.width - self.border, image.height - self.border))
-        if self.transform is not None:
+        if self.transform is None:
+            return index, torch.from_numpy(np.asarray(self.resize(image), dtype=np.uint8).copy()).permute(2, 0, 1), None
+        try:
             return index, self.transform(image), None
-        return index, torch.from_numpy(np.asarray(self.resize(image), dtype=np.uint8).copy()).permute(2, 0, 1), None
+        except Exception as exc:  # noqa: BLE001 - a user transform failing on one image is that image's error
+            return index, None, f"--transform failed ({type(exc).__name__}: {exc})"
 
     def _draft_size(self, path: Path) -> tuple[int, int] | None:
         """JPEG decoding at a reduced scale only for images at least 4x the size needed, so the decoded
         picture still has twice the resolution the resize keeps (the result stays the same in practice)."""
-        if self.transform is not None or path.suffix.lower() not in (".jpg", ".jpeg"):
-            return None
+        if self.transform is not None or self.border or path.suffix.lower() not in (".jpg", ".jpeg"):
+            return None  # a border is given in full-resolution pixels
         need = 2 * self.preprocess.resize_size
         try:
             with Image.open(path) as probe:
@@ -167,13 +183,15 @@ def collate(items):
     indices = [i for i, picture, _ in items if picture is not None]
     pictures = [picture for _, picture, _ in items if picture is not None]
     failures = [(i, error) for i, picture, error in items if picture is None]
+    if len({tuple(p.shape) for p in pictures}) > 1:
+        raise ConfigError(f"the transform gave pictures of different shapes ({', '.join(sorted({str(tuple(p.shape)) for p in pictures}))}); end it with a fixed-size crop")
     return indices, (torch.stack(pictures) if pictures else None), failures
 
 
 def normalise(batch: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> what ToTensor + Normalize give, computed once for the whole batch."""
-    mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    """uint8 (N, 3, H, W) -> what ToTensor + Normalize give, computed once for the whole batch (on its device)."""
+    mean = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
     return batch.float().div_(255).sub_(mean).div_(std)
 
 
@@ -192,6 +210,7 @@ def predict_folder(bundle: BatchModel, files: list[Path], backend: TorchBackend,
         if pictures is None:
             yield [], failures
             continue
+        pictures = pictures.to(backend.device, non_blocking=True)  # pinned uint8 on CUDA: a quarter of the bytes
         if bundle.transform is None:
             pictures = normalise(pictures, bundle.preprocess.mean, bundle.preprocess.std)
         outputs = backend(pictures).float()

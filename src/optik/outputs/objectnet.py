@@ -74,6 +74,7 @@ class PartWriter:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         self.path, self.fmt = path, fmt
         path.parent.mkdir(parents=True, exist_ok=True)
+        _trim_partial_line(path)
         self.fh = open(path, "a", encoding="utf-8")
 
     def write(self, rows: Iterable[Row]) -> None:
@@ -85,8 +86,19 @@ class PartWriter:
         self.fh.close()
 
 
+def _trim_partial_line(path: Path) -> None:
+    """Cut a row that a killed run left half-written, so the next row starts on a line of its own."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if not data.endswith(b"\n"):
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
 def part_files(out: Path) -> list[Path]:
-    return sorted(out.parent.glob(f"{out.name}.part-*"))
+    """The part files of `out`, one per process rank (`OUT.part-<rank>`)."""
+    return sorted(p for p in out.parent.glob(f"{out.name}.part-*") if p.name.rsplit("-", 1)[-1].isdigit())
 
 
 def done_rows(paths: Iterable[Path], fmt: str) -> dict[str, str]:

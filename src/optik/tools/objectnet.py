@@ -62,10 +62,12 @@ def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
     rank 0 merges the rows in sorted order. Returns this rank's report (rank 0: with the row count)."""
     from optik.inference.backends import TorchBackend, mode_for
     from optik.inference.batch import find_flat_images, load_batch_model, load_transform, predict_folder
-    from optik.outputs.objectnet import FORMATS, PartWriter, Row, done_rows, merge_rows, part_files
+    from optik.outputs.objectnet import FORMATS, PartWriter, merge_rows
 
     if job.fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
+    if job.fmt == "objectnet" and job.top_k > 5:
+        raise ConfigError("the ObjectNet format has at most 5 predictions per row; use --top-k 5 or less, or --format csv/jsonl")
     if job.convert_outputs_mode == 1 and job.objectnet_mappings is None:
         raise ConfigError("--convert-outputs-mode 1 needs --objectnet-mappings DIR (the ObjectNet dataset's mappings/ folder)")
     files = find_flat_images(job.images)
@@ -76,31 +78,18 @@ def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
     if job.transform is not None:
         bundle.transform = load_transform(job.transform)
     id_map, labels = _id_map(job, bundle)
+    mine = _my_share(job, files, rank, world)
     device = _rank_device(job.device, rank, world)
-    mode = mode_for(len(files)) if job.optimize == "auto" else job.optimize
+    mode = mode_for(len(mine) * world) if job.optimize == "auto" else job.optimize
     backend = TorchBackend(bundle.model, device=str(device), precision=job.precision, mode=mode, batch_size=job.batch_size)
-
     part = job.out.with_name(f"{job.out.name}.part-{rank}")
-    if not job.resume:
-        part.unlink(missing_ok=True)
-        if rank == 0:
-            job.out.unlink(missing_ok=True)
-            for stale in part_files(job.out):
-                if int(stale.name.rsplit("-", 1)[-1]) >= world:
-                    stale.unlink()
-    _barrier(world)
-    done = set(done_rows([job.out, *part_files(job.out)], job.fmt)) if job.resume else set()
-    mine = [f for i, f in enumerate(files) if i % world == rank and f.name not in done]
-    report = BatchReport(skipped=len([f for i, f in enumerate(files) if i % world == rank]) - len(mine))
+    report = BatchReport(skipped=len(files[rank::world]) - len(mine))
     workers = job.workers if job.workers is not None else default_workers(device)
     writer, started = PartWriter(part, job.fmt), time.perf_counter()
-    bar = _progress(len(mine), progress and rank == 0, world)
+    bar = _progress(len(mine), progress and rank == 0)
     try:
         for predictions, failures in predict_folder(bundle, mine, backend, job.batch_size, workers, job.top_k, job.softmax, job.border_crop):
-            rows = []
-            for p in predictions:
-                ids = [int(id_map[i]) if i < len(id_map) else -1 for i in p.ids] if id_map is not None else p.ids
-                rows.append(Row(mine[p.index].name, ids, p.scores, [labels[i] if 0 <= i < len(labels) else "" for i in ids] if labels else None))
+            rows = [_row(mine[p.index].name, p, id_map, labels) for p in predictions]
             writer.write(rows)
             if report.predicted == 0:
                 report.first_batch = (len(rows), time.perf_counter() - started)
@@ -119,10 +108,42 @@ def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
     return report
 
 
+def _my_share(job: BatchJob, files: list, rank: int, world: int) -> list:
+    """This rank's files (every world-th), less those already in the output when resuming.
+
+    Without --resume, old part files and the old output are cleared first (each rank its own
+    part; rank 0 the output and parts of ranks that no longer exist).
+    """
+    from optik.outputs.objectnet import done_rows, part_files
+
+    if not job.resume:
+        job.out.with_name(f"{job.out.name}.part-{rank}").unlink(missing_ok=True)
+        if rank == 0:
+            job.out.unlink(missing_ok=True)
+            for stale in part_files(job.out):
+                if int(stale.name.rsplit("-", 1)[-1]) >= world:
+                    stale.unlink()
+    _barrier(world)
+    done = set(done_rows([job.out, *part_files(job.out)], job.fmt)) if job.resume else set()
+    return [f for f in files[rank::world] if f.name not in done]
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers(device: torch.device) -> int:
-    """Loader processes: on a CPU half the cores (the model needs the rest), on a GPU most of them."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(8, max(1, cores - 1)) if device.type == "cuda" else min(4, max(1, cores // 2))
+    """Loader processes per rank: on a CPU half its cores (the model needs the rest), on a GPU most of them."""
+    share = max(1, cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return min(8, max(1, share - 1)) if device.type == "cuda" else min(4, max(1, share // 2))
+
+
+def _row(name: str, prediction, id_map: np.ndarray | None, labels: list[str] | None):
+    """A prediction as an output row: ids mapped (mode 1, unmapped -1) and named when names are known."""
+    from optik.outputs.objectnet import Row
+
+    ids = prediction.ids if id_map is None else [int(id_map[i]) if i < len(id_map) else -1 for i in prediction.ids]
+    return Row(name, ids, prediction.scores, [labels[i] if 0 <= i < len(labels) else "" for i in ids] if labels else None)
 
 
 def _id_map(job: BatchJob, bundle) -> tuple[np.ndarray | None, list[str] | None]:
@@ -142,9 +163,11 @@ def _start_distributed(device: str) -> tuple[int, int]:
     rank = int(os.environ.get("RANK", "0"))
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+        if backend == "nccl":  # one GPU per process, set before NCCL starts
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         torch.distributed.init_process_group(backend=backend)
         if backend == "gloo":  # share the CPU cores between the processes
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+            torch.set_num_threads(max(1, cores() // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     return rank, world
 
 
@@ -175,10 +198,10 @@ def _stop_distributed(world: int) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _progress(total: int, enabled: bool, world: int):
+def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total * world, unit="img", desc="batch-predict", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+    return tqdm(total=total, unit="img", desc="batch-predict", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
 
 
 # ----------------------------------------------------------------------------- scoring
