@@ -157,7 +157,7 @@ def train(source, work_dir, overrides, resume, no_validate, seed, deterministic,
 def model_options(func):
     func = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto")(func)
     func = click.option("--precision", type=click.Choice(["32", "bf16", "16"]), default="32", show_default=True, help="32 is exact; bf16 is faster on recent CPUs, 16 needs CUDA")(func)
-    func = click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)(func)
+    func = click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="images per forward pass (services: the micro-batch size)")(func)
     func = click.option("--optimize", "mode", type=click.Choice(["auto", "fused", "compiled", "eager"]), default="auto", show_default=True,
                         help="exact speed-ups: fused (no set-up), compiled (compiles once; auto picks it for services and 1000+ images), eager (plain PyTorch)")(func)
     return func
@@ -379,7 +379,7 @@ def serve():
 @click.option("--poll-wait", "--poll_wait", type=click.FloatRange(min=0), default=1.0, show_default=True, help="seconds between looks at an empty folder (--continuous)")
 @click.option("--watch", "--use_watchdog", is_flag=True, help="react to file events at once (keeps running), rescanning every --watch-interval")
 @click.option("--watch-interval", "--watchdog_check_interval", type=click.FloatRange(min=0.01), default=10.0, show_default=True, help="seconds between rescans with --watch")
-@click.option("--settle", type=click.FloatRange(min=0), default=1.0, show_default=True, help="a file without an end marker (JPEG/PNG/GIF have one) is taken once unchanged this long")
+@click.option("--settle", type=click.FloatRange(min=0), default=1.0, show_default=True, help="a file without an end marker (JPEG and PNG have one) is taken once unchanged this long")
 @service_options
 def serve_poll(model, in_dir, out_dir, tmp_dir, done_dir, failed_dir, delete_input, continuous, poll_wait, watch, watch_interval, settle, top_k, min_score, verbose, quiet, device, precision, batch_size, mode):
     """Predict images dropped into --in: <stem>.json in --out, then move the image on (the old predict_poll).
@@ -470,15 +470,19 @@ def redis_group():
 @redis_group.command("send")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @redis_options
-@click.option("--raw", is_flag=True, help="publish the bare image bytes (as srh-broadcast -b does) instead of a JSON envelope with an id (pubsub)")
+@click.option("--raw", is_flag=True, help="publish the bare image bytes (as srh-broadcast -b does) instead of a JSON envelope with an id (pubsub); replies then carry no file name")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True, help="seconds to wait for all replies")
 def redis_send(images, transport, redis_in, redis_out, redis_host, redis_port, redis_db, redis_username, redis_password, redis_password_env, redis_ssl, redis_ssl_ca, raw, timeout):
     """Send IMAGES to a service and print each reply as a JSON line."""
     from optik.services.redis_service import send_images
 
     connection = connect_options(redis_host, redis_port, redis_db, redis_username, redis_password, redis_password_env, redis_ssl, redis_ssl_ca)
+    errors = 0
     for reply in send_images(connection, list(images), redis_in, redis_out, transport, raw, timeout):
+        errors += isinstance(reply, dict) and "error" in reply
         click.echo(json.dumps(reply))
+    if errors:
+        fail(f"{errors} of {len(images)} image(s) could not be predicted (see the error replies above)")
 
 
 if __name__ == "__main__":

@@ -266,6 +266,8 @@ def test_bad_options_exit_2_with_a_clear_message(colour_model, tmp_path):
     assert both.returncode == 2 and "not both" in both.stderr
     same = serve_poll(colour_model, tmp_path / "in", tmp_path / "in")
     assert same.returncode == 2 and "cannot also be" in same.stderr
+    modes = serve_poll(colour_model, tmp_path / "in", tmp_path / "out", "--continuous", "--watch")
+    assert modes.returncode == 2 and "not both" in modes.stderr
 
 
 def test_a_second_poller_on_the_same_folder_is_refused(colour_model, tmp_path):

@@ -84,6 +84,9 @@ def test_redis_send_prints_one_reply_per_image(colour_model, redis_server, tmp_p
     replies = {r["id"]: r["result"] for r in map(json.loads, done.stdout.splitlines())}
     assert set(replies) == {str(p) for p in paths}  # the envelope's id is the file name
     assert all(len(top) == 1 and set(top) <= set(CLASSES) and 0 < next(iter(top.values())) <= 1 for top in replies.values())
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    mixed = run_optik("redis", "send", paths[0], tmp_path / "notes.jpg", "--redis-port", redis_server.port)
+    assert mixed.returncode == 2 and "1 of 2 image(s) could not be predicted" in mixed.stderr and len(mixed.stdout.splitlines()) == 2
     service.stop()
     nobody = run_optik("redis", "send", paths[0], "--redis-port", redis_server.port, "--timeout", "2")
     assert nobody.returncode == 2 and "nobody listens" in nobody.stderr

@@ -208,7 +208,8 @@ def test_torchrun_two_processes_write_the_same_csv_as_one(plugin, tmp_path):
 @pytest.mark.parametrize(
     "lines, message",
     [
-        (["a.png,1,0.9", "nope.png,2,0.5"], "unknown file name"),
+        (["a.png,1,0.9", "nope.png,2,0.5"], "'nope.png' is not in answers.json"),
+        (["filename,p1,c1", "a.png,1,0.9"], "looks like `--format csv`"),
         (["a.png,1,0.9", "a.png,1,0.9"], "appears twice"),
         (["a.png,one,0.9"], "not an integer id"),
         (["a.png,400,0.9"], "outside [-1, 312]"),

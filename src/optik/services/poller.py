@@ -95,6 +95,8 @@ class PollOptions:
         self.failed_dir = self.failed_dir or self.out_dir / "failed"
         if self.delete_input and self.done_dir is not None:
             raise ConfigError("give --done DIR or --delete-input, not both")
+        if self.continuous and self.watch:
+            raise ConfigError("give --continuous (look every --poll-wait s) or --watch (react to file events), not both")
         if not self.in_dir.is_dir():
             raise ConfigError(f"input folder not found: {self.in_dir}")
         if self.poll_wait < 0 or self.watch_interval <= 0 or self.settle < 0:

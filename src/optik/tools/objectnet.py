@@ -201,7 +201,7 @@ def _stop_distributed(world: int) -> None:
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", desc="batch-predict", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+    return tqdm(total=total, unit="img", desc="batch-predict", disable=None if enabled else True, dynamic_ncols=True, smoothing=0.1)  # None: off when not a terminal
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -231,10 +231,12 @@ def score_predictions(predictions: str | Path, answers: str | Path, range_check:
             if not cells or not any(c.strip() for c in cells):
                 raise DataError(f"{where}: empty line; the file is rejected")
             name, values = cells[0].strip(), cells[1:]
+            if (number == 1 and name == "filename") or name.startswith("{"):
+                raise DataError(f"{where}: this looks like `--format csv` or `jsonl` output; only `--format objectnet` files (no header) can be scored; the file is rejected")
             if len(values) < 2 or len(values) > 10 or len(values) % 2:
                 raise DataError(f"{where}: expected filename and 1 to 5 (prediction, confidence) pairs, got {len(values)} values; the file is rejected")
             if name not in truth:
-                raise DataError(f"{where}: unknown file name {name!r}; the file is rejected")
+                raise DataError(f"{where}: file name {name!r} is not in {Path(answers).name}; the file is rejected")
             if name in rows:
                 raise DataError(f"{where}: {name!r} appears twice; the file is rejected")
             rows[name] = [_prediction_id(v, where, range_check, num_classes) for v in values[0::2]]
