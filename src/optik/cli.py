@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from optik.errors import OptikError
+from optik.outputs.objectnet import FORMATS as ROW_FORMATS
 
 PRESET_HELP = "a config file, or a preset name (`optik config list`)"
 
@@ -269,7 +270,7 @@ def predict(model, images, out_dir, top_k, min_score, device, precision, batch_s
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), help="a state_dict for --model-class or a timm MODEL (`module.` prefixes are stripped)")
 @click.option("--transform", help="file.py:function giving the preprocessing (PIL image -> tensor) instead of the model's own")
 @click.option("--border-crop", type=click.IntRange(min=0), default=0, show_default=True, help="pixels cut from each side first (2 removes ObjectNet's red border)")
-@click.option("--format", "fmt", type=click.Choice(["objectnet", "csv", "jsonl"]), default="objectnet", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(ROW_FORMATS), default="objectnet", show_default=True)
 @click.option("--top-k", "--top_x", "top_k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--softmax/--no-softmax", default=True, show_default=True, help="confidences as softmax probabilities, or the raw outputs")
 @click.option("--convert-outputs-mode", "--convert_outputs_mode", type=click.Choice(["0", "1"]), default="0", show_default=True, help="1: map ImageNet (PyTorch index) predictions to ObjectNet ids")

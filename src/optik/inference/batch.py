@@ -108,9 +108,10 @@ def _timm_model(name: str, checkpoint: str | None) -> BatchModel:
 
 
 def _load_state(network: nn.Module, state: dict, source: str) -> None:
-    """All of the model's weights, from a state_dict saved bare or by DataParallel/DDP (`module.`)."""
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    """All of the model's weights, from a state_dict saved bare or under a wrapper prefix (`module.` of DataParallel/DDP)."""
+    from optik.models.weights import select_prefix
+
+    _, state = select_prefix(state, network.state_dict(), None)
     try:
         network.load_state_dict(state)
     except RuntimeError as exc:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from optik.errors import ConfigError
 from optik.files import write_atomic
 
 FORMATS = ("objectnet", "csv", "jsonl")
@@ -70,8 +69,6 @@ class PartWriter:
     """Appends rows to this process's part file; each batch is flushed and synced before the next."""
 
     def __init__(self, path: Path, fmt: str):
-        if fmt not in FORMATS:
-            raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         self.path, self.fmt = path, fmt
         path.parent.mkdir(parents=True, exist_ok=True)
         _trim_partial_line(path)
