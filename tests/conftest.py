@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,8 @@ def digits_root(tmp_path_factory) -> Path:
 
 def tiny_overrides(root: Path, epochs: int = 2, size: int = 32) -> list[str]:
     """--set values that make any preset train in seconds on the CPU."""
-    return [f"data.root={root}", f"train.epochs={epochs}", f"data.image_size={size}", "data.batch_size=8", "data.num_workers=0", "train.log_every_n_steps=1"]
+    return [f"data.root={root}", f"train.epochs={epochs}", f"data.image_size={size}", "data.batch_size=8", "data.num_workers=0", "train.log_every_n_steps=1",
+            "train.keep_checkpoints=1"]
 
 
 def run_optik(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -80,7 +82,9 @@ def colour_model(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("colour_model")
     data = make_colour_set(root / "data", per_class=16)
     cfg = load_config("resnet18_small", tiny_overrides(data, epochs=4) + ["data.classes=[red,green,blue]"])
-    return train(cfg, work_dir=root / "run").work_dir / "model.pt"
+    work_dir = train(cfg, work_dir=root / "run").work_dir
+    shutil.rmtree(work_dir / "checkpoints")  # only the package is served; keeps the session's disk use small
+    return work_dir / "model.pt"
 
 
 @pytest.fixture

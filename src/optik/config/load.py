@@ -11,10 +11,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from optik.config.schema import TASK_SCHEMAS, ClassifyConfig, Section
+from optik.config.schema import TASK_SCHEMAS, ClassifyConfig, DetectConfig, Section
 from optik.errors import ConfigError
 
-AnyConfig = ClassifyConfig
+AnyConfig = ClassifyConfig | DetectConfig
 
 
 def preset_names() -> list[str]:

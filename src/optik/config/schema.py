@@ -66,7 +66,9 @@ class ModelConfig(Section):
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
 
 
-class TrainConfig(Section):
+class BaseTrainConfig(Section):
+    """What every task's training shares: schedule, optimizer, precision, devices, checkpoints."""
+
     epochs: int = Field(10, ge=1)
     max_steps: int = Field(-1, ge=-1, description="stop after this many optimizer steps (-1: no limit)")
     optimizer: str = "adamw"
@@ -78,9 +80,6 @@ class TrainConfig(Section):
     min_lr: float = Field(0.0, ge=0)
     step_milestones: list[int] = Field(default_factory=list, description="step scheduler: epochs where lr *= gamma")
     gamma: float = Field(0.1, gt=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    mixup: float = Field(0.0, ge=0, description="mixup alpha (0: off)")
-    cutmix: float = Field(0.0, ge=0, description="cutmix alpha (0: off)")
     ema: bool = Field(False, description="keep an exponential moving average of the weights; validate and export it")
     ema_decay: float = Field(0.9998, gt=0, lt=1)
     accumulate_grad_batches: int = Field(1, ge=1)
@@ -96,7 +95,6 @@ class TrainConfig(Section):
     validate_every: int = Field(1, ge=1, description="validate every N epochs")
     checkpoint_every: int = Field(1, ge=1, description="save epoch-N.ckpt every N epochs")
     keep_checkpoints: int = Field(3, ge=-1, description="how many epoch-N.ckpt to keep (-1: all)")
-    monitor: Literal["val/acc1", "val/acc5", "val/mean_class_acc", "val/loss"] = "val/acc1"
     log_every_n_steps: int = Field(10, ge=1)
 
     @field_validator("precision", mode="before")
@@ -110,6 +108,15 @@ class TrainConfig(Section):
         if value.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {value!r}; choose one of {', '.join(OPTIMIZERS)}")
         return value.lower()
+
+
+class TrainConfig(BaseTrainConfig):
+    """Classification training: adds label smoothing, mixup/cutmix and the accuracy monitors."""
+
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    mixup: float = Field(0.0, ge=0, description="mixup alpha (0: off)")
+    cutmix: float = Field(0.0, ge=0, description="cutmix alpha (0: off)")
+    monitor: Literal["val/acc1", "val/acc5", "val/mean_class_acc", "val/loss"] = "val/acc1"
 
 
 class ClassifyConfig(Section):
@@ -128,4 +135,74 @@ class ClassifyConfig(Section):
         return self
 
 
-TASK_SCHEMAS: dict[str, type[Section]] = {"classify": ClassifyConfig}
+DETECT_FORMATS = ("coco", "voc", "yolo")
+
+
+class DetectAugmentConfig(Section):
+    """Training-time augmentation for detection; boxes and masks follow every geometric change."""
+
+    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    vflip: float = Field(0.0, ge=0, le=1, description="probability of a vertical flip")
+    scale: tuple[float, float] = Field((1.0, 1.0), description="random rescale range before the model's own resize (1, 1: off)")
+    photometric: bool = Field(False, description="random brightness/contrast/saturation/hue changes")
+
+    @field_validator("scale")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError(f"expected 0 < low <= high, got {list(value)}")
+        return value
+
+
+class DetectDataConfig(Section):
+    format: Literal["coco", "voc", "yolo"] = Field("coco", description="annotation format")
+    root: Path | None = Field(None, description="dataset folder")
+    train: Path | None = Field(None, description="train split: COCO JSON file, or VOC/YOLO folder (default: found under root)")
+    val: Path | None = Field(None, description="val split, as train (default: found under root, else held out of train)")
+    test: Path | None = Field(None, description="test split, as train")
+    images: Path | None = Field(None, description="coco: folder the file_name entries are relative to (default: next to the JSON)")
+    classes: list[str] | str | None = Field(None, description="class names, or a labels file (default: COCO categories / VOC names / YOLO data.yaml)")
+    val_split: float = Field(0.2, gt=0, lt=1, description="share held out for val when there is no val split")
+    split_seed: int = 0
+    skip_bad: bool = Field(False, description="leave images that are missing or unreadable out (and report them) instead of failing")
+    image_size: int = Field(512, ge=32, le=4096, description="the longer image side the detector sees (the model resizes)")
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    batch_size: int = Field(4, ge=1)
+    num_workers: int = Field(2, ge=0)
+    augment: DetectAugmentConfig = Field(default_factory=DetectAugmentConfig)
+
+
+class DetectModelConfig(Section):
+    name: str = Field("fasterrcnn_mobilenet_v3_large_fpn", description="torchvision detector builder name")
+    backbone: str | None = Field(None, description="a timm architecture as the backbone (with an FPN) instead of the builder's own")
+    pretrained: bool = Field(False, description="fetch torchvision's COCO weights for the detector (online)")
+    pretrained_backbone: bool = Field(False, description="fetch ImageNet weights for the backbone (online)")
+    weights: Path | None = Field(None, description="initialise from a local weights file (full detector or backbone only)")
+    weights_prefix: str | None = Field(None, description="take only keys with this prefix and strip it")
+    trainable_backbone_layers: int | None = Field(None, ge=0, le=6, description="backbone stages trained (None: the builder's default)")
+    score_threshold: float = Field(0.05, ge=0, le=1, description="detections scoring below this are dropped")
+    nms_threshold: float = Field(0.5, gt=0, le=1, description="IoU above which overlapping boxes of a class are merged")
+    detections_per_image: int = Field(100, ge=1)
+
+
+class DetectTrainConfig(BaseTrainConfig):
+    """Detection training: SGD with warmup by default, as torchvision's reference recipes."""
+
+    optimizer: str = "sgd"
+    lr: float = Field(0.01, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    grad_clip: float | None = Field(10.0, gt=0)
+    monitor: Literal["val/map", "val/map_50", "val/map_75"] = "val/map"
+
+
+class DetectConfig(Section):
+    task: Literal["detect"] = "detect"
+    work_dir: Path | None = Field(None, description="where checkpoints, logs and model.pt go")
+    data: DetectDataConfig = Field(default_factory=DetectDataConfig)
+    model: DetectModelConfig = Field(default_factory=DetectModelConfig)
+    train: DetectTrainConfig = Field(default_factory=DetectTrainConfig)
+
+
+TASK_SCHEMAS: dict[str, type[Section]] = {"classify": ClassifyConfig, "detect": DetectConfig}

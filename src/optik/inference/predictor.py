@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, Union
@@ -17,56 +16,10 @@ from optik.data.decode import describe_source, open_image
 from optik.data.transforms import Preprocess, eval_transform
 from optik.errors import ConfigError, ImageDecodeError
 from optik.inference.backends import TorchBackend, mode_for
+from optik.inference.results import Classification, ImageFailure, Result
 from optik.models.package import ModelPackage, build_model, load_package
 
 ImageSource = Union[str, Path, bytes, Image.Image]
-
-
-@dataclass
-class Classification:
-    """Class probabilities (softmax) of one image."""
-
-    source: str
-    classes: list[str]
-    probs: np.ndarray
-
-    ok = True
-
-    @property
-    def label(self) -> str:
-        return self.classes[int(self.probs.argmax())]
-
-    @property
-    def index(self) -> int:
-        return int(self.probs.argmax())
-
-    @property
-    def score(self) -> float:
-        return float(self.probs.max())
-
-    def top(self, k: int) -> list[tuple[str, float]]:
-        """The k most likely classes, highest first (k is clamped to the class count)."""
-        order = np.argsort(-self.probs, kind="stable")[: max(1, min(k, len(self.classes)))]
-        return [(self.classes[i], float(self.probs[i])) for i in order]
-
-    def to_dict(self, top_k: int | None = None) -> dict[str, float]:
-        """`{class: score}` in class order, or the top K in score order."""
-        if top_k is None:
-            return {name: float(p) for name, p in zip(self.classes, self.probs)}
-        return dict(self.top(top_k))
-
-
-@dataclass
-class ImageFailure:
-    """An input that could not be predicted, and why."""
-
-    source: str
-    reason: str
-
-    ok = False
-
-
-Result = Union[Classification, ImageFailure]
 
 
 class Predictor:
