@@ -28,10 +28,16 @@ redis-server:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssl >/dev/null; }
 
-test: install redis-server
+# The reference `opex` library, kept apart: fast-opex installs the same module name. Tests parse our
+# OPEX files with it (tests/outputs/test_opex.py).
+OPEX_REFERENCE := $(VENV)/opex-reference/opex/__init__.py
+$(OPEX_REFERENCE):
+	$(PY) -m pip install --quiet --target $(VENV)/opex-reference opex
+
+test: install redis-server $(OPEX_REFERENCE)
 	$(PY) -m pytest -q -ra
 
-test-fast: install redis-server
+test-fast: install redis-server $(OPEX_REFERENCE)
 	$(PY) -m pytest -q -m "not slow"
 
 demo: install

@@ -100,10 +100,24 @@ def select_prefix(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor
 
 def load_weights(model: nn.Module, path: str | Path, prefix: str | None = None) -> KeyReport:
     """Load matching tensors from a local file into `model` (not strict), and say what matched."""
-    state = extract_state_dict(read_checkpoint(path))
+    return load_state(model, extract_state_dict(read_checkpoint(path)), str(path), prefix)
+
+
+def count_matching(state: dict[str, torch.Tensor], model: nn.Module, prefix: str | None = None) -> int:
+    """How many tensors of `state` would load into `model` (name and shape agree, best prefix)."""
+    target = model.state_dict()
+    try:
+        _, chosen = select_prefix(state, target, prefix)
+    except ModelError:
+        return 0
+    return sum(1 for k, v in chosen.items() if k in target and target[k].shape == v.shape)
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, prefix: str | None = None) -> KeyReport:
+    """Load the tensors of `state` that fit `model` (not strict); the report names the rest."""
     target = model.state_dict()
     used, chosen = select_prefix(state, target, prefix)
-    report = KeyReport(source=str(path), prefix=used, total=len(target))
+    report = KeyReport(source=source, prefix=used, total=len(target))
     loadable = {}
     for key, value in chosen.items():
         if key not in target:
@@ -115,6 +129,6 @@ def load_weights(model: nn.Module, path: str | Path, prefix: str | None = None) 
             report.matched.append(key)
     report.missing = [k for k in target if k not in loadable and not any(m.startswith(k + " ") for m in report.mismatched)]
     if not loadable:
-        raise ModelError(f"no key of {path} matches the model (file keys look like {next(iter(state))!r}, model keys like {next(iter(target))!r}); set model.weights_prefix")
+        raise ModelError(f"no key of {source} matches the model (file keys look like {next(iter(state))!r}, model keys like {next(iter(target))!r}); set model.weights_prefix")
     model.load_state_dict(loadable, strict=False)
     return report

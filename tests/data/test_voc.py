@@ -1,0 +1,126 @@
+"""Pascal VOC XML: XML beside images or the devkit layout, difficult objects, class names, and broken files."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from optik.data.coco import read_coco
+from optik.data.detection import ClassNames, DetectionDataset
+from optik.data.voc import find_splits, read_voc
+from optik.errors import DataError
+from optik.tools.shapes import write_shapes_set
+
+
+def voc_xml(filename, objects, size=(40, 30)):
+    parts = [f"<annotation><filename>{filename}</filename><size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"]
+    for name, box, difficult in objects:
+        coords = "".join(f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box))
+        parts.append(f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox>{coords}</bndbox></object>")
+    return "".join(parts) + "</annotation>"
+
+
+def write_voc(folder, files, size=(40, 30)):
+    """stem -> objects [(name, box, difficult)]: a PNG and an XML per stem."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, objects in files.items():
+        Image.new("RGB", size, (200, 100, 50)).save(folder / f"{stem}.png")
+        (folder / f"{stem}.xml").write_text(voc_xml(f"{stem}.png", objects, size))
+    return folder
+
+
+def test_reads_the_same_boxes_as_coco_within_a_pixel(tmp_path):
+    write_shapes_set(tmp_path / "coco", "coco", train=3, val=0, size=64)
+    write_shapes_set(tmp_path / "voc", "voc", train=3, val=0, size=64)
+    coco, voc = read_coco(tmp_path / "coco" / "train" / "annotations.json"), read_voc(tmp_path / "voc" / "train")
+    assert voc.classes == coco.classes and voc.report == []
+    for a, b in zip(coco.records, voc.records):
+        assert a.labels.tolist() == b.labels.tolist() and (a.width, a.height, a.image_id) == (b.width, b.height, b.image_id)
+        assert np.abs(a.boxes - b.boxes).max() <= 0.5  # VOC rounds to whole pixels
+
+
+def test_difficult_objects_are_ignore_regions(tmp_path):
+    folder = write_voc(tmp_path, {"a": [("dog", (1, 2, 11, 12), 0), ("cat", (20, 5, 30, 25), 1)]})
+    data = read_voc(folder)
+    _, target = DetectionDataset(data)[0]
+    assert target["labels"].tolist() == [1]  # cat, dog sorted: dog is 1; the difficult cat is no target
+    assert [(a["category_id"], a["iscrowd"], a["bbox"]) for a in data.to_coco()["annotations"]] == [(2, 0, [1, 2, 10, 10]), (1, 1, [20, 5, 10, 20])]
+
+
+def test_devkit_layout_with_image_sets(tmp_path):
+    annotations, images, lists = tmp_path / "Annotations", tmp_path / "JPEGImages", tmp_path / "ImageSets" / "Main"
+    for folder in (annotations, images, lists):
+        folder.mkdir(parents=True)
+    for stem in ("000001", "000002", "000003"):
+        Image.new("RGB", (40, 30)).save(images / f"{stem}.jpg")
+        (annotations / f"{stem}.xml").write_text(voc_xml(f"{stem}.jpg", [("bird", (1, 1, 9, 9), 0)]))
+    (lists / "train.txt").write_text("000001\n000003\n")
+    (lists / "val.txt").write_text("000002\n")
+    found = find_splits(tmp_path)
+    assert found == {"train": lists / "train.txt", "val": lists / "val.txt"}
+    train = read_voc(found["train"])
+    assert [r.path for r in train.records] == [str(images / "000001.jpg"), str(images / "000003.jpg")]
+    assert len(read_voc(tmp_path)) == 3  # the devkit itself: every XML
+    (lists / "train.txt").write_text("000001\n000009\n")
+    with pytest.raises(DataError, match=r"1 annotation file\(s\) listed in .*train.txt not found.*000009"):
+        read_voc(found["train"])
+
+
+def test_named_classes_keep_their_order_and_must_match(tmp_path):
+    folder = write_voc(tmp_path / "train", {"a": [("dog", (1, 1, 9, 9), 0), ("cat", (10, 10, 20, 20), 0)]})
+    data = read_voc(folder, ClassNames(["dog", "cat"], "data.classes"))
+    assert data.classes == ["dog", "cat"] and data.records[0].labels.tolist() == [0, 1]
+    with pytest.raises(DataError, match="do not match"):
+        read_voc(folder, ClassNames(["dog", "cat", "cow"], "data.classes"))
+    val = write_voc(tmp_path / "val", {"b": [("horse", (1, 1, 9, 9), 0)]})
+    with pytest.raises(DataError, match=r"classes that the train split does not: \['horse'\]"):
+        read_voc(val, ClassNames(["cat", "dog"], "the train split", subset=True))
+
+
+def test_images_without_xml_are_background_and_xml_without_image_is_missing(tmp_path):
+    folder = write_voc(tmp_path, {"a": [("dog", (1, 1, 9, 9), 0)]})
+    Image.new("RGB", (40, 30)).save(folder / "empty.png")
+    data = read_voc(folder)
+    assert [len(r.labels) for r in data.records] == [1, 0]
+    assert "1 image(s) without an .xml file kept as images without objects" in data.report[0]
+    (folder / "lost.xml").write_text(voc_xml("lost.jpg", [("dog", (1, 1, 9, 9), 0)]))
+    with pytest.raises(DataError, match=r"lost.jpg: file not found.*data.skip_bad"):
+        read_voc(folder)
+    assert len(read_voc(folder, skip_bad=True)) == 2
+
+
+def test_out_of_image_and_degenerate_boxes_are_clipped_or_dropped(tmp_path):
+    folder = write_voc(tmp_path, {"a": [("dog", (-3, 2, 50, 12), 0), ("dog", (10, 10, 10, 20), 0), ("dog", (30, 10, 20, 20), 0)]})
+    data = read_voc(folder)
+    assert data.records[0].boxes.tolist() == [[0, 2, 40, 12]]
+    assert any("1 box(es) reaching outside" in line for line in data.report)
+    assert any("2 box(es) with zero or negative" in line for line in data.report)
+
+
+def test_malformed_xml_and_objects(tmp_path):
+    folder = write_voc(tmp_path, {"a": [("dog", (1, 1, 9, 9), 0)]})
+    (folder / "a.xml").write_text("<annotation>\n<filename>a.png</filename>\n<object>\n</annotation>")
+    with pytest.raises(DataError, match=r"a.xml:4: malformed XML"):
+        read_voc(folder)
+    (folder / "a.xml").write_text(voc_xml("a.png", [("dog", ("1", "one", "9", "9"), 0)]))
+    with pytest.raises(DataError, match=r"a.xml: object 1 \(dog\): <bndbox> needs numeric"):
+        read_voc(folder)
+    (folder / "a.xml").write_text(voc_xml("a.png", [("", (1, 1, 9, 9), 0)]))
+    with pytest.raises(DataError, match="object 1 has no <name>"):
+        read_voc(folder)
+
+
+def test_missing_folder_and_empty_folder(tmp_path):
+    with pytest.raises(DataError, match="VOC folder not found: .*nope"):
+        read_voc(tmp_path / "nope")
+    with pytest.raises(DataError, match="no VOC .xml annotation files in"):
+        read_voc(tmp_path)
+
+
+def test_to_coco_of_voc_is_valid_ground_truth(tmp_path):
+    folder = write_voc(tmp_path, {"a": [("dog", (1, 2, 11, 12), 0)], "b": []})
+    doc = read_voc(folder).to_coco(relative_to=folder)
+    assert json.loads(json.dumps(doc)) == doc
+    assert [i["file_name"] for i in doc["images"]] == ["a.png", "b.png"]
+    assert doc["annotations"][0]["area"] == 100
