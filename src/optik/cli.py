@@ -62,7 +62,7 @@ def fail(message: str) -> None:
 @click.group(cls=OptikGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="optik")
 def main():
-    """Train, evaluate and serve image classifiers on PyTorch."""
+    """Train, evaluate and serve image classifiers and object detectors on PyTorch."""
 
 
 # ----------------------------------------------------------------------------- config
@@ -155,10 +155,43 @@ def train(source, work_dir, overrides, resume, no_validate, seed, deterministic,
     click.echo(f"work dir: {result.work_dir}")
 
 
+def output_options(func):
+    """How predictions are written: classification JSON, or OPEX / ROI CSV for detectors (DESIGN §9)."""
+    func = click.option("--bbox-as-fallback", "--bbox_as_fallback", type=float, default=-1.0, show_default=True, metavar="RATIO",
+                        help="use the box as polygon when the polygon's bounding box covers less than RATIO of the box (<0: off)")(func)
+    func = click.option("--fit-bbox-to-polygon", "--fit_bbox_to_polygon", is_flag=True, help="make each box the bounding box of its polygon")(func)
+    func = click.option("--output-minrect", "--output_minrect", is_flag=True, help="add the rotated minimum rectangle's width and height of each polygon")(func)
+    func = click.option("--mask-nth", "--mask_nth", type=click.IntRange(min=1), default=1, show_default=True, help="use every nth row/column of a mask to find its polygon (faster)")(func)
+    func = click.option("--mask-threshold", "--mask_threshold", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="mask score from which a pixel belongs to the object")(func)
+    func = click.option("--format", "fmt", type=click.Choice(["json", "opex", "roi"]), help="json (classifiers); opex (<stem>.json) or roi (<stem>-rois.csv) for detectors [default: json / opex]")(func)
+    func = click.option("--score", "min_score", type=click.FloatRange(0, 1), help="only classes (objects) scoring at least this")(func)
+    func = click.option("--top-k", "--top_x", "top_k", type=click.IntRange(min=1), help="only the K most likely classes, highest first (classifiers)")(func)
+    return func
+
+
+def make_output(task: str, fmt: str | None, top_k: int | None, min_score: float | None, mask_threshold: float, mask_nth: int, output_minrect: bool,
+                fit_bbox_to_polygon: bool, bbox_as_fallback: float):
+    """The output format for a model's task, refusing options that do not apply to it."""
+    if task == "detect":
+        from optik.outputs.detection import detection_format
+
+        if top_k is not None:
+            fail("--top-k applies to classifiers; for a detector use --score to keep the confident objects")
+        if fmt == "json":
+            fail("--format json is for classifiers; a detector writes opex (<stem>.json) or roi (<stem>-rois.csv)")
+        return detection_format(fmt or "opex", min_score=min_score, mask_threshold=mask_threshold, mask_nth=mask_nth, output_minrect=output_minrect,
+                                fit_bbox_to_polygon=fit_bbox_to_polygon, bbox_as_fallback=bbox_as_fallback)
+    from optik.outputs.classification import ClassificationFormat
+
+    if fmt not in (None, "json"):
+        fail(f"--format {fmt} is for detectors; this model is a classifier (its output is JSON)")
+    return ClassificationFormat(top_k, min_score)
+
+
 def model_options(func):
     func = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto")(func)
     func = click.option("--precision", type=click.Choice(["32", "bf16", "16"]), default="32", show_default=True, help="32 is exact; bf16 is faster on recent CPUs, 16 needs CUDA")(func)
-    func = click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="images per forward pass (services: the micro-batch size)")(func)
+    func = click.option("--batch-size", type=click.IntRange(min=1), help="images per forward pass (services: the micro-batch size) [default: 32, detectors 8]")(func)
     func = click.option("--optimize", "mode", type=click.Choice(["auto", "fused", "compiled", "eager"]), default="auto", show_default=True,
                         help="exact speed-ups: fused (no set-up), compiled (compiles once; auto picks it for services and 1000+ images), eager (plain PyTorch)")(func)
     return func
@@ -189,6 +222,8 @@ def test_command(model, data, split, out, out_items, plots, device, precision, b
 
 
 def print_metrics(result) -> None:
+    if "bbox" in result.metrics:
+        return print_detection_metrics(result)
     m = result.metrics
     click.echo(f"data: {m['data']} ({m['images']} images" + (f", {m['unreadable']} unreadable" if m["unreadable"] else "") + ")")
     for failure in result.failures[:10]:
@@ -200,6 +235,22 @@ def print_metrics(result) -> None:
     for key in [k for k in m if k.startswith("accuracy_")] + ["mean_class_accuracy", "precision_macro", "recall_macro", "f1_macro"]:
         click.echo(f"{key}: {m[key]:.4f}")
     print_confusion(result.classes, m["confusion_matrix"])
+
+
+def print_detection_metrics(result) -> None:
+    """COCO summary per IoU type, then AP per class."""
+    m = result.metrics
+    click.echo(f"data: {m['data']} ({m['images']} images, {m['objects']} objects" + (f", {m['unreadable']} unreadable" if m["unreadable"] else "") + ")")
+    for failure in result.failures[:10]:
+        click.echo(f"  unreadable: {failure['file']}: {failure['error']}", err=True)
+    kinds = [kind for kind in ("bbox", "segm") if kind in m]
+    width = max(len("class"), *(len(c) for c in result.classes))
+    click.echo(f"{'class':{width}s}  " + "  ".join(f"{kind + ' AP':>8s}" for kind in kinds))
+    for name in result.classes:
+        click.echo(f"{name:{width}s}  " + "  ".join(f"{m[kind]['per_class'].get(name, 0.0):8.4f}" for kind in kinds))
+    for kind in kinds:
+        click.echo(f"{kind} mAP: {m[kind]['map']:.4f}  mAP@0.5: {m[kind]['map_50']:.4f}  mAP@0.75: {m[kind]['map_75']:.4f}  "
+                   f"AR@100: {m[kind]['mar_100']:.4f}")
 
 
 def print_confusion(classes: list[str], matrix: list[list[int]], limit: int = 30) -> None:
@@ -216,16 +267,15 @@ def print_confusion(classes: list[str], matrix: list[list[int]], limit: int = 30
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="write <stem>.json per image here (default: print JSON lines)")
-@click.option("--top-k", "--top_x", "top_k", type=click.IntRange(min=1), help="only the K most likely classes, highest first")
-@click.option("--score", "min_score", type=click.FloatRange(0, 1), help="only classes scoring at least this")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="write one output per image here (default: print JSON lines)")
+@output_options
 @model_options
-def predict(model, images, out_dir, top_k, min_score, device, precision, batch_size, mode):
-    """Classify IMAGES (files or folders) with MODEL; one JSON per image."""
+def predict(model, images, out_dir, top_k, min_score, fmt, mask_threshold, mask_nth, output_minrect, fit_bbox_to_polygon, bbox_as_fallback, device, precision, batch_size, mode):
+    """Classify or detect objects in IMAGES (files or folders) with MODEL; one output per image."""
     from optik.data.decode import IMAGE_EXTENSIONS
     from optik.data.folder import find_images
-    from optik.inference.predictor import Predictor
-    from optik.outputs.classification import ClassificationFormat, write_error
+    from optik.inference.detector import load_predictor
+    from optik.outputs.classification import write_error
 
     files = []
     for item in images:
@@ -238,10 +288,10 @@ def predict(model, images, out_dir, top_k, min_score, device, precision, batch_s
     for path in files:
         stems.setdefault(path.stem, []).append(path)
     clashes = [paths for paths in stems.values() if len(paths) > 1]
+    predictor = load_predictor(model, device=device, precision=precision, batch_size=batch_size, mode=mode, expected_images=len(files))
+    output, failed = make_output(task_of(predictor), fmt, top_k, min_score, mask_threshold, mask_nth, output_minrect, fit_bbox_to_polygon, bbox_as_fallback), 0
     if out_dir is not None and clashes:
-        fail(f"two images would write the same output {clashes[0][0].stem}.json: {clashes[0][0]} and {clashes[0][1]}")
-    predictor = Predictor.from_checkpoint(model, device=device, precision=precision, batch_size=batch_size, mode=mode, expected_images=len(files))
-    output, failed = ClassificationFormat(top_k, min_score), 0
+        fail(f"two images would write the same output {clashes[0][0].stem}{output.suffix}: {clashes[0][0]} and {clashes[0][1]}")
     for path, result in zip(files, predictor.predict_stream(files)):
         if not result.ok:
             failed += 1
@@ -337,12 +387,10 @@ def service_options(func):
     """Options both services share: the output, logging, and the model options."""
     func = click.option("--quiet", is_flag=True, help="log only warnings and errors")(func)
     func = click.option("--verbose", is_flag=True, help="log every batch and every empty look")(func)
-    func = click.option("--score", "min_score", type=click.FloatRange(0, 1), help="only classes scoring at least this")(func)
-    func = click.option("--top-k", "--top_x", "top_k", type=click.IntRange(min=1), help="only the K most likely classes, highest first")(func)
-    return model_options(func)
+    return output_options(model_options(func))
 
 
-def start_predictor(model: Path, device: str, precision: str, batch_size: int, mode: str, verbose: bool, quiet: bool, expected_images: int | None = None):
+def start_predictor(model: Path, device: str, precision: str, batch_size: int | None, mode: str, verbose: bool, quiet: bool, expected_images: int | None = None):
     """Logging on stderr, the predictor loaded and warmed up (a service compiles before its first request).
 
     `mode` auto compiles for a service that keeps running (`expected_images` None) or a big one-off job.
@@ -350,17 +398,23 @@ def start_predictor(model: Path, device: str, precision: str, batch_size: int, m
     import logging
 
     from optik.inference.backends import COMPILE_MIN_IMAGES, mode_for
-    from optik.inference.predictor import Predictor
+    from optik.inference.detector import load_predictor
 
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("optik").setLevel(level)
     if mode == "auto":
         mode = mode_for(COMPILE_MIN_IMAGES if expected_images is None else expected_images)
-    predictor = Predictor.from_checkpoint(model, device=device, precision=precision, batch_size=batch_size, mode=mode)
+    predictor = load_predictor(model, device=device, precision=precision, batch_size=batch_size, mode=mode)
     predictor.warmup()
-    logging.getLogger("optik.services").info("model %s ready on %s (%s, precision %s, batch %d)", model, predictor.device, predictor.backend.mode, precision, batch_size)
+    logging.getLogger("optik.services").info("model %s ready on %s (%s, precision %s, batch %d)", model, predictor.device, predictor.backend.mode, precision, predictor.batch_size)
     return predictor
+
+
+def task_of(predictor) -> str:
+    from optik.inference.detector import Detector
+
+    return "detect" if isinstance(predictor, Detector) else "classify"
 
 
 @main.group(cls=OptikGroup)
@@ -382,12 +436,12 @@ def serve():
 @click.option("--watch-interval", "--watchdog_check_interval", type=click.FloatRange(min=0.01), default=10.0, show_default=True, help="seconds between rescans with --watch")
 @click.option("--settle", type=click.FloatRange(min=0), default=1.0, show_default=True, help="a file without an end marker (JPEG and PNG have one) is taken once unchanged this long")
 @service_options
-def serve_poll(model, in_dir, out_dir, tmp_dir, done_dir, failed_dir, delete_input, continuous, poll_wait, watch, watch_interval, settle, top_k, min_score, verbose, quiet, device, precision, batch_size, mode):
-    """Predict images dropped into --in: <stem>.json in --out, then move the image on (the old predict_poll).
+def serve_poll(model, in_dir, out_dir, tmp_dir, done_dir, failed_dir, delete_input, continuous, poll_wait, watch, watch_interval, settle, top_k, min_score, fmt,
+               mask_threshold, mask_nth, output_minrect, fit_bbox_to_polygon, bbox_as_fallback, verbose, quiet, device, precision, batch_size, mode):
+    """Predict images dropped into --in: <stem>.json (or -rois.csv) in --out, then move the image on (the old predict_poll).
 
     Without --continuous or --watch it empties the folder once and exits.
     """
-    from optik.outputs.classification import ClassificationFormat
     from optik.services.loop import Stop
     from optik.data.decode import is_image_file
     from optik.services.poller import FilePoller, PollOptions, folder_lock
@@ -397,8 +451,9 @@ def serve_poll(model, in_dir, out_dir, tmp_dir, done_dir, failed_dir, delete_inp
     one_pass = None if continuous or watch else sum(1 for p in in_dir.iterdir() if is_image_file(p.name))
     with folder_lock(in_dir):  # before the model loads: a second poller is refused at once
         predictor = start_predictor(model, device, precision, batch_size, mode, verbose, quiet, expected_images=one_pass)
+        output = make_output(task_of(predictor), fmt, top_k, min_score, mask_threshold, mask_nth, output_minrect, fit_bbox_to_polygon, bbox_as_fallback)
         with stop.on_signals():
-            FilePoller(predictor, ClassificationFormat(top_k, min_score), options, stop).run(locked=True)
+            FilePoller(predictor, output, options, stop).run(locked=True)
 
 
 def redis_options(func):
@@ -442,16 +497,17 @@ def connect_options(host, port, db, username, password, password_env, ssl, ssl_c
 @click.option("--delete-processed", is_flag=True, help="delete input entries once answered, so the input stream does not grow (stream)")
 @service_options
 def serve_redis(model, transport, redis_in, redis_out, redis_host, redis_port, redis_db, redis_username, redis_password, redis_password_env, redis_ssl, redis_ssl_ca,
-                group, consumer, claim_idle_ms, max_attempts, max_wait_ms, maxlen, delete_processed, top_k, min_score, verbose, quiet, device, precision, batch_size, mode):
+                group, consumer, claim_idle_ms, max_attempts, max_wait_ms, maxlen, delete_processed, top_k, min_score, fmt, mask_threshold, mask_nth, output_minrect,
+                fit_bbox_to_polygon, bbox_as_fallback, verbose, quiet, device, precision, batch_size, mode):
     """Predict images sent through Redis (the old predict_redis; --mode stream to scale out and lose nothing)."""
-    from optik.outputs.classification import ClassificationFormat
     from optik.services.loop import Stop
     from optik.services.redis_service import PubSubService, StreamOptions, StreamService, check_auth
 
     connection = connect_options(redis_host, redis_port, redis_db, redis_username, redis_password, redis_password_env, redis_ssl, redis_ssl_ca)
     check_auth(connection)
     predictor = start_predictor(model, device, precision, batch_size, mode, verbose, quiet)
-    output, stop = ClassificationFormat(top_k, min_score), Stop()
+    output = make_output(task_of(predictor), fmt, top_k, min_score, mask_threshold, mask_nth, output_minrect, fit_bbox_to_polygon, bbox_as_fallback)
+    stop = Stop()
     if transport == "pubsub":
         service = PubSubService(predictor, output, connection, redis_in, redis_out, max_wait_ms, stop)
     else:
@@ -461,6 +517,30 @@ def serve_redis(model, transport, redis_in, redis_out, redis_host, redis_port, r
         service = StreamService(predictor, output, connection, streams, stop)
     with stop.on_signals():
         service.run()
+
+
+@main.group("data", cls=OptikGroup)
+def data_group():
+    """Dataset tools."""
+
+
+@data_group.command("convert")
+@click.argument("fmt", metavar="voc|yolo", type=click.Choice(["voc", "yolo"]))
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--classes", help="class names (comma list or labels file); default: found in the data")
+@click.option("--copy-images", is_flag=True, help="copy the images next to OUT (images/) so the COCO set stands alone")
+@click.option("--skip-bad", is_flag=True, help="leave missing or unreadable images out instead of failing")
+def data_convert(fmt, source, out, classes, copy_images, skip_bad):
+    """Convert a VOC (XML) or YOLO (txt) dataset at SOURCE to one COCO JSON file OUT."""
+    from optik.tools.convert import convert_to_coco
+
+    if out.suffix.lower() != ".json":
+        fail(f"{out}: the COCO output must be a .json file")
+    summary = convert_to_coco(fmt, source, out, classes=classes, copy_images=copy_images, skip_bad=skip_bad)
+    for line in summary["report"]:
+        click.echo(line, err=True)
+    click.echo(f"wrote {summary['json']}: {summary['images']} images, {summary['objects']} objects, classes {summary['classes']}")
 
 
 @main.group("redis", cls=OptikGroup)

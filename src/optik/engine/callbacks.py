@@ -94,7 +94,7 @@ class EpochLog(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.global_rank != 0 or trainer.sanity_checking:
             return
-        shown = {k: v for k, v in trainer.callback_metrics.items() if k.endswith(("_epoch", "acc1", "acc5", "mean_class_acc", "val/loss"))}
+        shown = {k: v for k, v in trainer.callback_metrics.items() if k.endswith(("_epoch", "acc1", "acc5", "mean_class_acc", "val/loss", "map", "map_50", "map_75"))}
         metrics = "  ".join(f"{k.removesuffix('_epoch')} {float(v):.4f}" for k, v in sorted(shown.items()))
         print(f"epoch {trainer.current_epoch + 1}/{self.epochs}  {metrics}  ({time.monotonic() - self.started:.1f}s)", file=sys.stdout, flush=True)
 

@@ -64,11 +64,16 @@ def test_samples(package_config: dict, classes: list[str], data: str | Path | No
     return samples_from(images, classes), str(folder)
 
 
-def evaluate(model: str | Path, data: str | Path | None = None, split: str = "test", batch_size: int = 32, device: str = "auto", precision: str = "32", mode: str = "auto") -> EvalResult:
-    """Predict every image of the split and compute the metrics."""
+def evaluate(model: str | Path, data: str | Path | None = None, split: str = "test", batch_size: int | None = None, device: str = "auto", precision: str = "32", mode: str = "auto") -> EvalResult:
+    """Predict every image of the split and compute the metrics (classification, or COCO mAP for detectors)."""
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
     package = load_package(model)
+    if package.task == "detect":
+        from optik.engine.evaluate_detect import evaluate_detector
+
+        return evaluate_detector(package, data, split, batch_size=batch_size or 8, device=device, precision=precision, mode=mode)
+    batch_size = batch_size or 32
     samples, origin = test_samples(package.config, package.classes, data, split)
     if not samples:
         raise DataError(f"no images to evaluate in {origin}")

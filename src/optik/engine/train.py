@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from optik.config.load import config_to_dict, dump_config
-from optik.config.schema import ClassifyConfig
+from optik.config.schema import ClassifyConfig, DetectConfig
 from optik.data.loaders import build_classify_data, make_loader
 from optik.data.transforms import Preprocess
 from optik.engine.callbacks import AtomicCheckpointIO, EpochLog, EpochReseed, LastCheckpoint, RunCSVLogger
@@ -144,6 +144,17 @@ def train(cfg: ClassifyConfig, work_dir: str | Path | None = None, resume: str |
     epochs_done, ckpt_classes = inspect_checkpoint(ckpt) if ckpt else (0, [])
     L.seed_everything(cfg.train.seed, verbose=False)
 
+    prepare = prepare_detect if cfg.task == "detect" else prepare_classify
+    module, train_loader, val_loader = prepare(cfg, ckpt, epochs_done, ckpt_classes)
+    trainer = build_trainer(cfg, work_dir, callbacks, resumed_epoch=epochs_done)
+    if trainer.global_rank == 0:
+        write_atomic(work_dir / "config.yaml", dump_config(cfg))
+    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt)
+    return finish(trainer, cfg, work_dir)
+
+
+def prepare_classify(cfg: ClassifyConfig, ckpt: Path | None, epochs_done: int, ckpt_classes: list[str]):
+    """The classifier's module and loaders."""
     data = build_classify_data(cfg.data, seed=cfg.train.seed)
     if len(data.classes) < 2:
         raise DataError(f"a classifier needs at least 2 classes, found {len(data.classes)}: {data.classes}")
@@ -156,18 +167,43 @@ def train(cfg: ClassifyConfig, work_dir: str | Path | None = None, resume: str |
             print(line)
     preprocess = Preprocess.from_data_config(cfg.data).to_dict()
     module = ClassifyModule(model, config_to_dict(cfg), data.classes, preprocess)
-
-    trainer = build_trainer(cfg, work_dir, callbacks, resumed_epoch=epochs_done)
-    if trainer.global_rank == 0:
-        write_atomic(work_dir / "config.yaml", dump_config(cfg))
     workers = cfg.data.num_workers
     # a last batch of one image breaks batch norm, and mixup needs full batches: drop the remainder
     train_set = data.datasets["train"]
     train_loader = make_loader(train_set, cfg.data.batch_size, workers, shuffle_seed=cfg.train.seed,
                                drop_last=len(train_set) > cfg.data.batch_size, start_epoch=epochs_done)
     val_loader = make_loader(data.datasets["val"], cfg.data.batch_size, workers) if cfg.train.validation else None
-    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt)
-    return finish(trainer, cfg, work_dir)
+    return module, train_loader, val_loader
+
+
+def prepare_detect(cfg: DetectConfig, ckpt: Path | None, epochs_done: int, ckpt_classes: list[str]):
+    """The detector's module and loaders; the val split's COCO form is the validation ground truth."""
+    from optik.data.detection import build_detect_data, detect_datasets, make_detect_loader
+    from optik.models.detect import build_detector, has_masks, load_detector_weights
+    from optik.tasks.detect import DetectModule
+
+    with_masks = has_masks(cfg.model.name)
+    classes, sets = build_detect_data(cfg.data, with_masks=with_masks)
+    if ckpt is not None:
+        check_resume(ckpt, epochs_done, ckpt_classes, cfg, classes)
+    counts = ", ".join(f"{name} {len(part)} images ({part.num_objects} objects)" for name, part in sets.items())
+    print(f"data: {len(classes)} classes {classes}; {counts}")
+    for part in sets.values():
+        for line in part.report:
+            print(f"  {line}")
+    model = build_detector(cfg.model, cfg.data, len(classes))
+    if cfg.model.weights is not None and ckpt is None:
+        for line in load_detector_weights(model, cfg.model.weights, cfg.model.weights_prefix).lines():
+            print(line)
+    preprocess = {"task": "detect", "image_size": cfg.data.image_size, "mean": list(cfg.data.mean), "std": list(cfg.data.std)}
+    truth = sets["val"].to_coco() if cfg.train.validation else None
+    module = DetectModule(model, config_to_dict(cfg), classes, preprocess, val_ground_truth=truth)
+    datasets = detect_datasets(sets, cfg.data.augment, with_masks, seed=cfg.train.seed)
+    size, workers = cfg.data.batch_size, cfg.data.num_workers
+    train_loader = make_detect_loader(datasets["train"], size, workers, shuffle_seed=cfg.train.seed,
+                                      drop_last=len(datasets["train"]) > size, start_epoch=epochs_done)
+    val_loader = make_detect_loader(datasets["val"], size, workers) if cfg.train.validation else None
+    return module, train_loader, val_loader
 
 
 def log_data_summary(data) -> None:

@@ -53,7 +53,8 @@ def detector_kwargs(family: str, model_cfg, data_cfg) -> dict:
 
 
 class TimmFPN(nn.Module):
-    """A timm model's last four feature maps through a feature pyramid (what torchvision's heads take)."""
+    """A timm model's last feature maps through a feature pyramid: four plus a pooled level (R-CNN), or
+    three plus P6/P7 (RetinaNet, FCOS), the five maps torchvision's default anchors are made for."""
 
     def __init__(self, name: str, pretrained: bool, out_channels: int = 256, extra: str = "pool"):
         super().__init__()
@@ -65,7 +66,8 @@ class TimmFPN(nn.Module):
         except Exception as exc:  # unknown name, or no feature maps
             raise ConfigError(f"model.backbone: timm cannot give feature maps for {name!r} ({exc})") from None
         levels = len(probe.feature_info.channels())
-        indices = tuple(range(max(0, levels - 4), levels))
+        used = 4 if extra == "pool" else 3  # five maps in all, as torchvision's anchor generators expect
+        indices = tuple(range(max(0, levels - used), levels))
         self.body = timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=indices)
         channels = self.body.feature_info.channels()
         blocks = LastLevelMaxPool() if extra == "pool" else LastLevelP6P7(out_channels, out_channels)

@@ -65,12 +65,18 @@ def build_model(package: ModelPackage) -> nn.Module:
     from optik.config import parse_config
 
     config = parse_config(package.config)
-    if package.task != "classify":
-        raise ModelError(f"task {package.task!r} packages are not supported by this optik version")
-    from optik.models.classify import build_classifier
-
     model_cfg = config.model.model_copy(update={"pretrained": False, "weights": None})
-    model = build_classifier(model_cfg, len(package.classes), package.preprocess["image_size"])
+    if package.task == "detect":
+        from optik.models.detect import build_detector
+
+        model_cfg = model_cfg.model_copy(update={"pretrained_backbone": False})
+        model = build_detector(model_cfg, config.data, len(package.classes))
+    elif package.task == "classify":
+        from optik.models.classify import build_classifier
+
+        model = build_classifier(model_cfg, len(package.classes), package.preprocess["image_size"])
+    else:
+        raise ModelError(f"task {package.task!r} packages are not supported by this optik version")
     try:
         model.load_state_dict(package.state_dict)
     except RuntimeError as exc:

@@ -1,0 +1,172 @@
+"""`Detector`: load a detection model package once, then find objects in images, batch by batch.
+
+It has the `Predictor` interface (`predict`, `predict_stream`, `warmup`, `batch_size`), so the CLI
+and both services drive classifiers and detectors with the same code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from optik.data.decode import open_image
+from optik.errors import ConfigError
+from optik.inference.backends import PRECISIONS, fuse_conv_bn, pick_device
+from optik.inference.predictor import ImageSource, Predictor
+from optik.inference.results import Detection, ImageFailure, Result
+from optik.models.package import ModelPackage, build_model
+
+log = logging.getLogger(__name__)
+
+
+class DetectBackend:
+    """Runs a torchvision detector on a device over lists of uint8 images.
+
+    Modes: "eager" (plain PyTorch) or "fused" (conv + batch norm folded; checked against eager on
+    the first batch and dropped when it differs). "compiled" and "auto" mean fused: torchvision's
+    detectors have data-dependent shapes that the compiler splits into many graphs.
+    """
+
+    def __init__(self, model: nn.Module, device: str = "auto", precision: str = "32", mode: str = "fused"):
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.device = pick_device(device)
+        if precision == "16" and self.device.type != "cuda":
+            raise ConfigError("precision 16 needs a CUDA device; on a CPU use bf16")
+        self.precision = precision
+        self.eager = model.eval().to(self.device)
+        self.model, self.mode = self.eager, "eager"
+        self._checked = mode == "eager"
+
+    def autocast(self):
+        if self.precision == "32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+
+    @torch.inference_mode()
+    def __call__(self, images: list[torch.Tensor]) -> list[dict]:
+        inputs = [image.to(self.device, non_blocking=True).float().div_(255) for image in images]
+        if not self._checked:
+            self._choose(inputs[:2])
+        with self.autocast():
+            return self.model(inputs)
+
+    def _choose(self, probe: list[torch.Tensor]) -> None:
+        self._checked = True
+        try:
+            fused = fuse_conv_bn(self.eager)
+            with warnings.catch_warnings(), self.autocast():
+                warnings.simplefilter("ignore")
+                reference, output = self.eager(probe), fused(probe)
+                same_features = _same_features(self.eager, fused, probe)
+        except Exception as exc:  # noqa: BLE001 - an unusual model still runs eagerly
+            log.warning("fused inference unavailable for this detector (%s: %s); running eagerly", type(exc).__name__, exc)
+            return
+        if same_features and all(_same_detections(a, b) for a, b in zip(output, reference)):
+            self.model, self.mode = fused, "fused"
+        else:
+            log.warning("fused inference changes this detector's outputs; running eagerly")
+
+
+def _same_features(eager: nn.Module, fused: nn.Module, probe: list[torch.Tensor]) -> bool:
+    """The backbone's feature maps agree (a blank or easy image may give no detections to compare)."""
+    if not hasattr(eager, "transform") or not hasattr(eager, "backbone"):
+        return True
+    batch = eager.transform(probe)[0].tensors
+    reference, output = eager.backbone(batch), fused.backbone(batch)
+    if isinstance(reference, torch.Tensor):
+        reference, output = {"0": reference}, {"0": output}
+    for key, ref in reference.items():
+        scale = ref.abs().max().clamp(min=1.0)
+        if output[key].shape != ref.shape or (output[key] - ref).abs().max() > 1e-3 * scale:
+            return False
+    return True
+
+
+def _same_detections(output: dict, reference: dict) -> bool:
+    if output["boxes"].shape != reference["boxes"].shape or not torch.equal(output["labels"], reference["labels"]):
+        return False
+    scale = reference["boxes"].abs().max().clamp(min=1.0) if len(reference["boxes"]) else 1.0
+    return bool((output["boxes"] - reference["boxes"]).abs().max() <= 1e-3 * scale) if len(reference["boxes"]) else True
+
+
+class Detector(Predictor):
+    """Finds objects with a trained detector.
+
+    Args:
+        model: a torchvision detector (index 0 = background) in eval mode.
+        classes: class names; a detector label k is class k - 1.
+        preprocess: the package's `{"task": "detect", "image_size", "mean", "std"}` (the model resizes
+            and normalises itself; this is kept for warm-up and reporting).
+        device, precision, batch_size, decode_workers: as `Predictor`.
+        mode: "eager", or "fused"/"compiled"/"auto" (fused, checked; see `DetectBackend`).
+        min_score: drop objects scoring below this before they reach any output.
+    """
+
+    def __init__(self, model: nn.Module, classes: list[str], preprocess: dict, device: str = "auto", precision: str = "32", batch_size: int = 8,
+                 mode: str = "auto", expected_images: int | None = None, decode_workers: int = 2, min_score: float | None = None):
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        self.classes, self.preprocess, self.batch_size = classes, preprocess, batch_size
+        self.backend = DetectBackend(model, device=device, precision=precision, mode="eager" if mode == "eager" else "fused")
+        self.decode_workers = max(1, decode_workers)
+        self.min_score = min_score
+
+    @classmethod
+    def from_package(cls, package: ModelPackage, device: str = "auto", precision: str = "32", batch_size: int = 8, mode: str = "auto",
+                     expected_images: int | None = None, min_score: float | None = None) -> "Detector":
+        return cls(build_model(package), package.classes, package.preprocess, device=device, precision=precision, batch_size=batch_size, mode=mode, min_score=min_score)
+
+    def warmup(self) -> None:
+        """One pass over a noise image, so the first request does not pay for set-up (or the fused check)."""
+        size = int(self.preprocess.get("image_size", 256))
+        noise = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        self.backend([noise])
+
+    def load(self, source: ImageSource, name: str | None = None) -> torch.Tensor:
+        """Decode (through `open_image`) to a uint8 (3, H, W) tensor; the model resizes it itself."""
+        image = source.convert("RGB") if isinstance(source, Image.Image) else open_image(source, name=name)
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+    def predict_tensors(self, images: list[torch.Tensor]) -> list[dict]:
+        """Raw torchvision outputs (boxes, labels 1-based, scores, masks) for uint8 images."""
+        return self.backend(images)
+
+    def _run_batch(self, loaded: list[tuple[str, torch.Tensor | str]]) -> list[Result]:
+        good = [tensor for _, tensor in loaded if isinstance(tensor, torch.Tensor)]
+        outputs = iter(self.predict_tensors(good) if good else [])
+        results: list[Result] = []
+        for label, tensor in loaded:
+            if isinstance(tensor, torch.Tensor):
+                results.append(self._detection(label, tensor, next(outputs)))
+            else:
+                results.append(ImageFailure(label, tensor))
+        return results
+
+    def _detection(self, source: str, image: torch.Tensor, output: dict) -> Detection:
+        masks = output.get("masks")
+        detection = Detection(
+            source, self.classes, int(image.shape[2]), int(image.shape[1]),
+            boxes=output["boxes"].float().cpu().numpy().astype(np.float32),
+            labels=(output["labels"].cpu().numpy() - 1).astype(np.int64),
+            scores=output["scores"].float().cpu().numpy().astype(np.float32),
+            masks=None if masks is None else masks[:, 0].float().cpu().numpy(),
+        )
+        return detection.above(self.min_score)
+
+
+def load_predictor(path, device: str = "auto", precision: str = "32", batch_size: int | None = None, mode: str = "auto",
+                   expected_images: int | None = None) -> Predictor:
+    """A `Predictor` or a `Detector`, as the model package's task says (batch size default: 32 / 8)."""
+    from optik.models.package import load_package
+
+    package = load_package(path)
+    if package.task == "detect":
+        return Detector.from_package(package, device=device, precision=precision, batch_size=batch_size or 8, mode=mode, expected_images=expected_images)
+    return Predictor.from_package(package, device=device, precision=precision, batch_size=batch_size or 32, mode=mode, expected_images=expected_images)
