@@ -166,7 +166,7 @@ def find_splits(root: Path) -> dict[str, Path]:
     for split, folders in SPLIT_FOLDERS.items():
         for folder in (root / name for name in folders):
             if folder.is_dir():
-                found[split] = _json_in(folder)
+                found[split] = json_in(folder)
                 break
         else:
             matches = sorted((root / "annotations").glob(f"instances_{split}*.json")) if (root / "annotations").is_dir() else []
@@ -177,7 +177,8 @@ def find_splits(root: Path) -> dict[str, Path]:
     return found
 
 
-def _json_in(folder: Path) -> Path:
+def json_in(folder: Path) -> Path:
+    """The annotation JSON of a split folder: annotations.json, or the only .json there."""
     if (folder / "annotations.json").is_file():
         return folder / "annotations.json"
     files = sorted(folder.glob("*.json"))

@@ -38,7 +38,9 @@ def detect_test_set(package, data: str | Path | None, split: str) -> DetectionSe
     source = sources.get(split) or (sources.get("val") if split == "test" else None)
     if source is None and sources:
         raise DataError(f"{data} has no {split} split (found: {', '.join(sorted(sources))}); choose one with --split")
-    return read_split(cfg.data.model_copy(update={"root": data}), source or data, names)
+    if source is None:  # DATA is itself one split's folder
+        source = coco.json_in(data) if cfg.data.format == "coco" else data
+    return read_split(cfg.data.model_copy(update={"root": data}), source, names)
 
 
 def evaluate_detector(package, data, split: str, batch_size: int = 8, device: str = "auto", precision: str = "32", mode: str = "auto"):

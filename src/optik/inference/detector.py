@@ -20,6 +20,7 @@ from optik.errors import ConfigError
 from optik.inference.backends import PRECISIONS, fuse_conv_bn, pick_device
 from optik.inference.predictor import ImageSource, Predictor
 from optik.inference.results import Detection, ImageFailure, Result
+from optik.models.detect import drop_background
 from optik.models.package import ModelPackage, build_model
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ class Detector(Predictor):
         return results
 
     def _detection(self, source: str, image: torch.Tensor, output: dict) -> Detection:
+        output = drop_background(output)
         masks = output.get("masks")
         detection = Detection(
             source, self.classes, int(image.shape[2]), int(image.shape[1]),

@@ -2,7 +2,7 @@
 
 Class convention: the data's labels are 0-based class indices; torchvision detectors reserve
 index 0 for the background, so a detector is built with `len(classes) + 1` outputs and the task
-shifts labels by one on the way in and out (`to_model_labels` / `from_model_labels`).
+shifts labels by one on the way in and out; `drop_background` removes label-0 outputs.
 """
 
 from __future__ import annotations
@@ -143,12 +143,13 @@ def load_detector_weights(model: nn.Module, path, prefix: str | None):
     return report
 
 
-def to_model_labels(labels: torch.Tensor) -> torch.Tensor:
-    return labels + 1
-
-
-def from_model_labels(labels: torch.Tensor) -> torch.Tensor:
-    return labels - 1
+def drop_background(output: dict) -> dict:
+    """A detector output without label-0 entries: sigmoid heads (RetinaNet, FCOS) score index 0 like
+    any class, but it is never a training target, so such an entry is no object of any class."""
+    keep = output["labels"] > 0
+    if bool(keep.all()):
+        return output
+    return {key: value[keep] for key, value in output.items()}
 
 
 def check_detector(model: nn.Module, name: str) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from optik.config.schema import DetectTrainConfig
-from optik.models.detect import has_masks
+from optik.models.detect import drop_background, has_masks
 from optik.tasks.classify import build_ema, lr_schedule
 
 # faster-coco-eval's stats order for bbox and segm
@@ -152,7 +152,7 @@ class DetectModule(L.LightningModule):
         images, targets = batch
         outputs = self.eval_model()(as_inputs(images))
         for target, output in zip(targets, outputs):
-            records = coco_records(int(target["image_id"]), output)
+            records = coco_records(int(target["image_id"]), drop_background(output))
             self._results["bbox"].extend({k: v for k, v in r.items() if k != "segmentation"} for r in records)
             if self.with_masks:
                 self._results["segm"].extend(records)
