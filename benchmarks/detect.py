@@ -278,7 +278,8 @@ def main() -> None:
     parser.add_argument("--model", default="fasterrcnn_mobilenet_v3_large_fpn", help="torchvision detector builder name")
     parser.add_argument("--backbone", default=None, type=lambda v: None if v.lower() == "none" else v, help="timm backbone (with an FPN), or none")
     parser.add_argument("--image-size", type=int, default=320, help="shapes are drawn at this size, and the detector resizes to it")
-    parser.add_argument("--images", type=int, default=16, help="images predicted, and training images")
+    parser.add_argument("--images", type=int, default=16, help="images predicted")
+    parser.add_argument("--train-images", type=int, default=8, help="training images (an epoch is this many, less a last partial batch)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=3, help="training epochs (the first is not timed)")
     parser.add_argument("--workers", type=int, default=2, help="training DataLoader workers, both sides")
@@ -294,10 +295,10 @@ def main() -> None:
     print(f"device: {describe_device(device)}; torch {torch.__version__}")
     with tempfile.TemporaryDirectory(prefix="optik-bench-detect-") as tmp:
         work = Path(tmp)
-        # a val split, though validation is off: without one optik would hold 20% of train out
-        root = write_shapes_set(work / "shapes", "coco", train=args.images, val=2, size=args.image_size)
+        # train for training, test for inference; a val split though validation is off: without one optik would hold 20% of train out
+        root = write_shapes_set(work / "shapes", "coco", train=args.train_images, val=2, test=args.images, size=args.image_size)
         cfg = detect_config(args, root, device)
-        compare_inference(args, cfg, sorted((root / "train").glob("*.png")), work, device)
+        compare_inference(args, cfg, sorted((root / "test").glob("*.png")), work, device)
         if not args.skip_train:
             compare_training(args, cfg, root, work, device)
 

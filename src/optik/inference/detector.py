@@ -153,9 +153,12 @@ class Detector(Predictor):
     def _detection(self, source: str, image: torch.Tensor, output: dict) -> Detection:
         output = drop_background(output)
         masks = output.get("masks")
+        height, width = int(image.shape[1]), int(image.shape[2])
+        boxes = output["boxes"].float().cpu().numpy().astype(np.float32)
+        np.clip(boxes, 0, [width, height, width, height], out=boxes)  # rescaling back can overshoot by a rounding error
         detection = Detection(
-            source, self.classes, int(image.shape[2]), int(image.shape[1]),
-            boxes=output["boxes"].float().cpu().numpy().astype(np.float32),
+            source, self.classes, width, height,
+            boxes=boxes,
             labels=(output["labels"].cpu().numpy() - 1).astype(np.int64),
             scores=output["scores"].float().cpu().numpy().astype(np.float32),
             masks=None if masks is None else masks[:, 0].float().cpu().numpy(),
