@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_run
 
-.PHONY: install test test-fast demo bench redis-server clean
+.PHONY: install test test-fast demo demo-detect bench redis-server clean
 
 install: $(STAMP)
 
@@ -42,6 +42,9 @@ test-fast: install redis-server $(OPEX_REFERENCE)
 
 demo: install
 	$(PY) scripts/demo.py --out $(DEMO_DIR)
+
+demo-detect: install
+	$(PY) scripts/demo_detect.py --out $(DEMO_DIR)
 
 bench: install redis-server
 	$(PY) benchmarks/train_throughput.py
