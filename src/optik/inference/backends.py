@@ -102,6 +102,22 @@ def compile_frozen(model: nn.Module, batch_size: int) -> nn.Module:
     return PaddedBatches(torch.compile(model, dynamic=False), batch_size)
 
 
+def check_precision(precision: str, device: torch.device) -> str:
+    """A precision the device can run, or a ConfigError saying what to use instead."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "16" and device.type != "cuda":
+        raise ConfigError("precision 16 needs a CUDA device; on a CPU use bf16")
+    return precision
+
+
+def autocast_for(device: torch.device, precision: str):
+    """The autocast context of a precision: none for fp32."""
+    if precision == "32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 class TorchBackend:
     """Runs a PyTorch model on a device: fp32 exact by default, bf16/fp16 one option away.
 
@@ -115,8 +131,7 @@ class TorchBackend:
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.device = pick_device(device)
-        if precision == "16" and self.device.type != "cuda":
-            raise ConfigError("precision 16 needs a CUDA device; on a CPU use bf16")
+        check_precision(precision, self.device)
         self.precision, self.requested, self.batch_size = precision, mode, batch_size
         self.eager = model.eval().to(self.device)
         self.mode = "eager"
@@ -125,9 +140,7 @@ class TorchBackend:
         self._checked = mode == "eager"
 
     def autocast(self):
-        if self.precision == "32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        return autocast_for(self.device, self.precision)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,6 @@ and both services drive classifiers and detectors with the same code.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
 
@@ -17,7 +16,7 @@ from torch import nn
 
 from optik.data.decode import open_image
 from optik.errors import ConfigError
-from optik.inference.backends import PRECISIONS, fuse_conv_bn, pick_device
+from optik.inference.backends import autocast_for, check_precision, fuse_conv_bn, pick_device
 from optik.inference.predictor import ImageSource, Predictor
 from optik.inference.results import Detection, ImageFailure, Result
 from optik.models.detect import drop_background
@@ -35,20 +34,14 @@ class DetectBackend:
     """
 
     def __init__(self, model: nn.Module, device: str = "auto", precision: str = "32", mode: str = "fused"):
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = pick_device(device)
-        if precision == "16" and self.device.type != "cuda":
-            raise ConfigError("precision 16 needs a CUDA device; on a CPU use bf16")
-        self.precision = precision
+        self.precision = check_precision(precision, self.device)
         self.eager = model.eval().to(self.device)
         self.model, self.mode = self.eager, "eager"
         self._checked = mode == "eager"
 
     def autocast(self):
-        if self.precision == "32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        return autocast_for(self.device, self.precision)
 
     @torch.inference_mode()
     def __call__(self, images: list[torch.Tensor]) -> list[dict]:

@@ -7,8 +7,6 @@ the detector's label since torchvision keeps index 0 for the background).
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import numpy as np
 import torch
@@ -16,7 +14,7 @@ from torch import nn
 
 from optik.config.schema import DetectTrainConfig
 from optik.models.detect import drop_background, has_masks
-from optik.tasks.classify import build_ema, lr_schedule
+from optik.tasks.common import TrainingModule
 
 # faster-coco-eval's stats order for bbox and segm
 COCO_STATS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
@@ -105,7 +103,7 @@ def gather_results(module: L.LightningModule, records: list[dict]) -> list[dict]
     return [record for part in everything for record in part]
 
 
-class DetectModule(L.LightningModule):
+class DetectModule(TrainingModule):
     """Trains a torchvision detector on (images, targets) batches; validates with COCO mAP.
 
     Args:
@@ -122,13 +120,9 @@ class DetectModule(L.LightningModule):
         self.model = model
         self.train_cfg = DetectTrainConfig.model_validate(config["train"])
         self.with_masks = has_masks(config["model"]["name"])
-        self.ema = build_ema(model, self.train_cfg.ema_decay) if self.train_cfg.ema else None
-        self._ema_step = 0
+        self.setup_ema()
         self.val_ground_truth = val_ground_truth
         self._results: dict[str, list[dict]] = {"bbox": [], "segm": []}
-
-    def eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
 
     def forward(self, images):
         return self.eval_model()(as_inputs(images))
@@ -142,11 +136,6 @@ class DetectModule(L.LightningModule):
         for name, value in losses.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=n)
         return loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.ema is not None and self.global_step != self._ema_step:
-            self._ema_step = self.global_step
-            self.ema.update(self.model, step=self.global_step)
 
     def validation_step(self, batch, batch_idx):
         images, targets = batch
@@ -168,13 +157,3 @@ class DetectModule(L.LightningModule):
             for key in ("map", "map_50", "map_75"):
                 value = torch.tensor(metrics[key], device=self.device)
                 self.log(f"{prefix}{key}", value, prog_bar=key == "map_50" and iou_type == "bbox", sync_dist=True, reduce_fx="max")
-
-    def configure_optimizers(self):
-        from timm.optim import create_optimizer_v2
-
-        cfg = self.train_cfg
-        optimizer = create_optimizer_v2(self.model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, total_steps=total, steps_per_epoch=per_epoch))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
