@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import detections
 import numpy as np
 import pytest
 from PIL import Image
@@ -106,3 +110,119 @@ def stop_leftover_services():
         service = RUNNING.pop()
         if service.process.poll() is None:
             service.kill()
+
+
+@pytest.fixture(scope="session")
+def shapes_detector(tmp_path_factory) -> Path:
+    """An FCOS (ResNet-18) trained one epoch on 16 synthetic shapes images, as a model package: a real detector to serve.
+
+    One epoch is enough: it finds (poor) objects in any picture, and the services' tests check the
+    outputs' form, not their quality. No validation pass: it would double the training time (COCO evaluation).
+    """
+    from optik.config.load import load_config
+    from optik.engine.train import train
+    from optik.tools.shapes import write_shapes_set
+
+    root = tmp_path_factory.mktemp("shapes_detector")
+    data = write_shapes_set(root / "data", "coco", train=16, val=8, size=96)
+    cfg = load_config("fcos_resnet18_small", [f"data.root={data}", "train.epochs=1", "data.num_workers=0", "train.keep_checkpoints=1", "data.batch_size=4",
+                                              "train.validation=false"])
+    work_dir = train(cfg, work_dir=root / "run").work_dir
+    shutil.rmtree(work_dir / "checkpoints")  # only the package is served; keeps the session's disk use small
+    return work_dir / "model.pt"
+
+
+ROI_HEADER = "file,x0,y0,x1,y1,x0n,y0n,x1n,y1n,label,label_str,score"  # DESIGN §9, for a detector without masks
+
+
+@dataclass(frozen=True)
+class Served:
+    """A model as the services' tests serve it, and what every answer of it must look like.
+
+    `kind` is "classify" (`<stem>.json` with a score per class), "detect" (OPEX `<stem>.json`) or
+    "detect-roi" (`<stem>-rois.csv`). `optimize` is the `--optimize` value: detectors run eagerly, which
+    skips the fused check at start-up (tests/inference covers it). `many` is how many images a test of
+    "many images" drops: a detector answers a few a second on a small CPU, a classifier hundreds.
+    """
+
+    kind: str
+    model: Path
+    classes: tuple[str, ...]
+    optimize: str
+    many: int
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The output options for `optik serve` (`--optimize` is given apart)."""
+        return ("--format", "roi") if self.kind == "detect-roi" else ()
+
+    @property
+    def suffix(self) -> str:
+        return "-rois.csv" if self.kind == "detect-roi" else ".json"
+
+    def output(self, image: str) -> str:
+        """The output file name of an image (no two images with one stem)."""
+        return f"{Path(image).stem}{self.suffix}"
+
+    def check_output(self, path: Path, image: str) -> int:
+        """Assert that `path` is a complete answer for the image file named `image`; how many classes or objects it holds."""
+        if self.kind != "detect-roi":
+            return self.check_payload(json.loads(path.read_text()), image)
+        with open(path, newline="") as fh:
+            assert fh.readline().rstrip("\r\n") == ROI_HEADER
+            fh.seek(0)
+            rows = list(csv.DictReader(fh))
+        for row in rows:
+            assert row["file"] == image and row["label_str"] == self.classes[int(row["label"])]
+            x0, y0, x1, y1, score = (float(row[k]) for k in ("x0", "y0", "x1", "y1", "score"))
+            assert x0 <= x1 and y0 <= y1 and 0 <= score <= 1 and 0 <= float(row["x1n"]) <= 1
+        return len(rows)
+
+    def check_payload(self, payload, image: str) -> int:
+        """Assert that a service's JSON answer is a complete prediction (a detector's OPEX `id` is `image`); how many classes or objects it holds."""
+        if self.kind == "classify":
+            assert set(payload) == set(self.classes) and abs(sum(payload.values()) - 1) < 1e-4, payload
+            return len(payload)
+        assert isinstance(payload, dict) and payload["id"] == image and payload["timestamp"], payload
+        for obj in payload["objects"]:
+            box = obj["bbox"]
+            assert obj["label"] in self.classes and 0 <= obj["score"] <= 1
+            assert box["left"] <= box["right"] and box["top"] <= box["bottom"] and len(obj["polygon"]["points"]) >= 3
+        return len(payload["objects"])
+
+
+@pytest.fixture(params=["classify", "detect"])
+def served(request) -> Served:
+    """The services' tests run once per task kind; a test parametrises it indirectly for "detect-roi"."""
+    from optik.tools.shapes import SHAPES
+
+    if request.param == "classify":
+        return Served("classify", request.getfixturevalue("colour_model"), tuple(COLOURS), "fused", many=285)
+    return Served(request.param, request.getfixturevalue("shapes_detector"), SHAPES, "eager", many=15)
+
+
+# ----------------------------------------------------------------------------- hand-made detections (tests/outputs)
+
+
+@pytest.fixture
+def detection():
+    """Two objects with masks (see `make_detection`)."""
+    return detections.make_detection()
+
+
+@pytest.fixture
+def boxes_only():
+    """The same two objects from a model without masks."""
+    return detections.make_detection(masks=False)
+
+
+@pytest.fixture
+def nothing():
+    """No objects, from a model with masks."""
+    return detections.empty_detection()
+
+
+@pytest.fixture
+def nothing_boxes_only():
+    """No objects, from a model without masks."""
+    return detections.empty_detection(masks=False)

@@ -169,8 +169,8 @@ def output_options(func):
     return func
 
 
-def make_output(task: str, fmt: str | None, top_k: int | None, min_score: float | None, mask_threshold: float, mask_nth: int, output_minrect: bool,
-                fit_bbox_to_polygon: bool, bbox_as_fallback: float):
+def make_output(task: str, fmt: str | None = None, top_k: int | None = None, min_score: float | None = None, mask_threshold: float = 0.1, mask_nth: int = 1,
+                output_minrect: bool = False, fit_bbox_to_polygon: bool = False, bbox_as_fallback: float = -1.0):
     """The output format for a model's task, refusing options that do not apply to it."""
     if task == "detect":
         from optik.outputs.detection import detection_format
@@ -390,8 +390,10 @@ def service_options(func):
     return output_options(model_options(func))
 
 
-def start_predictor(model: Path, device: str, precision: str, batch_size: int | None, mode: str, verbose: bool, quiet: bool, expected_images: int | None = None):
-    """Logging on stderr, the predictor loaded and warmed up (a service compiles before its first request).
+def start_predictor(model: Path, device: str, precision: str, batch_size: int | None, mode: str, verbose: bool, quiet: bool, output_options: dict,
+                    expected_images: int | None = None):
+    """Logging on stderr, the predictor loaded, its output format, then the warm-up (a service
+    compiles before its first request; output options that do not fit the model fail before that).
 
     `mode` auto compiles for a service that keeps running (`expected_images` None) or a big one-off job.
     """
@@ -406,9 +408,10 @@ def start_predictor(model: Path, device: str, precision: str, batch_size: int | 
     if mode == "auto":
         mode = mode_for(COMPILE_MIN_IMAGES if expected_images is None else expected_images)
     predictor = load_predictor(model, device=device, precision=precision, batch_size=batch_size, mode=mode)
+    output = make_output(task_of(predictor), **output_options)
     predictor.warmup()
     logging.getLogger("optik.services").info("model %s ready on %s (%s, precision %s, batch %d)", model, predictor.device, predictor.backend.mode, precision, predictor.batch_size)
-    return predictor
+    return predictor, output
 
 
 def task_of(predictor) -> str:
@@ -450,8 +453,9 @@ def serve_poll(model, in_dir, out_dir, tmp_dir, done_dir, failed_dir, delete_inp
     stop = Stop()
     one_pass = None if continuous or watch else sum(1 for p in in_dir.iterdir() if is_image_file(p.name))
     with folder_lock(in_dir):  # before the model loads: a second poller is refused at once
-        predictor = start_predictor(model, device, precision, batch_size, mode, verbose, quiet, expected_images=one_pass)
-        output = make_output(task_of(predictor), fmt, top_k, min_score, mask_threshold, mask_nth, output_minrect, fit_bbox_to_polygon, bbox_as_fallback)
+        outputs = dict(fmt=fmt, top_k=top_k, min_score=min_score, mask_threshold=mask_threshold, mask_nth=mask_nth, output_minrect=output_minrect,
+                       fit_bbox_to_polygon=fit_bbox_to_polygon, bbox_as_fallback=bbox_as_fallback)
+        predictor, output = start_predictor(model, device, precision, batch_size, mode, verbose, quiet, outputs, expected_images=one_pass)
         with stop.on_signals():
             FilePoller(predictor, output, options, stop).run(locked=True)
 
@@ -505,8 +509,9 @@ def serve_redis(model, transport, redis_in, redis_out, redis_host, redis_port, r
 
     connection = connect_options(redis_host, redis_port, redis_db, redis_username, redis_password, redis_password_env, redis_ssl, redis_ssl_ca)
     check_auth(connection)
-    predictor = start_predictor(model, device, precision, batch_size, mode, verbose, quiet)
-    output = make_output(task_of(predictor), fmt, top_k, min_score, mask_threshold, mask_nth, output_minrect, fit_bbox_to_polygon, bbox_as_fallback)
+    outputs = dict(fmt=fmt, top_k=top_k, min_score=min_score, mask_threshold=mask_threshold, mask_nth=mask_nth, output_minrect=output_minrect,
+                   fit_bbox_to_polygon=fit_bbox_to_polygon, bbox_as_fallback=bbox_as_fallback)
+    predictor, output = start_predictor(model, device, precision, batch_size, mode, verbose, quiet, outputs)
     stop = Stop()
     if transport == "pubsub":
         service = PubSubService(predictor, output, connection, redis_in, redis_out, max_wait_ms, stop)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import COLOURS, colour_image, run_optik
+from conftest import COLOURS, Served, colour_image, run_optik
 from service_helpers import Service
 
 CLASSES = ["red", "green", "blue"]
@@ -68,28 +68,33 @@ def outputs(folder: Path) -> dict[str, dict]:
     return {p.name: json.loads(p.read_text()) for p in folder.glob("*.json")}
 
 
-def serve_poll(model: Path, in_dir: Path, out_dir: Path, *args: str, timeout: float = 300):
-    return run_optik("serve", "poll", model, "--in", in_dir, "--out", out_dir, "--optimize", "fused", "--batch-size", "16", *args, timeout=timeout)
+def serve_poll(model: Path, in_dir: Path, out_dir: Path, *args: str, optimize: str = "fused", timeout: float = 300):
+    return run_optik("serve", "poll", model, "--in", in_dir, "--out", out_dir, "--optimize", optimize, "--batch-size", "16", *args, timeout=timeout)
 
 
-def test_300_images_15_broken_one_output_each(colour_model, tmp_path):
+def test_many_images_15_broken_one_output_each(served: Served, tmp_path):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
-    truth = drop_images(in_dir, 285)
-    broken = broken_images(in_dir)
-    done = serve_poll(colour_model, in_dir, out_dir, "--settle", "0.2")
+    truth = drop_images(in_dir, served.many)  # 285 for a classifier: 300 files in all
+    broken = broken_images(in_dir)  # the last batch holds only these: nothing for the model to see
+    done = serve_poll(served.model, in_dir, out_dir, *served.options, "--settle", "0.2", optimize=served.optimize)
     assert done.returncode == 0, done.stderr
     assert list(in_dir.iterdir()) == []  # every input moved on
-    results = outputs(out_dir)
-    for name in truth:  # one prediction, over all classes, and the image next to it
-        assert set(results[f"{Path(name).stem}.json"]) == set(CLASSES)
+    found = 0
+    for name in truth:  # one complete prediction, and the image next to it
+        found += served.check_output(out_dir / served.output(name), name)
         assert (out_dir / name).is_file()
-    correct = sum(max(results[f"{Path(n).stem}.json"].items(), key=lambda kv: kv[1])[0] == c for n, c in truth.items())
-    assert correct / len(truth) > 0.9
+    assert found > 0
+    results = outputs(out_dir)
+    if served.kind == "classify":
+        correct = sum(max(results[f"{Path(n).stem}.json"].items(), key=lambda kv: kv[1])[0] == c for n, c in truth.items())
+        assert correct / len(truth) > 0.9
     for name in broken:  # an error record each, and the file in failed/
         record = results[f"{Path(name).stem}.error.json"]
         assert record["file"] == name and record["error"] and datetime.fromisoformat(record["time"])
         assert (out_dir / "failed" / name).is_file()
-    assert len(results) == 300 and len(list((out_dir / "failed").iterdir())) == 15
+    answers = sorted(p.name for p in out_dir.iterdir() if p.is_file() and not p.name.endswith(".jpg"))
+    assert answers == sorted([served.output(n) for n in truth] + [f"{Path(n).stem}.error.json" for n in broken])  # nothing else, no temp files
+    assert len(list((out_dir / "failed").iterdir())) == 15
     reason = {kind: results[f"broken0_{kind}.error.json"]["error"] for kind in ("truncated", "zero", "text", "cut", "huge")}
     assert reason["zero"] == "empty file (0 bytes)" and reason["text"].startswith("not an image")
     assert reason["truncated"].startswith("truncated") and reason["cut"].startswith("truncated") and reason["huge"].startswith("image too large")
@@ -224,6 +229,23 @@ def test_restart_finishes_a_journalled_image_and_repredicts_a_replaced_one(colou
     assert list(in_dir.iterdir()) == [] and not journal.exists()
 
 
+@pytest.mark.parametrize("served", ["detect-roi"], indirect=True)  # a classifier would be done before the signal lands
+def test_sigterm_finishes_the_batch_in_hand(served: Served, tmp_path):
+    """SIGTERM after the first batch: exit 0, and the folder says exactly what was done. Each image is either
+    answered (here `<stem>-rois.csv`, header first) and moved on, or untouched in --in; whole batches only."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    truth = drop_images(in_dir, 24)
+    service = Service("poll", served.model, "--in", in_dir, "--out", out_dir, "--optimize", served.optimize, *served.options, "--batch-size", "4", "--verbose")
+    service.wait_for("batch: 4 predicted")
+    assert service.stop() == 0 and "finishing the batch in hand" in service.log, service.log
+    moved, left = {p.name for p in out_dir.glob("*.jpg")}, {p.name for p in in_dir.iterdir()}
+    assert moved | left == set(truth) and not moved & left
+    assert sorted(p.name for p in out_dir.glob(f"*{served.suffix}")) == sorted(served.output(n) for n in moved)
+    assert len(moved) % 4 == 0 and not list(out_dir.glob(".*"))  # no journal or temp file left behind
+    for name in moved:
+        served.check_output(out_dir / served.output(name), name)
+
+
 def test_images_sharing_a_stem_get_separate_outputs(colour_model, tmp_path):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     drop_images(in_dir, 1, ext=".jpg")
@@ -268,6 +290,18 @@ def test_bad_options_exit_2_with_a_clear_message(colour_model, tmp_path):
     assert same.returncode == 2 and "cannot also be" in same.stderr
     modes = serve_poll(colour_model, tmp_path / "in", tmp_path / "out", "--continuous", "--watch")
     assert modes.returncode == 2 and "not both" in modes.stderr
+
+
+@pytest.mark.parametrize("model, option, message", [
+    ("shapes_detector", ["--top-k", "1"], "--top-k applies to classifiers"),
+    ("shapes_detector", ["--format", "json"], "--format json is for classifiers"),
+    ("colour_model", ["--format", "opex"], "--format opex is for detectors"),
+], ids=["detector-top-k", "detector-json", "classifier-opex"])
+def test_output_options_that_do_not_fit_the_model_exit_2(model, option, message, request, tmp_path):
+    drop_images(tmp_path / "in", 1)
+    done = serve_poll(request.getfixturevalue(model), tmp_path / "in", tmp_path / "out", *option, optimize="eager")
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert [p.name for p in (tmp_path / "in").iterdir()] == ["0000_red.jpg"] and not list((tmp_path / "out").glob("*.json"))
 
 
 def test_a_second_poller_on_the_same_folder_is_refused(colour_model, tmp_path):

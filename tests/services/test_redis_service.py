@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import COLOURS, colour_image, run_optik
+from conftest import COLOURS, Served, colour_image, run_optik
 from service_helpers import RedisServer, Service, running_redis
 
 CLASSES = ["red", "green", "blue"]
@@ -25,8 +25,8 @@ def jpeg_bytes(colour: str, seed: int, size: int = 40) -> bytes:
     return buffer.getvalue()
 
 
-def serve_redis(model: Path, server: RedisServer, *args: str, ready: str = "listening on") -> Service:
-    service = Service("redis", model, "--redis-port", server.port, "--optimize", "fused", "--batch-size", "8", *args)
+def serve_redis(model: Path, server: RedisServer, *args: str, optimize: str = "fused", ready: str = "listening on") -> Service:
+    service = Service("redis", model, "--redis-port", server.port, "--optimize", optimize, "--batch-size", "8", *args)
     service.wait_for(ready)
     return service
 
@@ -47,9 +47,11 @@ def subscribed(client, channel: str):
     return pubsub
 
 
-def test_pubsub_answers_raw_bytes_envelopes_and_garbage(colour_model, redis_server):
-    """The srh-broadcast -b / srh-listen way (raw bytes in, JSON out), envelopes with ids, and errors."""
-    service = serve_redis(colour_model, redis_server, "--redis_in", "images", "--redis_out", "predictions")  # old option names
+def test_pubsub_answers_raw_bytes_envelopes_and_garbage(served: Served, redis_server):
+    """The srh-broadcast -b / srh-listen way (raw bytes in, JSON out), envelopes with ids, and errors.
+
+    A detector's reply is an OPEX document, which has an `id` of its own (raw bytes have no name: "message")."""
+    service = serve_redis(served.model, redis_server, *served.options, "--redis_in", "images", "--redis_out", "predictions", optimize=served.optimize)  # old option names
     client = redis_server.client()
     pubsub = subscribed(client, "predictions")
     colours = ["red", "green", "blue"] * 4
@@ -57,16 +59,18 @@ def test_pubsub_answers_raw_bytes_envelopes_and_garbage(colour_model, redis_serv
         assert client.publish("images", jpeg_bytes(colour, i)) == 1
     replies = collect(pubsub, len(colours))
     assert len(replies) == len(colours)
-    assert all(set(reply) == set(CLASSES) and abs(sum(reply.values()) - 1) < 1e-4 for reply in replies)
-    labels = [max(reply, key=reply.get) for reply in replies]
-    assert sum(a == b for a, b in zip(labels, colours)) >= 10  # a trained model: right on (nearly) all
+    assert sum(served.check_payload(reply, "message") for reply in replies) > 0
+    if served.kind == "classify":
+        labels = [max(reply, key=reply.get) for reply in replies]
+        assert sum(a == b for a, b in zip(labels, colours)) >= 10  # a trained model: right on (nearly) all
 
     client.publish("images", json.dumps({"id": "job-7", "image": base64.b64encode(jpeg_bytes("blue", 99)).decode()}))
     client.publish("images", b"\x00\x01 definitely not an image")
     client.publish("images", json.dumps({"id": 42, "image": "###"}))
     client.publish("images", json.dumps({"id": "no-image"}))
     envelope, garbage, bad_base64, missing = collect(pubsub, 4)
-    assert envelope["id"] == "job-7" and set(envelope["result"]) == set(CLASSES)
+    assert envelope["id"] == "job-7"
+    served.check_payload(envelope["result"], "job-7")
     assert garbage["id"] is None and "not an image" in garbage["error"]
     assert bad_base64 == {"error": bad_base64["error"], "id": 42} and "base64" in bad_base64["error"]
     assert missing["id"] == "no-image" and "image" in missing["error"]
@@ -147,18 +151,22 @@ def test_streams_lose_nothing_when_a_worker_is_killed(colour_model, redis_server
     assert all(w.stop() == 0 for w in workers[1:])
 
 
-def test_stream_entry_delivered_too_often_is_dead_lettered(colour_model, redis_server):
-    """An entry that crashed its workers (delivered --max-attempts times) goes to X:dead, with an error result."""
+def test_stream_entry_delivered_too_often_is_dead_lettered(served: Served, redis_server):
+    """An entry that crashed its workers (delivered --max-attempts times) goes to X:dead, with an error result;
+    one a dead worker held once is taken over and answered; each is acknowledged once its result is in."""
     client = redis_server.client()
     client.xgroup_create("jobs", "optik", id="0", mkstream=True)
     entry = client.xadd("jobs", {"image": jpeg_bytes("red", 0), "id": "crasher"})
-    client.xreadgroup("optik", "ghost", {"jobs": ">"})
+    client.xadd("jobs", {"image": jpeg_bytes("blue", 2), "id": "orphan"})
+    client.xreadgroup("optik", "ghost", {"jobs": ">"})  # a worker that took both, then died
     client.xclaim("jobs", "optik", "ghost", 0, [entry], retrycount=3)  # as if three workers died on it
     ok = client.xadd("jobs", {"image": jpeg_bytes("green", 1)})  # no id: the entry ID stands in
-    service = serve_redis(colour_model, redis_server, "--mode", "stream", "--redis-in", "jobs", "--redis-out", "results", "--claim-idle-ms", "200", "--max-attempts", "3", ready="worker")
-    results = {r["id"]: r for r in wait_for_results(client, "results", {"crasher", ok.decode()}, timeout=60)}
+    service = serve_redis(served.model, redis_server, *served.options, "--mode", "stream", "--redis-in", "jobs", "--redis-out", "results", "--claim-idle-ms", "200",
+                          "--max-attempts", "3", optimize=served.optimize, ready="worker")
+    results = {r["id"]: r for r in wait_for_results(client, "results", {"crasher", "orphan", ok.decode()}, timeout=60)}
     assert "failed 3 times" in results["crasher"]["error"]
-    assert set(json.loads(results[ok.decode()]["result"])) == set(CLASSES)
+    served.check_payload(json.loads(results[ok.decode()]["result"]), ok.decode())
+    served.check_payload(json.loads(results["orphan"]["result"]), "orphan")
     dead = stream_results(client, "jobs:dead")
     assert len(dead) == 1 and dead[0]["id"] == "crasher" and dead[0]["attempts"] == "3"
     assert client.xpending("jobs", "optik")["pending"] == 0

@@ -1,9 +1,12 @@
-"""Hand-made detections for the output format tests: two objects in an 80x60 image, with or without masks."""
+"""Hand-made detections for the output format tests: two objects in an 80x60 image, with or without masks.
+
+A module of its own (not a conftest.py under tests/outputs/): a second `conftest` module would
+shadow tests/conftest.py for the tests that import helpers from it.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from optik.inference.results import Detection
 
@@ -30,27 +33,3 @@ def empty_detection(masks: bool = True) -> Detection:
     """An image in which nothing was found."""
     mask_stack = np.zeros((0, HEIGHT, WIDTH), np.float32) if masks else None
     return Detection("empty.png", CLASSES, WIDTH, HEIGHT, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32), mask_stack)
-
-
-@pytest.fixture
-def detection() -> Detection:
-    """Two objects with masks (see `make_detection`)."""
-    return make_detection()
-
-
-@pytest.fixture
-def boxes_only() -> Detection:
-    """The same two objects from a model without masks."""
-    return make_detection(masks=False)
-
-
-@pytest.fixture
-def nothing() -> Detection:
-    """No objects, from a model with masks."""
-    return empty_detection()
-
-
-@pytest.fixture
-def nothing_boxes_only() -> Detection:
-    """No objects, from a model without masks."""
-    return empty_detection(masks=False)
