@@ -130,7 +130,7 @@ def build_trainer(cfg: ClassifyConfig, work_dir: Path, extra_callbacks=(), resum
 
 
 def train(cfg: ClassifyConfig, work_dir: str | Path | None = None, resume: str | Path | None = None, callbacks=()) -> TrainResult:
-    """Train a classifier as `cfg` says; returns where the model package and best checkpoint are.
+    """Train a classifier or detector as `cfg` says; returns where the model package and best checkpoint are.
 
     Args:
         work_dir: overrides `cfg.work_dir` (default `work_dirs/<task>-<model>`).
