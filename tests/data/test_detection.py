@@ -135,3 +135,22 @@ def test_ground_truth_scores_perfect_against_itself(shapes, fmt):
     evaluator.accumulate()
     evaluator.summarize()
     assert evaluator.stats[0] == pytest.approx(1.0)
+
+
+def test_mmdet_classes_name_the_order_and_a_mismatch_lists_both(tmp_path, monkeypatch):
+    from optik.config.load import load_config
+    from optik.data.detection import build_detect_data
+    from optik.errors import DataError
+    from optik.tools.shapes import write_shapes_set
+
+    root = write_shapes_set(tmp_path / "voc", "voc", train=6, val=3, size=64)
+    cfg = load_config(None, ["task=detect", "data.format=voc", f"data.root={root}"]).data
+    monkeypatch.setenv("MMDET_CLASSES", "'triangle','square','circle'")
+    classes, sets = build_detect_data(cfg)
+    assert classes == ["triangle", "square", "circle"]
+    plain_classes, plain = build_detect_data(cfg.model_copy(update={"classes": ["circle", "square", "triangle"]}))
+    for named, sorted_ in zip(sets["train"].records, plain["train"].records):  # same objects, labels in the named order
+        assert [classes[i] for i in named.labels] == [plain_classes[i] for i in sorted_.labels]
+    monkeypatch.setenv("MMDET_CLASSES", "circle,square")
+    with pytest.raises(DataError, match=r"MMDET_CLASSES.*triangle"):
+        build_detect_data(cfg)
