@@ -50,6 +50,7 @@ bench: install redis-server
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/predict_throughput.py
 	$(PY) benchmarks/serve.py
+	$(PY) benchmarks/detect.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) work_dirs .pytest_cache
