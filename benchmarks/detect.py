@@ -46,7 +46,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, read_image
@@ -54,6 +53,7 @@ from torchvision.io import ImageReadMode, read_image
 from optik.config import load_config
 from optik.config.load import config_to_dict
 from optik.engine.train import train
+from train_throughput import EpochClock  # the same epoch timer as the classification benchmark (benchmarks/ is on sys.path)
 from optik.inference.detector import Detector
 from optik.models.detect import build_detector
 from optik.models.package import ModelPackage, load_package, save_package
@@ -254,17 +254,6 @@ def plain_train(cfg, root: Path, out: Path, device: str) -> tuple[float, float]:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}, out / "plain.ckpt")
     marks.append(time.perf_counter())
     return seen * (epochs - 1) / (marks[-1] - marks[1]), sum(losses) / len(losses)
-
-
-class EpochClock(L.Callback):
-    def __init__(self):
-        self.marks: list[float] = []
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self.marks.append(time.perf_counter())
-
-    def on_train_end(self, trainer, pl_module):
-        self.marks.append(time.perf_counter())
 
 
 def optik_train(cfg, out: Path) -> tuple[float, float]:

@@ -21,7 +21,7 @@ from torchvision import tv_tensors
 
 from optik.data.classes import configured_classes, match_classes
 from optik.data.decode import check_header, open_image
-from optik.data.loaders import EpochShuffleSampler, seeded_index
+from optik.data.loaders import make_loader, seeded_index
 from optik.errors import DataError, ImageDecodeError
 
 # COCO polygons [[x1, y1, x2, y2, ...], ...] in pixels, an RLE dict {"size": [h, w], "counts": ...}, or none.
@@ -349,10 +349,8 @@ def collate_detection(batch: list[tuple]) -> tuple[list, list]:
 
 
 def make_detect_loader(dataset: Dataset, batch_size: int, workers: int, shuffle_seed: int | None = None, drop_last: bool = False, start_epoch: int = 0) -> DataLoader:
-    """A DataLoader of detection batches; with `shuffle_seed` reshuffled per epoch from (seed, epoch) like `make_loader`."""
-    sampler = EpochShuffleSampler(len(dataset), shuffle_seed, start_epoch) if shuffle_seed is not None else None
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_detection, pin_memory=torch.cuda.is_available(),
-                      drop_last=drop_last, persistent_workers=False)
+    """`make_loader` with detection batches (lists: images differ in size)."""
+    return make_loader(dataset, batch_size, workers, shuffle_seed, drop_last, start_epoch, collate_fn=collate_detection)
 
 
 def detect_datasets(sets: dict[str, DetectionSet], augment, with_masks: bool, seed: int | None) -> dict[str, DetectionDataset]:

@@ -208,7 +208,8 @@ def _torchvision_data(data, evaluation, seed: int | None) -> ClassifyData:
     return ClassifyData(classes, datasets, {"train": where, "val": f"{where} (test set)", "test": f"{where} (test set)"}, [])
 
 
-def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle_seed: int | None = None, drop_last: bool = False, start_epoch: int = 0) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle_seed: int | None = None, drop_last: bool = False, start_epoch: int = 0,
+                collate_fn=None) -> DataLoader:
     """A DataLoader; with `shuffle_seed` the order is reshuffled per epoch from (seed, epoch)."""
     sampler = EpochShuffleSampler(len(dataset), shuffle_seed, start_epoch) if shuffle_seed is not None else None
     return DataLoader(
@@ -216,6 +217,7 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle_seed: i
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
+        collate_fn=collate_fn,
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
         persistent_workers=False,  # fresh workers per epoch take their seeds from the per-epoch RNG
