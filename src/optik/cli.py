@@ -192,8 +192,8 @@ def model_options(func):
     func = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto")(func)
     func = click.option("--precision", type=click.Choice(["32", "bf16", "16"]), default="32", show_default=True, help="32 is exact; bf16 is faster on recent CPUs, 16 needs CUDA")(func)
     func = click.option("--batch-size", type=click.IntRange(min=1), help="images per forward pass (services: the micro-batch size) [default: 32, detectors 8]")(func)
-    func = click.option("--optimize", "mode", type=click.Choice(["auto", "fused", "compiled", "eager"]), default="auto", show_default=True,
-                        help="exact speed-ups: fused (no set-up), compiled (compiles once; auto picks it for services and 1000+ images), eager (plain PyTorch)")(func)
+    func = click.option("--optimize", "mode", type=click.Choice(["auto", "fused", "compiled", "onnx", "eager"]), default="auto", show_default=True,
+                        help="exact speed-ups: fused (no set-up), onnx (onnxruntime, CPU fp32; auto picks it there for services and 100+ images), compiled (compiles once; auto picks it elsewhere for services and 1000+ images), eager (plain PyTorch)")(func)
     return func
 
 
@@ -330,7 +330,7 @@ def predict(model, images, out_dir, top_k, min_score, fmt, mask_threshold, mask_
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (under torchrun: one GPU per process)")
 @click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True, help="processes to shard over, one GPU each (launches torchrun --standalone for you)")
 @click.option("--precision", type=click.Choice(["32", "bf16", "16"]), default="32", show_default=True)
-@click.option("--optimize", type=click.Choice(["auto", "fused", "compiled", "eager"]), default="auto", show_default=True)
+@click.option("--optimize", type=click.Choice(["auto", "fused", "compiled", "onnx", "eager"]), default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="keep the rows already in OUT (and its part files) and predict the rest")
 def batch_predict(images, out, model, model_class, checkpoint, transform, border_crop, fmt, top_k, softmax, convert_outputs_mode, objectnet_mappings,
                   batch_size, workers, device, devices, precision, optimize, resume):
@@ -399,15 +399,14 @@ def start_predictor(model: Path, device: str, precision: str, batch_size: int | 
     """
     import logging
 
-    from optik.inference.backends import COMPILE_MIN_IMAGES, mode_for
+    from optik.inference.backends import COMPILE_MIN_IMAGES
     from optik.inference.detector import load_predictor
 
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("optik").setLevel(level)
-    if mode == "auto":
-        mode = mode_for(COMPILE_MIN_IMAGES if expected_images is None else expected_images)
-    predictor = load_predictor(model, device=device, precision=precision, batch_size=batch_size, mode=mode)
+    expected_images = COMPILE_MIN_IMAGES if expected_images is None else expected_images
+    predictor = load_predictor(model, device=device, precision=precision, batch_size=batch_size, mode=mode, expected_images=expected_images)
     output = make_output(task_of(predictor), **output_options)
     predictor.warmup()
     logging.getLogger("optik.services").info("model %s ready on %s (%s, precision %s, batch %d)", model, predictor.device, predictor.backend.mode, precision, predictor.batch_size)

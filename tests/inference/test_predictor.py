@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import colour_image
 from optik.data.transforms import Preprocess, eval_transform
 from optik.errors import ConfigError
-from optik.inference.backends import TorchBackend, fuse_conv_bn
+from optik.inference.backends import COMPILE_MIN_IMAGES, ONNX_MIN_IMAGES, TorchBackend, fuse_conv_bn, mode_for
 from optik.inference.predictor import Predictor
 
 PRE = Preprocess(image_size=32, resize_size=36, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
@@ -40,7 +40,7 @@ def reference(model, images):
         return model(batch).softmax(-1).numpy()
 
 
-@pytest.mark.parametrize("mode", ["eager", "fused", "compiled"])
+@pytest.mark.parametrize("mode", ["eager", "fused", "compiled", "onnx"])
 def test_every_mode_matches_eager_pytorch(model, images, mode):
     predictor = Predictor(model, CLASSES, PRE, device="cpu", batch_size=8, mode=mode)
     results = predictor.predict(images)  # 20 images: batches of 8, 8, 4 (the last one padded when compiled)
@@ -49,6 +49,18 @@ def test_every_mode_matches_eager_pytorch(model, images, mode):
     assert (got.argmax(1) == expected.argmax(1)).all()
     assert np.abs(got - expected).max() < 1e-4
     assert predictor.backend.mode == mode
+
+
+def test_auto_picks_by_job_size_device_and_precision():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert mode_for(None, cpu) == "fused"  # unknown size (a one-off predict): no set-up cost
+    assert mode_for(ONNX_MIN_IMAGES - 1, cpu) == "fused"
+    assert mode_for(ONNX_MIN_IMAGES, cpu) == "onnx"
+    assert mode_for(COMPILE_MIN_IMAGES, cpu, "bf16") == "compiled"  # onnxruntime runs fp32 only
+    assert mode_for(ONNX_MIN_IMAGES, cpu, "bf16") == "fused"
+    assert mode_for(COMPILE_MIN_IMAGES, cuda) == "compiled"
+    backend = TorchBackend(torch.nn.Linear(2, 2), device="cpu", mode="auto", expected_images=5000)
+    assert backend.requested == "onnx"
 
 
 def test_fusion_folds_every_batch_norm(model):
@@ -91,9 +103,28 @@ def test_option_errors():
         TorchBackend(torch.nn.Linear(2, 2), device="cpu", precision="16")
     with pytest.raises(ConfigError, match="precision must be"):
         TorchBackend(torch.nn.Linear(2, 2), device="cpu", precision="8")
+    with pytest.raises(ConfigError, match="onnx mode runs fp32 on the CPU"):
+        TorchBackend(torch.nn.Linear(2, 2), device="cpu", precision="bf16", mode="onnx")
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        TorchBackend(torch.nn.Linear(2, 2), device="cpu", mode="fast")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             TorchBackend(torch.nn.Linear(2, 2), device="cuda")
+
+
+def test_a_model_onnx_cannot_export_runs_fused(images):
+    class Unexportable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 6, 3)
+
+        def forward(self, x):
+            return torch.digamma(self.conv(x).mean((2, 3)).exp() + 1)  # an operator ONNX has no form for
+
+    net = Unexportable().eval()
+    predictor = Predictor(net, CLASSES, PRE, device="cpu", batch_size=8, mode="onnx")
+    got = np.stack([r.probs for r in predictor.predict(images)])
+    assert predictor.backend.mode == "fused" and np.abs(got - reference(net, images)).max() < 1e-4
 
 
 def test_a_model_the_optimiser_cannot_handle_falls_back(images):
@@ -108,6 +139,7 @@ def test_a_model_the_optimiser_cannot_handle_falls_back(images):
             return self.conv(x).mean((2, 3)) * (1 if float(x.mean()) > -100 else -1)
 
     odd = Odd().eval()
-    predictor = Predictor(odd, CLASSES, PRE, device="cpu", batch_size=8, mode="compiled")
-    got = np.stack([r.probs for r in predictor.predict(images)])
-    assert np.abs(got - reference(odd, images)).max() < 1e-4
+    for mode in ("compiled", "onnx"):
+        predictor = Predictor(odd, CLASSES, PRE, device="cpu", batch_size=8, mode=mode)
+        got = np.stack([r.probs for r in predictor.predict(images)])
+        assert np.abs(got - reference(odd, images)).max() < 1e-4

@@ -15,7 +15,7 @@ from torch import nn
 from optik.data.decode import describe_source, open_image
 from optik.data.transforms import Preprocess, eval_transform
 from optik.errors import ConfigError, ImageDecodeError
-from optik.inference.backends import TorchBackend, mode_for
+from optik.inference.backends import TorchBackend
 from optik.inference.results import Classification, ImageFailure, Result
 from optik.models.package import ModelPackage, build_model, load_package
 
@@ -32,9 +32,9 @@ class Predictor:
         device: "cpu", "cuda", "cuda:1", or "auto".
         precision: "32" (exact, default), "bf16" or "16" (CUDA).
         batch_size: images per forward pass.
-        mode: "fused" (exact, no set-up), "compiled" (exact, fastest for long jobs, compiles once),
-            "eager" (plain PyTorch), or "auto" (compiled for services and jobs of
-            `COMPILE_MIN_IMAGES` or more, given as `expected_images`).
+        mode: "fused" (exact, no set-up), "compiled" (exact, fast for long jobs, compiles once),
+            "onnx" (onnxruntime on the CPU, fp32), "eager" (plain PyTorch), or "auto" (the fastest
+            for a job of `expected_images` images, see `backends.mode_for`; None: fused).
         decode_workers: threads that decode and preprocess the next batch during the forward pass.
     """
 
@@ -45,8 +45,7 @@ class Predictor:
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.transform = eval_transform(preprocess)
-        mode = mode_for(expected_images) if mode == "auto" else mode
-        self.backend = TorchBackend(model, device=device, precision=precision, mode=mode, batch_size=batch_size)
+        self.backend = TorchBackend(model, device=device, precision=precision, mode=mode, batch_size=batch_size, expected_images=expected_images)
         self.decode_workers = max(1, decode_workers)
 
     @classmethod

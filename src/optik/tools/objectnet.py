@@ -60,7 +60,7 @@ class BatchReport:
 def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
     """Predict every image below `job.images` into `job.out`; under torchrun each rank takes a shard and
     rank 0 merges the rows in sorted order. Returns this rank's report (rank 0: with the row count)."""
-    from optik.inference.backends import TorchBackend, mode_for
+    from optik.inference.backends import TorchBackend
     from optik.inference.batch import find_flat_images, load_batch_model, load_transform, predict_folder
     from optik.outputs.objectnet import FORMATS, PartWriter, merge_rows
 
@@ -80,8 +80,7 @@ def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
     id_map, labels = _id_map(job, bundle)
     mine = _my_share(job, files, rank, world)
     device = _rank_device(job.device, rank, world)
-    mode = mode_for(len(mine) * world) if job.optimize == "auto" else job.optimize
-    backend = TorchBackend(bundle.model, device=str(device), precision=job.precision, mode=mode, batch_size=job.batch_size)
+    backend = TorchBackend(bundle.model, device=str(device), precision=job.precision, mode=job.optimize, batch_size=job.batch_size, expected_images=len(mine) * world)
     part = job.out.with_name(f"{job.out.name}.part-{rank}")
     report = BatchReport(skipped=len(files[rank::world]) - len(mine))
     workers = job.workers if job.workers is not None else default_workers(device)
