@@ -221,6 +221,33 @@ def test_command(model, data, split, out, out_items, plots, device, precision, b
         click.echo(f"wrote {plot_confusion(result, plots)}")
 
 
+@main.command("probe")
+@click.argument("model")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--k", type=click.IntRange(min=1), default=20, show_default=True, help="neighbours that vote in kNN")
+@click.option("--temperature", type=float, default=0.07, show_default=True, help="kNN vote weight exp(similarity / T)")
+@click.option("--c", "c", type=float, default=1.0, show_default=True, help="inverse L2 strength of the linear probe")
+@click.option("--image-size", type=click.IntRange(min=8), help="input size (default: the model's own; a timm name: 224)")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="image decoding processes")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="also write the report as JSON")
+def probe_command(model, data, k, temperature, c, image_size, batch_size, workers, device, out):
+    """kNN and linear-probe accuracy of MODEL's frozen features on DATA, per class and their mean.
+
+    MODEL: a backbone.pt (from `task: pretrain`), a model.pt or checkpoint, or a timm name (random
+    init, the baseline). DATA: a folder with train/ and test/ (or val/) class folders, class folders
+    (split 80/20), or a classify config whose data section names the set (list files too).
+    """
+    from optik.engine.probe import probe, write_report
+
+    report = probe(model, data, k=k, temperature=temperature, c=c, image_size=image_size, batch_size=batch_size, workers=workers, device=device)
+    for line in report.lines():
+        click.echo(line)
+    if out is not None:
+        click.echo(f"wrote {write_report(report, out)}")
+
+
 def print_metrics(result) -> None:
     if "bbox" in result.metrics:
         return print_detection_metrics(result)
@@ -545,6 +572,46 @@ def data_convert(fmt, source, out, classes, copy_images, skip_bad):
     for line in summary["report"]:
         click.echo(line, err=True)
     click.echo(f"wrote {summary['json']}: {summary['images']} images, {summary['objects']} objects, classes {summary['classes']}")
+
+
+@data_group.command("color-constancy")
+@click.argument("source", metavar="IN", type=click.Path(path_type=Path))
+@click.argument("out", metavar="OUT", type=click.Path(path_type=Path))
+@click.option("--p", "p", type=float, default=6, show_default=True, help="Minkowski norm: 1 is gray world, inf max-RGB")
+@click.option("--skip-bad", is_flag=True, help="leave unreadable images out (and list them) instead of failing")
+def data_color_constancy(source, out, p, skip_bad):
+    """Remove colour casts (Shades of Gray) from the image IN or the images under folder IN, into folder OUT."""
+    from optik.tools.colour import color_constancy
+
+    report = color_constancy(source, out, p=p, skip_bad=skip_bad)
+    for path, reason in report.broken.items():
+        click.echo(f"left out {path}: {reason}", err=True)
+    click.echo(f"wrote {report.written} image(s) to {report.out}")
+
+
+@data_group.command("stats")
+@click.argument("source", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--size", type=click.IntRange(min=1), help="resize the shorter side to this first, as training does [default: native size]")
+@click.option("--skip-bad", is_flag=True, help="leave unreadable images out (and list them) instead of failing")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def data_stats(source, size, skip_bad, as_json):
+    """Per-channel mean and std of every image under DIR, for data.mean / data.std."""
+    from dataclasses import asdict
+
+    from optik.tools.colour import channel_stats
+
+    report = channel_stats(source, skip_bad=skip_bad, size=size)
+    for path, reason in report.broken.items():
+        click.echo(f"left out {path}: {reason}", err=True)
+    if as_json:
+        click.echo(json.dumps(asdict(report)))
+        return
+    mean, std = ([round(v, 4) for v in values] for values in (report.mean, report.std))
+    click.echo(f"images: {report.images}, pixels: {report.pixels}")
+    click.echo(f"mean: {mean}")
+    click.echo(f"std: {std}")
+    click.echo("# paste into a config:")
+    click.echo(f"data: {{mean: {mean}, std: {std}}}")
 
 
 @main.group("redis", cls=OptikGroup)

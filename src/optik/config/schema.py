@@ -205,4 +205,94 @@ class DetectConfig(Section):
     train: DetectTrainConfig = Field(default_factory=DetectTrainConfig)
 
 
-TASK_SCHEMAS: dict[str, type[Section]] = {"classify": ClassifyConfig, "detect": DetectConfig}
+SSL_METHODS = ("simclr", "moco_v2", "moco_v3", "byol", "simsiam", "swav", "barlow_twins", "dino")
+
+
+class PretrainDataConfig(Section):
+    """Unlabelled images: every image below `root`, or the paths of list files (labels ignored)."""
+
+    format: Literal["folder", "list"] = Field("folder", description="folder: every image below root (sub-folders too); list: the paths of list files")
+    root: Path | None = Field(None, description="image folder (list format: the folder paths are relative to)")
+    lists: list[Path] = Field(default_factory=list, description="list format: files of 'path' or 'path label' lines (labels are ignored)")
+    verify: Literal["full", "header"] = Field("full", description="decode every image before training, or only read headers")
+    skip_bad: bool = Field(False, description="leave unreadable images out (and report them) instead of failing")
+    image_size: int = Field(224, ge=8, le=4096, description="size of the global views (and of the probe's input)")
+    crop_pct: float = Field(0.875, gt=0, le=1, description="backbone.pt's eval preprocessing: resize to image_size / crop_pct, center crop")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    batch_size: int = Field(64, ge=2)
+    num_workers: int = Field(2, ge=0)
+
+
+class ViewsConfig(Section):
+    """The multi-view augmentation (lightly's transform of the method); unset values keep the method's defaults."""
+
+    min_scale: float | None = Field(None, gt=0, le=1, description="smallest crop area of a global view")
+    local_views: int | None = Field(None, ge=0, description="swav/dino: number of small crops (default 6)")
+    local_size: int | None = Field(None, ge=8, description="swav/dino: small crop size (default 3/7 of image_size)")
+    hflip: float | None = Field(None, ge=0, le=1, description="probability of a horizontal flip")
+    vflip: float | None = Field(None, ge=0, le=1, description="probability of a vertical flip")
+    rotate: float | None = Field(None, ge=0, le=1, description="probability of a random rotation (by rotate_degrees, else by 90 degrees)")
+    rotate_degrees: float | None = Field(None, gt=0, le=180)
+    color_jitter: float | None = Field(None, ge=0, le=1, description="probability of colour jitter")
+    jitter_strength: float | None = Field(None, ge=0)
+    grayscale: float | None = Field(None, ge=0, le=1, description="probability of turning a view gray")
+    blur: float | None = Field(None, ge=0, le=1, description="probability of a Gaussian blur (every view)")
+
+
+class SSLConfig(Section):
+    """The self-supervised method and its heads; dimensions default to the method's paper (scaled for CPUs where noted)."""
+
+    method: Literal[SSL_METHODS] = "simclr"  # type: ignore[valid-type]
+    hidden_dim: int = Field(2048, ge=8, description="hidden width of the projection (and prediction) heads")
+    out_dim: int | None = Field(None, ge=8, description="projection size (default: 128 simclr/moco_v2/swav, 256 moco_v3/byol, 2048 simsiam/barlow_twins/dino)")
+    temperature: float | None = Field(None, gt=0, description="contrastive temperature (default: 0.5 simclr, 0.2 moco, 0.1 swav)")
+    memory_bank_size: int = Field(4096, ge=0, description="moco_v2: negatives kept from earlier batches")
+    momentum: float = Field(0.99, ge=0, lt=1, description="moco/byol/dino: start of the momentum schedule, which rises to 1 by a cosine")
+    prototypes: int = Field(512, ge=2, description="swav: number of prototypes")
+    freeze_prototypes_steps: int = Field(0, ge=0, description="swav: steps before the prototypes train")
+    bottleneck_dim: int = Field(64, ge=8, description="dino: width before the last (normalised) layer; narrow keeps the teacher sharp at the start")
+    teacher_temp: float = Field(0.04, gt=0, description="dino: teacher temperature after warm-up")
+    warmup_teacher_temp_epochs: int = Field(0, ge=0, description="dino: epochs the teacher temperature rises from 0.04")
+    freeze_last_layer_epochs: int = Field(1, ge=0, description="dino: epochs the last head layer is frozen")
+    lambda_param: float = Field(5e-3, gt=0, description="barlow_twins: weight of the redundancy term")
+    views: ViewsConfig = Field(default_factory=ViewsConfig)
+
+
+class PretrainModelConfig(Section):
+    name: str = Field("resnet18", description="timm architecture of the backbone")
+    pretrained: bool = Field(False, description="start from the architecture's published weights (online, timm cache)")
+    weights: Path | None = Field(None, description="start from a local weights file")
+    weights_prefix: str | None = Field(None, description="take only keys with this prefix and strip it")
+
+
+class PretrainTrainConfig(BaseTrainConfig):
+    """Pretraining: LARS-ready, no validation; the run's loss picks nothing, backbone.pt comes from the last epoch."""
+
+    optimizer: str = "lars"
+    lr: float = Field(0.3, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    validation: bool = Field(False, description="pretraining has no labelled validation; see `optik probe`")
+    monitor: Literal["train/loss"] = "train/loss"
+
+
+class PretrainConfig(Section):
+    task: Literal["pretrain"] = "pretrain"
+    work_dir: Path | None = Field(None, description="where checkpoints, logs and backbone.pt go")
+    data: PretrainDataConfig = Field(default_factory=PretrainDataConfig)
+    model: PretrainModelConfig = Field(default_factory=PretrainModelConfig)
+    ssl: SSLConfig = Field(default_factory=SSLConfig)
+    train: PretrainTrainConfig = Field(default_factory=PretrainTrainConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PretrainConfig":
+        if self.data.format == "list" and not self.data.lists:
+            raise ValueError("data.format 'list' needs data.lists (files of image paths)")
+        if self.train.validation:
+            raise ValueError("train.validation must be false for pretraining (there are no labels); measure the backbone with `optik probe`")
+        return self
+
+
+TASK_SCHEMAS: dict[str, type[Section]] = {"classify": ClassifyConfig, "detect": DetectConfig, "pretrain": PretrainConfig}

@@ -10,12 +10,7 @@ from optik.errors import DataError
 
 def read_list(list_file: str | Path, root: str | Path | None, classes: list[str] | None) -> tuple[list[Sample], list[str]]:
     """Samples of a list file, and the class names (given, or discovered from name labels in sorted order)."""
-    list_file = Path(list_file)
-    if not list_file.is_file() and root is not None and (Path(root) / list_file).is_file():
-        list_file = Path(root) / list_file
-    if not list_file.is_file():
-        raise DataError(f"list file not found: {list_file}")
-    base = Path(root) if root is not None else list_file.parent
+    list_file, base = _locate(list_file, root)
     rows = []
     for number, line in enumerate(list_file.read_text().splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -57,3 +52,33 @@ def read_list(list_file: str | Path, root: str | Path | None, classes: list[str]
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise DataError(f"{len(missing)} image(s) of {list_file} not found: {', '.join(missing[:3])}{more}")
     return samples, classes
+
+
+def _locate(list_file: str | Path, root: str | Path | None) -> tuple[Path, Path]:
+    """The list file (as given, or under root) and the folder its paths are relative to."""
+    list_file = Path(list_file)
+    if not list_file.is_file() and root is not None and (Path(root) / list_file).is_file():
+        list_file = Path(root) / list_file
+    if not list_file.is_file():
+        raise DataError(f"list file not found: {list_file}")
+    return list_file, Path(root) if root is not None else list_file.parent
+
+
+def read_paths(list_file: str | Path, root: str | Path | None) -> list[str]:
+    """The image paths of a list file of `path` or `path label` lines (labels ignored: unlabelled use)."""
+    list_file, base = _locate(list_file, root)
+    paths, missing = [], []
+    for line in list_file.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path = base / line
+        if not path.is_file() and len(line.rsplit(maxsplit=1)) == 2:
+            path = base / line.rsplit(maxsplit=1)[0]
+        (paths if path.is_file() else missing).append(str(path))
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise DataError(f"{len(missing)} image(s) of {list_file} not found: {', '.join(missing[:3])}{more}")
+    if not paths:
+        raise DataError(f"list file {list_file} names no images")
+    return paths

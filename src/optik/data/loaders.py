@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from optik.data.classes import configured_classes, match_classes
 from optik.data.decode import check_header, open_image
-from optik.data.folder import Sample, Splits, complete_splits, folder_splits
-from optik.data.listfile import read_list
+from optik.data.folder import Sample, Splits, complete_splits, find_images, folder_splits
+from optik.data.listfile import read_list, read_paths
 from optik.data.transforms import Preprocess, eval_transform, train_transform
 from optik.errors import DataError, ImageDecodeError
 
@@ -160,14 +160,18 @@ def check_images(paths: list[str], mode: str = "full", workers: int | None = Non
     return {path: reason for path, reason in zip(paths, reasons) if reason}
 
 
+def refuse_unreadable(bad: dict[str, str]) -> None:
+    listed = "; ".join(f"{path}: {reason}" for path, reason in list(bad.items())[:5])
+    more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+    raise DataError(f"{len(bad)} unreadable image(s): {listed}{more}. Remove or replace them, or set data.skip_bad: true to leave them out")
+
+
 def drop_bad(splits: Splits, mode: str, skip_bad: bool) -> list[str]:
     """Check every image once; fail listing the bad ones, or leave them out when skip_bad."""
     paths = sorted({path for name in ("train", "val", "test") for path, _ in splits.get(name)})
     bad = check_images(paths, mode)
     if bad and not skip_bad:
-        listed = "; ".join(f"{path}: {reason}" for path, reason in list(bad.items())[:5])
-        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-        raise DataError(f"{len(bad)} unreadable image(s): {listed}{more}. Remove or replace them, or set data.skip_bad: true to leave them out")
+        refuse_unreadable(bad)
     for name in ("train", "val", "test"):
         setattr(splits, name, [s for s in splits.get(name) if s[0] not in bad])
     return sorted(bad)
@@ -186,6 +190,26 @@ def build_classify_data(data, seed: int | None = None) -> ClassifyData:
     for name in ("val", "test"):
         datasets[name] = ImageDataset(splits.get(name), evaluation)
     return ClassifyData(splits.classes, datasets, splits.origin, skipped)
+
+
+def build_pretrain_data(data, transform, seed: int | None = None) -> tuple[ImageDataset, list[str]]:
+    """The unlabelled training set (every image below `data.root`, or the paths of `data.lists`), each
+    image turned into its views by `transform`; and the unreadable images left out."""
+    if data.format == "folder":
+        if data.root is None or not Path(data.root).is_dir():
+            raise DataError(f"data.root is not an image folder: {data.root}; give the folder of unlabelled images (--set data.root=path)")
+        paths = [str(p) for p in find_images(data.root)]
+        if not paths:
+            raise DataError(f"no images found below {data.root}")
+    else:
+        paths = sorted({path for list_file in data.lists for path in read_paths(list_file, data.root)})
+    bad = check_images(paths, data.verify)
+    if bad and not data.skip_bad:
+        refuse_unreadable(bad)
+    samples = [(path, 0) for path in paths if path not in bad]
+    if len(samples) < data.batch_size:
+        raise DataError(f"{len(samples)} images for a batch size of {data.batch_size}; pretraining needs at least one full batch (lower data.batch_size)")
+    return ImageDataset(samples, transform, seed), sorted(bad)
 
 
 def _torchvision_data(data, evaluation, seed: int | None) -> ClassifyData:

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from optik.config.load import config_to_dict, dump_config
-from optik.config.schema import ClassifyConfig, DetectConfig
+from optik.config.schema import ClassifyConfig, DetectConfig, PretrainConfig
 from optik.data.loaders import build_classify_data, make_loader
 from optik.data.transforms import Preprocess
 from optik.engine.callbacks import AtomicCheckpointIO, EpochLog, EpochReseed, LastCheckpoint, RunCSVLogger
@@ -144,7 +144,7 @@ def train(cfg: ClassifyConfig, work_dir: str | Path | None = None, resume: str |
     epochs_done, ckpt_classes = inspect_checkpoint(ckpt) if ckpt else (0, [])
     L.seed_everything(cfg.train.seed, verbose=False)
 
-    prepare = prepare_detect if cfg.task == "detect" else prepare_classify
+    prepare = {"classify": prepare_classify, "detect": prepare_detect, "pretrain": prepare_pretrain}[cfg.task]
     module, train_loader, val_loader = prepare(cfg, ckpt, epochs_done, ckpt_classes)
     trainer = build_trainer(cfg, work_dir, callbacks, resumed_epoch=epochs_done)
     if trainer.global_rank == 0:
@@ -206,6 +206,24 @@ def prepare_detect(cfg: DetectConfig, ckpt: Path | None, epochs_done: int, ckpt_
     return module, train_loader, val_loader
 
 
+def prepare_pretrain(cfg: PretrainConfig, ckpt: Path | None, epochs_done: int, ckpt_classes: list[str]):
+    """The self-supervised method's module and the loader of multi-view batches (no validation)."""
+    from optik.data.loaders import build_pretrain_data
+    from optik.models.ssl import build_backbone, build_ssl, view_transform
+    from optik.tasks.pretrain import PretrainModule
+
+    if ckpt is not None:
+        check_resume(ckpt, epochs_done, ckpt_classes, cfg, [])
+    dataset, skipped = build_pretrain_data(cfg.data, view_transform(cfg), seed=cfg.train.seed)
+    print(f"data: {len(dataset)} unlabelled images" + (f"; {len(skipped)} unreadable image(s) left out" if skipped else ""))
+    backbone = build_backbone(cfg.model if ckpt is None else cfg.model.model_copy(update={"weights": None, "pretrained": False}))
+    preprocess = Preprocess.from_data_config(cfg.data).to_dict()
+    module = PretrainModule(build_ssl(cfg, backbone), config_to_dict(cfg), preprocess)
+    # every step sees a full batch: contrastive losses and batch norm in the heads need it
+    loader = make_loader(dataset, cfg.data.batch_size, cfg.data.num_workers, shuffle_seed=cfg.train.seed, drop_last=True, start_epoch=epochs_done)
+    return module, loader, None
+
+
 def log_data_summary(data) -> None:
     counts = ", ".join(f"{name} {len(ds)}" for name, ds in data.datasets.items())
     print(f"data: {len(data.classes)} classes; {counts} images" + (f"; {len(data.skipped)} unreadable image(s) left out" if data.skipped else ""))
@@ -220,8 +238,13 @@ def finish(trainer: L.Trainer, cfg: ClassifyConfig, work_dir: Path) -> TrainResu
         return TrainResult(work_dir, None, None, metrics)
     best = next((cb for cb in trainer.checkpoint_callbacks if cb.monitor == cfg.train.monitor), None)
     chosen = Path(best.best_model_path) if best is not None and best.best_model_path else work_dir / "checkpoints" / "last.ckpt"
-    package_path = save_package(load_package(chosen), work_dir / "model.pt")
+    if cfg.task == "pretrain":
+        from optik.models.ssl import backbone_package
+
+        package_path = save_package(backbone_package(load_package(chosen)), work_dir / "backbone.pt")
+    else:
+        package_path = save_package(load_package(chosen), work_dir / "model.pt")
     if best is not None and best.best_model_score is not None:
         metrics[f"best {cfg.train.monitor}"] = float(best.best_model_score)
-    print(f"model package: {package_path} (from {chosen.name})")
+    print(f"{'backbone' if cfg.task == 'pretrain' else 'model package'}: {package_path} (from {chosen.name})")
     return TrainResult(work_dir, package_path, chosen, metrics)

@@ -75,6 +75,10 @@ def build_model(package: ModelPackage) -> nn.Module:
         from optik.models.classify import build_classifier
 
         model = build_classifier(model_cfg, len(package.classes), package.preprocess["image_size"])
+    elif package.task == "pretrain":
+        from optik.models.ssl import build_backbone
+
+        model = build_backbone(model_cfg)
     else:
         raise ModelError(f"task {package.task!r} packages are not supported by this optik version")
     try:

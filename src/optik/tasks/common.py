@@ -28,12 +28,16 @@ class TrainingModule(L.LightningModule):
             self._ema_step = self.global_step
             self.ema.update(self.model, step=self.global_step)
 
+    def build_optimizer(self):
+        """A task's own optimizer, or None for timm's `train.optimizer`."""
+        return None
+
     def configure_optimizers(self):
         import torch
         from timm.optim import create_optimizer_v2
 
         cfg = self.train_cfg
-        optimizer = create_optimizer_v2(self.model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+        optimizer = self.build_optimizer() or create_optimizer_v2(self.model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, total_steps=total, steps_per_epoch=per_epoch))

@@ -1,0 +1,183 @@
+"""`optik probe`: how good are a backbone's frozen features? Weighted kNN and a linear probe on a
+labelled set, with per-class accuracy and its mean (what small, imbalanced medical sets report).
+
+kNN follows the protocol of InstDisc/DINO: cosine similarity of L2-normalised features, the k
+nearest training images vote with weight exp(similarity / temperature). The linear probe is an
+L2-regularised logistic regression (scikit-learn, L-BFGS) on standardised features.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from optik.data.folder import Sample
+from optik.data.loaders import ImageDataset, drop_bad, make_loader, read_splits
+from optik.data.transforms import Preprocess, eval_transform
+from optik.errors import ConfigError, DataError, ModelError
+from optik.files import write_atomic
+
+PROBE_SPLITS = ("train", "test")
+
+
+@dataclass
+class ProbeScores:
+    accuracy: float
+    mean_class_accuracy: float
+    per_class: dict[str, float]
+
+
+@dataclass
+class ProbeReport:
+    model: str
+    data: dict[str, str]  # split -> where its images came from
+    images: dict[str, int]
+    classes: list[str]
+    feature_dim: int
+    knn: ProbeScores
+    linear: ProbeScores
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        out = [f"model: {self.model} ({self.feature_dim} features)",
+               f"data: train {self.images['train']} images ({self.data['train']}), test {self.images['test']} images ({self.data['test']})",
+               f"{'':24s} {'kNN':>8s} {'linear':>8s}",
+               f"{'accuracy':24s} {self.knn.accuracy:8.4f} {self.linear.accuracy:8.4f}",
+               f"{'mean class accuracy':24s} {self.knn.mean_class_accuracy:8.4f} {self.linear.mean_class_accuracy:8.4f}"]
+        out += [f"  {name[:22]:22s} {self.knn.per_class[name]:8.4f} {self.linear.per_class[name]:8.4f}" for name in self.classes]
+        return out
+
+
+def feature_extractor(model: str | Path, image_size: int | None = None) -> tuple[nn.Module, Preprocess, str]:
+    """(pooled-feature network, its eval preprocessing, description) for a backbone.pt, model.pt or
+    training checkpoint, or a timm architecture name (random init: the baseline a backbone must beat)."""
+    from optik.models.package import build_model, load_package
+
+    path = Path(model)
+    if path.exists():
+        package = load_package(path)
+        if package.task == "detect":
+            raise ConfigError("optik probe measures classification features; give a backbone.pt, a classifier's model.pt or a timm name")
+        network = build_model(package)
+        if package.task == "classify":
+            if not hasattr(network, "reset_classifier"):
+                raise ModelError(f"{model}: a plug-in classifier has no known feature layer; probe its backbone.pt or a timm model")
+            network.reset_classifier(0)
+        preprocess = Preprocess.from_dict(package.preprocess)
+        if image_size is not None:
+            preprocess = Preprocess(image_size, round(image_size * preprocess.resize_size / preprocess.image_size), preprocess.interpolation, preprocess.mean, preprocess.std)
+        return network.eval(), preprocess, f"{path} ({package.config['model']['name']})"
+    import timm
+
+    if not timm.is_model(str(model)):
+        raise ConfigError(f"MODEL {model!r} is neither a file nor a timm architecture name")
+    size = image_size or 224
+    network = timm.create_model(str(model), pretrained=False, num_classes=0)
+    from optik.config.schema import IMAGENET_MEAN, IMAGENET_STD
+
+    return network.eval(), Preprocess(size, round(size / 0.875), "bilinear", IMAGENET_MEAN, IMAGENET_STD), f"{model} (random init)"
+
+
+def probe_samples(data: str | Path) -> tuple[dict[str, list[Sample]], dict[str, str], list[str]]:
+    """Train and test samples of a labelled set: a folder (`train/`, `val/`, `test/` of class folders,
+    or class folders split 80/20) or a classify config (its data section: folders or list files).
+    Without a test split, val is the test split."""
+    from optik.config import load_config
+    from optik.config.schema import DataConfig
+
+    path = Path(data)
+    if path.is_dir():
+        data_cfg = DataConfig(root=path)
+    elif path.is_file() and path.suffix in (".yaml", ".yml"):
+        cfg = load_config(path)
+        if cfg.task != "classify":
+            raise ConfigError(f"{path} is a {cfg.task} config; give a classify config (its data section names the labelled set) or a folder")
+        data_cfg = cfg.data
+    else:
+        raise DataError(f"data not found: {data} (give a folder of class sub-folders, or a classify config)")
+    if data_cfg.format not in ("folder", "list"):
+        raise DataError(f"optik probe reads folder and list datasets, not {data_cfg.format}")
+    splits = read_splits(data_cfg)
+    drop_bad(splits, "header", skip_bad=data_cfg.skip_bad)
+    test = "test" if splits.test else "val"
+    return {"train": splits.train, "test": splits.get(test)}, {"train": splits.origin["train"], "test": splits.origin[test]}, splits.classes
+
+
+@torch.inference_mode()
+def extract_features(network: nn.Module, samples: list[Sample], preprocess: Preprocess, batch_size: int, workers: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    loader = make_loader(ImageDataset(samples, eval_transform(preprocess)), batch_size, workers)
+    network = network.to(device)
+    features, labels = [], []
+    for images, targets in loader:
+        out = network(images.to(device))
+        if out.ndim != 2:
+            raise ModelError(f"the network gives {tuple(out.shape)} features per batch, not (N, C) pooled features")
+        features.append(out.float().cpu())
+        labels.append(targets)
+    return torch.cat(features).numpy(), torch.cat(labels).numpy()
+
+
+def knn_predict(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, num_classes: int, k: int = 20, temperature: float = 0.07) -> np.ndarray:
+    """Weighted kNN on cosine similarity (chunked, so big sets fit in memory)."""
+    train_t = nn.functional.normalize(torch.from_numpy(train), dim=1)
+    labels = torch.from_numpy(train_labels).long()
+    k = min(k, len(train_t))
+    predictions = []
+    for chunk in torch.from_numpy(test).split(1024):
+        sims, index = (nn.functional.normalize(chunk, dim=1) @ train_t.T).topk(k, dim=1)
+        votes = torch.zeros(len(chunk), num_classes).scatter_add_(1, labels[index], (sims / temperature).exp())
+        predictions.append(votes.argmax(1))
+    return torch.cat(predictions).numpy()
+
+
+def linear_predict(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, c: float = 1.0) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+    classifier.fit(train, train_labels)
+    return classifier.predict(test)
+
+
+def scores(predicted: np.ndarray, truth: np.ndarray, classes: list[str]) -> ProbeScores:
+    per_class = {name: float((predicted[truth == i] == i).mean()) if (truth == i).any() else float("nan") for i, name in enumerate(classes)}
+    present = [v for v in per_class.values() if v == v]
+    return ProbeScores(float((predicted == truth).mean()), float(np.mean(present)), per_class)
+
+
+def probe(model: str | Path, data: str | Path, k: int = 20, temperature: float = 0.07, c: float = 1.0, image_size: int | None = None,
+          batch_size: int = 64, workers: int = 2, device: str = "auto", network: nn.Module | None = None, preprocess: Preprocess | None = None) -> ProbeReport:
+    """kNN and linear-probe scores of the frozen features of `model` (or of `network` with `preprocess`) on `data`."""
+    from optik.inference.backends import pick_device
+
+    if k < 1 or temperature <= 0 or c <= 0:
+        raise ConfigError("--k must be at least 1, --temperature and --c above 0")
+    if network is None:
+        network, preprocess, name = feature_extractor(model, image_size)
+    else:
+        name = str(model)
+    samples, origin, classes = probe_samples(data)
+    for split in PROBE_SPLITS:
+        if not samples[split]:
+            raise DataError(f"no {split} images in {origin[split]}")
+    chosen = pick_device(device)
+    train, train_labels = extract_features(network, samples["train"], preprocess, batch_size, workers, chosen)
+    test, test_labels = extract_features(network, samples["test"], preprocess, batch_size, workers, chosen)
+    knn = knn_predict(train, train_labels, test, len(classes), k, temperature)
+    linear = linear_predict(train, train_labels, test, c)
+    return ProbeReport(name, origin, {s: len(samples[s]) for s in PROBE_SPLITS}, classes, int(train.shape[1]),
+                       scores(knn, test_labels, classes), scores(linear, test_labels, classes),
+                       {"k": k, "temperature": temperature, "c": c, "image_size": preprocess.image_size})
+
+
+def write_report(report: ProbeReport, path: str | Path) -> Path:
+    return write_atomic(path, json.dumps(report.to_dict(), indent=2, allow_nan=True))
