@@ -23,6 +23,7 @@ class Splits:
     val: list[Sample] = field(default_factory=list)
     test: list[Sample] = field(default_factory=list)
     origin: dict[str, str] = field(default_factory=dict)  # split -> where its samples came from
+    val_held_out: bool = False  # val is a share of train (no val split of its own)
 
     def get(self, name: str) -> list[Sample]:
         return getattr(self, name)
@@ -117,6 +118,7 @@ def complete_splits(splits: Splits, val_split: float, seed: int) -> Splits:
     """Without a val split, hold out a seeded stratified share of train; without a test split, use val."""
     if "val" not in splits.origin:
         splits.train, splits.val = stratified_split(splits.train, val_split, seed)
+        splits.val_held_out = True
         splits.origin["val"] = f"{val_split:.0%} of {splits.origin['train']} (seed {seed})"
     if "test" not in splits.origin:
         splits.test, splits.origin["test"] = splits.val, splits.origin["val"]

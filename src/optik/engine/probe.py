@@ -107,8 +107,9 @@ def probe_samples(data: str | Path) -> tuple[dict[str, list[Sample]], dict[str, 
         raise DataError(f"optik probe reads folder and list datasets, not {data_cfg.format}")
     splits = read_splits(data_cfg)
     drop_bad(splits, "header", skip_bad=data_cfg.skip_bad)
-    test = "test" if splits.test else "val"
-    return {"train": splits.train, "test": splits.get(test)}, {"train": splits.origin["train"], "test": splits.origin[test]}, splits.classes
+    if splits.val_held_out and splits.origin["test"] != splits.origin["val"]:
+        splits.train = splits.train + splits.val  # a real test split: the share held out for val goes back to train
+    return {"train": splits.train, "test": splits.test}, {"train": splits.origin["train"], "test": splits.origin["test"]}, splits.classes
 
 
 @torch.inference_mode()
@@ -127,11 +128,11 @@ def extract_features(network: nn.Module, samples: list[Sample], preprocess: Prep
 
 def knn_predict(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, num_classes: int, k: int = 20, temperature: float = 0.07) -> np.ndarray:
     """Weighted kNN on cosine similarity (chunked, so big sets fit in memory)."""
-    train_t = nn.functional.normalize(torch.from_numpy(train), dim=1)
+    train_t = nn.functional.normalize(torch.from_numpy(train).float(), dim=1)
     labels = torch.from_numpy(train_labels).long()
     k = min(k, len(train_t))
     predictions = []
-    for chunk in torch.from_numpy(test).split(1024):
+    for chunk in torch.from_numpy(test).float().split(1024):
         sims, index = (nn.functional.normalize(chunk, dim=1) @ train_t.T).topk(k, dim=1)
         votes = torch.zeros(len(chunk), num_classes).scatter_add_(1, labels[index], (sims / temperature).exp())
         predictions.append(votes.argmax(1))
