@@ -248,6 +248,31 @@ def probe_command(model, data, k, temperature, c, image_size, batch_size, worker
         click.echo(f"wrote {write_report(report, out)}")
 
 
+@main.command("flops")
+@click.argument("model")
+@click.option("--shape", nargs=2, type=click.IntRange(min=8), metavar="H W", help="input size [default: the config's or model's image size, else 224 224]")
+@click.option("--num-classes", type=click.IntRange(min=1), help="classes of the head, where the config does not name them [default: 1000; detectors 91]")
+@click.option("--depth", type=click.IntRange(min=1), default=2, show_default=True, help="module levels in the table")
+def flops_command(model, shape, num_classes, depth):
+    """MACs and parameters of MODEL (config file, preset, model.pt/checkpoint, or timm name), per module."""
+    from optik.tools.flops import count_flops, resolve_model
+
+    network, size, name = resolve_model(model, num_classes)
+    hw = tuple(shape) if shape else (size, size) if size else (224, 224)
+    for line in count_flops(network, hw, depth=depth, name=name).lines():
+        click.echo(line)
+
+
+@main.command("publish")
+@click.argument("source", metavar="IN", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out", metavar="OUT", type=click.Path(path_type=Path))
+def publish_command(source, out):
+    """Release file of IN (model.pt or checkpoint): no optimizer state, CPU tensors, weights_only-safe, hash in the name."""
+    from optik.tools.publish import publish
+
+    click.echo(f"wrote {publish(source, out)}")
+
+
 def print_metrics(result) -> None:
     if "bbox" in result.metrics:
         return print_detection_metrics(result)

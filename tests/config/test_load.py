@@ -84,4 +84,4 @@ def test_example_configs_validate():
     assert examples
     for path in examples:
         cfg = load_config(path)
-        assert cfg.data.root is not None and cfg.task == "classify"
+        assert cfg.data.root is not None and cfg.task in ("classify", "pretrain")
