@@ -127,6 +127,22 @@ def test_a_model_onnx_cannot_export_runs_fused(images):
     assert predictor.backend.mode == "fused" and np.abs(got - reference(net, images)).max() < 1e-4
 
 
+def test_a_model_that_branches_on_values_is_not_exported(images):
+    class Branching(torch.nn.Module):  # a trace would freeze one branch into the ONNX graph
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 6, 3)
+
+        def forward(self, x):
+            features = self.conv(x).mean((2, 3))
+            return features if float(x.abs().max()) < 1000 else -features  # these images take the first branch
+
+    net = Branching().eval()
+    predictor = Predictor(net, CLASSES, PRE, device="cpu", batch_size=4, mode="onnx")
+    got = np.stack([r.probs for r in predictor.predict(images)])
+    assert predictor.backend.mode == "fused" and np.abs(got - reference(net, images)).max() < 1e-4
+
+
 def test_a_model_the_optimiser_cannot_handle_falls_back(images):
     class Odd(torch.nn.Module):  # data-dependent Python control flow and a non-tensor side effect
         def __init__(self):

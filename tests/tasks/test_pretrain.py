@@ -75,3 +75,20 @@ def test_config_mistakes_are_clear(tmp_path):
         load_config("ssl_resnet18_small", ["train.validation=true"])
     done = run_optik("train", "ssl_resnet18_small", "--work-dir", tmp_path / "r", "--set", f"data.root={tmp_path / 'nowhere'}")
     assert done.returncode == 2 and "data.root is not an image folder" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_probe_reads_backbone_pt_and_the_pretraining_checkpoint_alike(backbone, digits_root):
+    from optik.engine.probe import probe
+
+    from_package = probe(backbone, digits_root, workers=0)
+    from_checkpoint = probe(backbone.parent / "checkpoints" / "last.ckpt", digits_root, workers=0)
+    assert from_package.feature_dim == 512 and from_package.images["test"] > 100
+    assert from_package.linear.accuracy == from_checkpoint.linear.accuracy and from_package.knn.per_class == from_checkpoint.knn.per_class
+    assert from_package.linear.accuracy > 0.3  # ten classes: chance is 0.1
+
+
+def test_a_backbone_is_not_a_predictor(backbone, digits_root):
+    image = next((digits_root / "test").rglob("*.png"))
+    for args in (("predict", backbone, image), ("test", backbone, digits_root)):
+        done = run_optik(*args)
+        assert done.returncode == 2 and "pretrained backbone" in done.stderr and "Traceback" not in done.stderr

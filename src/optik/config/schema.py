@@ -290,6 +290,8 @@ class PretrainConfig(Section):
     def _consistent(self) -> "PretrainConfig":
         if self.data.format == "list" and not self.data.lists:
             raise ValueError("data.format 'list' needs data.lists (files of image paths)")
+        if self.train.ema:
+            raise ValueError("train.ema is not used in pretraining: moco/byol/dino keep their own momentum copy (ssl.momentum)")
         if self.train.validation:
             raise ValueError("train.validation must be false for pretraining (there are no labels); measure the backbone with `optik probe`")
         return self

@@ -17,7 +17,7 @@ from optik.data.classes import match_classes
 from optik.data.folder import Sample, class_folders, has_split_folders, samples_from
 from optik.data.listfile import read_list
 from optik.data.loaders import read_splits
-from optik.errors import ConfigError, DataError
+from optik.errors import ConfigError, DataError, ModelError
 from optik.files import write_atomic
 from optik.inference.predictor import Predictor
 from optik.models.package import load_package
@@ -69,6 +69,8 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
     package = load_package(model)
+    if package.task == "pretrain":
+        raise ModelError(f"{model} is a pretrained backbone (no classes); fine-tune it with model.weights in a classify config, or measure it with optik probe")
     if package.task == "detect":
         from optik.engine.evaluate_detect import evaluate_detector
 

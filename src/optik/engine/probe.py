@@ -170,6 +170,8 @@ def probe(model: str | Path, data: str | Path, k: int = 20, temperature: float =
     for split in PROBE_SPLITS:
         if not samples[split]:
             raise DataError(f"no {split} images in {origin[split]}")
+    if len({label for _, label in samples["train"]}) < 2:
+        raise DataError(f"the train split ({origin['train']}) has images of fewer than 2 classes; a probe needs at least 2")
     chosen = pick_device(device)
     train, train_labels = extract_features(network, samples["train"], preprocess, batch_size, workers, chosen)
     test, test_labels = extract_features(network, samples["test"], preprocess, batch_size, workers, chosen)

@@ -216,7 +216,7 @@ def prepare_pretrain(cfg: PretrainConfig, ckpt: Path | None, epochs_done: int, c
         check_resume(ckpt, epochs_done, ckpt_classes, cfg, [])
     dataset, skipped = build_pretrain_data(cfg.data, view_transform(cfg), seed=cfg.train.seed)
     print(f"data: {len(dataset)} unlabelled images" + (f"; {len(skipped)} unreadable image(s) left out" if skipped else ""))
-    backbone = build_backbone(cfg.model if ckpt is None else cfg.model.model_copy(update={"weights": None, "pretrained": False}))
+    backbone = build_backbone(cfg.model if ckpt is None else cfg.model.model_copy(update={"weights": None, "pretrained": False}), cfg.data.image_size)
     preprocess = Preprocess.from_data_config(cfg.data).to_dict()
     module = PretrainModule(build_ssl(cfg, backbone), config_to_dict(cfg), preprocess)
     # every step sees a full batch: contrastive losses and batch norm in the heads need it
@@ -238,12 +238,8 @@ def finish(trainer: L.Trainer, cfg: ClassifyConfig, work_dir: Path) -> TrainResu
         return TrainResult(work_dir, None, None, metrics)
     best = next((cb for cb in trainer.checkpoint_callbacks if cb.monitor == cfg.train.monitor), None)
     chosen = Path(best.best_model_path) if best is not None and best.best_model_path else work_dir / "checkpoints" / "last.ckpt"
-    if cfg.task == "pretrain":
-        from optik.models.ssl import backbone_package
-
-        package_path = save_package(backbone_package(load_package(chosen)), work_dir / "backbone.pt")
-    else:
-        package_path = save_package(load_package(chosen), work_dir / "model.pt")
+    # a pretraining checkpoint's package is its backbone (see load_package)
+    package_path = save_package(load_package(chosen), work_dir / ("backbone.pt" if cfg.task == "pretrain" else "model.pt"))
     if best is not None and best.best_model_score is not None:
         metrics[f"best {cfg.train.monitor}"] = float(best.best_model_score)
     print(f"{'backbone' if cfg.task == 'pretrain' else 'model package'}: {package_path} (from {chosen.name})")

@@ -147,10 +147,12 @@ def export_onnx(model: nn.Module, example: torch.Tensor, target=None, dynamic_ba
 
     buffer = io.BytesIO() if target is None else target
     axes = {names[0]: {0: "batch"}, names[1]: {0: "batch"}} if dynamic_batch else None
-    # tracer warnings about Python control flow fixed at export; the exporter's C++ side dumps the whole
-    # graph on stdout when an operator has no ONNX form (the exception says which, and callers report it)
+    # the exporter's C++ side dumps the whole graph on stdout when an operator has no ONNX form (the
+    # exception says which, and callers report it)
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), _output_silenced():
         warnings.simplefilter("ignore")
+        # a value turned into Python (an `if` on a tensor) would be frozen into the graph: refuse the export
+        warnings.simplefilter("error", torch.jit.TracerWarning)
         torch.onnx.export(copy.deepcopy(model).eval().cpu(), (example.detach().clone().cpu().contiguous(),), buffer,
                           input_names=[names[0]], output_names=[names[1]], dynamic_axes=axes, opset_version=17, dynamo=False)
     return buffer.getvalue() if target is None else None

@@ -19,6 +19,7 @@ from optik.errors import ConfigError
 from optik.inference.backends import autocast_for, check_precision, fuse_conv_bn, pick_device
 from optik.inference.predictor import ImageSource, Predictor
 from optik.inference.results import Detection, ImageFailure, Result
+from optik.errors import ModelError
 from optik.models.detect import drop_background
 from optik.models.package import ModelPackage, build_model
 
@@ -174,6 +175,8 @@ def load_predictor(path, device: str = "auto", precision: str = "32", batch_size
     from optik.models.package import load_package
 
     package = load_package(path)
+    if package.task == "pretrain":
+        raise ModelError(f"{path} is a pretrained backbone (no classes to predict); fine-tune it with model.weights in a classify config, or measure it with optik probe")
     if package.task == "detect":
         return Detector.from_package(package, device=device, precision=precision, batch_size=batch_size or 8, mode=mode, expected_images=expected_images)
     return Predictor.from_package(package, device=device, precision=precision, batch_size=batch_size or 32, mode=mode, expected_images=expected_images)

@@ -47,7 +47,12 @@ def load_package(path: str | Path) -> ModelPackage:
         return ModelPackage(content["task"], content["config"], list(content["classes"]), content["preprocess"], content["state_dict"])
     hparams = content.get("hyper_parameters") or {}
     if "state_dict" in content and {"config", "classes", "preprocess"} <= set(hparams):
-        return ModelPackage(hparams["config"]["task"], hparams["config"], list(hparams["classes"]), hparams["preprocess"], inference_weights(content["state_dict"]))
+        package = ModelPackage(hparams["config"]["task"], hparams["config"], list(hparams["classes"]), hparams["preprocess"], inference_weights(content["state_dict"]))
+        if package.task == "pretrain":  # a pretraining checkpoint holds the whole method; its package is the backbone
+            from optik.models.ssl import backbone_package
+
+            return backbone_package(package)
+        return package
     raise ModelError(f"{path} is neither an optik model package nor a checkpoint of an optik run; for bare weights use model.weights in a config")
 
 
@@ -78,7 +83,7 @@ def build_model(package: ModelPackage) -> nn.Module:
     elif package.task == "pretrain":
         from optik.models.ssl import build_backbone
 
-        model = build_backbone(model_cfg)
+        model = build_backbone(model_cfg, package.preprocess["image_size"])
     else:
         raise ModelError(f"task {package.task!r} packages are not supported by this optik version")
     try:

@@ -16,21 +16,17 @@ import warnings
 import torch
 from torch import nn
 
-from optik.errors import ConfigError
 
 # Projection sizes and temperatures of each method's paper.
 OUT_DIMS = {"simclr": 128, "moco_v2": 128, "moco_v3": 256, "byol": 256, "simsiam": 2048, "swav": 128, "barlow_twins": 2048, "dino": 2048}
 TEMPERATURES = {"simclr": 0.5, "moco_v2": 0.2, "moco_v3": 0.2, "swav": 0.1}
 
 
-def build_backbone(model_cfg) -> nn.Module:
+def build_backbone(model_cfg, image_size: int = 224) -> nn.Module:
     """The timm backbone without its classifier (pooled features, `num_features` wide)."""
-    import timm
+    from optik.models.classify import build_timm
 
-    try:
-        backbone = timm.create_model(model_cfg.name, pretrained=model_cfg.pretrained, num_classes=0)
-    except RuntimeError as exc:
-        raise ConfigError(f"model.name: {exc}; use a timm architecture name (timm.list_models())") from None
+    backbone = build_timm(model_cfg.name, 0, image_size, model_cfg.pretrained, 0.0, 0.0)
     if model_cfg.weights is not None:
         from optik.models.weights import load_weights
 

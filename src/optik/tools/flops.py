@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from optik.errors import ConfigError
+from optik.errors import ConfigError, ModelError
 
 
 @dataclass
@@ -53,7 +53,7 @@ def resolve_model(source: str, num_classes: int | None = None) -> tuple[nn.Modul
         if cfg.task == "pretrain":
             from optik.models.ssl import build_backbone
 
-            return build_backbone(cfg.model.model_copy(update={"pretrained": False, "weights": None})), cfg.data.image_size, source
+            return build_backbone(cfg.model.model_copy(update={"pretrained": False, "weights": None}), cfg.data.image_size).eval(), cfg.data.image_size, source
         classes = cfg.data.classes if isinstance(cfg.data.classes, list) else None
         n = num_classes or (len(classes) if classes else (1000 if cfg.task == "classify" else 91))
         model_cfg = cfg.model.model_copy(update={"pretrained": False, "weights": None})
@@ -88,8 +88,12 @@ def count_flops(model: nn.Module, shape: tuple[int, int], depth: int = 2, name: 
     image = torch.rand(1, 3, *shape)
     is_detector = isinstance(model, (GeneralizedRCNN, RetinaNet, FCOS, SSD))  # these take a list of images
     counter = FlopCounterMode(display=False, depth=depth)
-    with counter, torch.no_grad():
-        model([image[0]]) if is_detector else model(image)
+    try:
+        with counter, torch.no_grad():
+            model([image[0]]) if is_detector else model(image)
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        raise ModelError(f"{name} cannot run on a {shape[0]}x{shape[1]} image: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                         "give a --shape the model takes") from None
     counts = counter.get_flop_counts()
     root = type(model).__name__
     modules = dict(model.named_modules())
