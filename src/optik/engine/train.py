@@ -216,6 +216,9 @@ def prepare_pretrain(cfg: PretrainConfig, ckpt: Path | None, epochs_done: int, c
         check_resume(ckpt, epochs_done, ckpt_classes, cfg, [])
     dataset, skipped = build_pretrain_data(cfg.data, view_transform(cfg), seed=cfg.train.seed)
     print(f"data: {len(dataset)} unlabelled images" + (f"; {len(skipped)} unreadable image(s) left out" if skipped else ""))
+    if cfg.ssl.method == "moco_v2" and cfg.ssl.memory_bank_size >= len(dataset):
+        print(f"note: ssl.memory_bank_size {cfg.ssl.memory_bank_size} >= {len(dataset)} images: the bank will hold older keys of each "
+              f"query's own image as negatives; set it to {max(cfg.data.batch_size, len(dataset) // 2)} or less")
     backbone = build_backbone(cfg.model if ckpt is None else cfg.model.model_copy(update={"weights": None, "pretrained": False}), cfg.data.image_size)
     preprocess = Preprocess.from_data_config(cfg.data).to_dict()
     module = PretrainModule(build_ssl(cfg, backbone), config_to_dict(cfg), preprocess)
