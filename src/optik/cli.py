@@ -599,6 +599,23 @@ def data_convert(fmt, source, out, classes, copy_images, skip_bad):
     click.echo(f"wrote {summary['json']}: {summary['images']} images, {summary['objects']} objects, classes {summary['classes']}")
 
 
+@data_group.command("check")
+@click.argument("root", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def data_check(root, as_json):
+    """Decode every image below DIR: unreadable and duplicate files, class counts, sizes. Exit 1 when problems are found."""
+    from optik.tools.check import check_folder
+
+    report = check_folder(root)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        for line in report.lines():
+            click.echo(line)
+    if report.problems:
+        sys.exit(1)
+
+
 @data_group.command("color-constancy")
 @click.argument("source", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("out", metavar="OUT", type=click.Path(path_type=Path))
