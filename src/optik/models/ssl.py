@@ -4,8 +4,9 @@ momentum updates and multi-view transforms.
 Each method is an `nn.Module` with the backbone as `.backbone` (what `backbone.pt` exports) and
 `loss(views, epoch, progress)`: the training loss of one batch of views, where `progress` (0 to 1)
 drives the momentum schedule. Methods that keep a momentum copy update it in `step_momentum`;
-DINO freezes its last layer's gradients in `after_backward`. Contrastive and redundancy losses
-gather across processes under DDP, so negatives come from the whole global batch.
+DINO freezes its last layer's gradients in `after_backward`. Under DDP, SimCLR, MoCo v3 and Barlow
+Twins gather across processes (negatives from the whole global batch) and SwaV its Sinkhorn step;
+MoCo v2's memory bank stays per process (lightly's bank is not gathered).
 """
 
 from __future__ import annotations
