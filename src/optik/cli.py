@@ -263,6 +263,20 @@ def flops_command(model, shape, num_classes, depth):
         click.echo(line)
 
 
+@main.command("export")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="output file [default: MODEL with .onnx]")
+@click.option("--dynamic-batch/--static-batch", default=True, show_default=True, help="any batch size, or only the checked one")
+def export_command(model, fmt, out, dynamic_batch):
+    """Export MODEL (a classifier's model.pt or checkpoint) to ONNX, checked against PyTorch; serve it by giving the .onnx as MODEL."""
+    from optik.tools.export import export_model
+
+    report = export_model(model, out, dynamic_batch=dynamic_batch)
+    click.echo(f"wrote {report.path}: onnxruntime matches PyTorch on {report.images} images (top-1 {report.top1_same}/{report.images}, "
+               f"probabilities within {report.max_prob_diff:.1e})")
+
+
 @main.command("publish")
 @click.argument("source", metavar="IN", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("out", metavar="OUT", type=click.Path(path_type=Path))

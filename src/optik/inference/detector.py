@@ -174,9 +174,23 @@ def load_predictor(path, device: str = "auto", precision: str = "32", batch_size
     """A `Predictor` or a `Detector`, as the model package's task says (batch size default: 32 / 8)."""
     from optik.models.package import load_package
 
+    if str(path).endswith(".onnx"):
+        return onnx_predictor(path, device=device, batch_size=batch_size or 32)
     package = load_package(path)
     if package.task == "pretrain":
         raise ModelError(f"{path} is a pretrained backbone (no classes to predict); fine-tune it with model.weights in a classify config, or measure it with optik probe")
     if package.task == "detect":
         return Detector.from_package(package, device=device, precision=precision, batch_size=batch_size or 8, mode=mode, expected_images=expected_images)
     return Predictor.from_package(package, device=device, precision=precision, batch_size=batch_size or 32, mode=mode, expected_images=expected_images)
+
+
+def onnx_predictor(path, device: str = "auto", batch_size: int = 32) -> Predictor:
+    """A `Predictor` running an `optik export`ed ONNX file with onnxruntime (CPU, fp32)."""
+    from optik.data.transforms import Preprocess
+    from optik.inference.backends import OnnxModel
+    from optik.tools.export import read_onnx_metadata
+
+    if device not in ("auto", "cpu"):
+        raise ConfigError(f"an ONNX model runs on the CPU here (onnxruntime); drop --device {device} or use the model.pt")
+    meta = read_onnx_metadata(path)
+    return Predictor(OnnxModel(str(path)), meta["classes"], Preprocess.from_dict(meta["preprocess"]), device="cpu", batch_size=batch_size, mode="eager")
