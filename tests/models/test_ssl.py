@@ -32,7 +32,8 @@ def pretrain_overrides(root, method, epochs=12):
 # Known open problems (strict: a fix turns them into failures to remove the mark). In runs this short
 # DINO's loss climbs to ln(out_dim) (its teacher turns uniform under centering), and MoCo v2's sits at
 # ln(bank + 1), chance level. Both learn some features in longer runs (benchmarks/ssl_transfer.py --method).
-SLOW_START = {m: pytest.mark.xfail(reason=f"{m}'s loss does not fall in a run of a few dozen steps", strict=True) for m in ("dino", "moco_v2")}
+# dino's loss clearly rises (strict); moco_v2's is flat within noise, so another CPU's rounding may tip it either way
+SLOW_START = {m: pytest.mark.xfail(reason=f"{m}'s loss does not fall in a run of a few dozen steps", strict=m == "dino") for m in ("dino", "moco_v2")}
 
 
 def test_every_method_is_registered():

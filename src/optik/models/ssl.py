@@ -66,7 +66,7 @@ class SSLMethod(nn.Module):
             update_momentum(getattr(self, online), getattr(self, twin), m=m)
 
     def after_backward(self, epoch: int) -> None:
-        pass
+        """Hook between backward and the optimizer step; only DINO uses it (its frozen last layer)."""
 
     def export_backbone(self) -> nn.Module:
         """The backbone that `backbone.pt` holds (the online one; DINO: the teacher)."""
