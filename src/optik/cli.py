@@ -149,6 +149,8 @@ def train(source, work_dir, overrides, resume, no_validate, seed, deterministic,
         source = work_dir / "config.yaml"
     cfg = load_config(source, overrides)
     result = run_train(cfg, work_dir=work_dir, resume=resume)
+    if result.package is None:
+        return  # not the first process of a distributed run: that one reports
     for key, value in sorted(result.metrics.items()):
         if key.startswith(("val/", "best")):
             click.echo(f"{key}: {value:.4f}")
@@ -195,6 +197,11 @@ def model_options(func):
     func = click.option("--optimize", "mode", type=click.Choice(["auto", "fused", "compiled", "onnx", "eager"]), default="auto", show_default=True,
                         help="exact speed-ups: fused (no set-up), onnx (onnxruntime, CPU fp32; auto picks it there for services and 100+ images), compiled (compiles once; auto picks it elsewhere for services and 1000+ images), eager (plain PyTorch)")(func)
     return func
+
+
+def backend_option(func):
+    return click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto", show_default=True,
+                        help="onnxruntime: run an exported .onnx, or export MODEL in memory first (checked; CPU fp32); auto: onnxruntime for .onnx files")(func)
 
 
 @main.command("test")
@@ -267,14 +274,20 @@ def flops_command(model, shape, num_classes, depth):
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="output file [default: MODEL with .onnx]")
-@click.option("--dynamic-batch/--static-batch", default=True, show_default=True, help="any batch size, or only the checked one")
-def export_command(model, fmt, out, dynamic_batch):
-    """Export MODEL (a classifier's model.pt or checkpoint) to ONNX, checked against PyTorch; serve it by giving the .onnx as MODEL."""
+@click.option("--dynamic-batch/--static-batch", default=True, show_default=True, help="classifiers: any batch size, or only the checked one (detectors: one image of any size)")
+@click.option("--check-images", type=click.Path(path_type=Path), help="a folder of real images to check a detector's export on [default: synthetic pictures]")
+def export_command(model, fmt, out, dynamic_batch, check_images):
+    """Export MODEL (model.pt or checkpoint, classifier or detector) to ONNX, checked against PyTorch; run it by giving the .onnx as MODEL."""
     from optik.tools.export import export_model
 
-    report = export_model(model, out, dynamic_batch=dynamic_batch)
-    click.echo(f"wrote {report.path}: onnxruntime matches PyTorch on {report.images} images (top-1 {report.top1_same}/{report.images}, "
-               f"probabilities within {report.max_prob_diff:.1e})")
+    path, result = export_model(model, out, dynamic_batch=dynamic_batch, check_images=check_images)
+    if result.task == "classify":
+        click.echo(f"wrote {path}: onnxruntime matches PyTorch on {result.images} inputs (same top-1, probabilities within {result.max_diff:.1e})")
+        return
+    click.echo(f"wrote {path}: onnxruntime matches PyTorch on {result.images} images, {result.compared} objects (same labels, "
+               f"boxes within {result.max_box_diff:.2g} px, scores within {result.max_diff:.1e})")
+    if not result.compared:
+        click.echo("note: no object scored above 0.05 on the check images; give --check-images with pictures of what the model detects for a real check", err=True)
 
 
 @main.command("publish")
@@ -285,6 +298,29 @@ def publish_command(source, out):
     from optik.tools.publish import publish
 
     click.echo(f"wrote {publish(source, out)}")
+
+
+@main.command("plot")
+@click.argument("work_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="folder for the PNGs [default: WORK_DIR/plots]")
+@click.option("--no-eval", is_flag=True, help="only the curves: skip evaluating model.pt (confusion matrix, per-class AP, PR curves)")
+def plot_command(work_dir, out, no_eval):
+    """Loss, metric and learning-rate curves of the run in WORK_DIR as PNG, and its model's confusion matrix (detectors: AP per class, PR curves)."""
+    from optik.tools.report import plot_run
+
+    for path in plot_run(work_dir, out, with_eval=not no_eval):
+        click.echo(f"wrote {path}")
+
+
+@main.command("report")
+@click.argument("work_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="the HTML file [default: WORK_DIR/report.html]; its PNGs go to plots/ beside it")
+@click.option("--no-eval", is_flag=True, help="only the curves: skip evaluating model.pt")
+def report_command(work_dir, out, no_eval):
+    """One HTML page of the run in WORK_DIR: summary, metrics, curves, evaluation plots and config."""
+    from optik.tools.report import write_report
+
+    click.echo(f"wrote {write_report(work_dir, out, with_eval=not no_eval)}")
 
 
 def print_metrics(result) -> None:
@@ -336,7 +372,9 @@ def print_confusion(classes: list[str], matrix: list[list[int]], limit: int = 30
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="write one output per image here (default: print JSON lines)")
 @output_options
 @model_options
-def predict(model, images, out_dir, top_k, min_score, fmt, mask_threshold, mask_nth, output_minrect, fit_bbox_to_polygon, bbox_as_fallback, device, precision, batch_size, mode):
+@backend_option
+def predict(model, images, out_dir, top_k, min_score, fmt, mask_threshold, mask_nth, output_minrect, fit_bbox_to_polygon, bbox_as_fallback, device, precision, batch_size, mode,
+            backend):
     """Classify or detect objects in IMAGES (files or folders) with MODEL; one output per image."""
     from optik.data.decode import IMAGE_EXTENSIONS
     from optik.data.folder import find_images
@@ -354,7 +392,7 @@ def predict(model, images, out_dir, top_k, min_score, fmt, mask_threshold, mask_
     for path in files:
         stems.setdefault(path.stem, []).append(path)
     clashes = [paths for paths in stems.values() if len(paths) > 1]
-    predictor = load_predictor(model, device=device, precision=precision, batch_size=batch_size, mode=mode, expected_images=len(files))
+    predictor = load_predictor(model, device=device, precision=precision, batch_size=batch_size, mode=mode, expected_images=len(files), backend=backend)
     output, failed = make_output(task_of(predictor), fmt, top_k, min_score, mask_threshold, mask_nth, output_minrect, fit_bbox_to_polygon, bbox_as_fallback), 0
     if out_dir is not None and clashes:
         fail(f"two images would write the same output {clashes[0][0].stem}{output.suffix}: {clashes[0][0]} and {clashes[0][1]}")
@@ -453,11 +491,11 @@ def service_options(func):
     """Options both services share: the output, logging, and the model options."""
     func = click.option("--quiet", is_flag=True, help="log only warnings and errors")(func)
     func = click.option("--verbose", is_flag=True, help="log every batch and every empty look")(func)
-    return output_options(model_options(func))
+    return output_options(model_options(backend_option(func)))
 
 
-def start_predictor(model: Path, device: str, precision: str, batch_size: int | None, mode: str, verbose: bool, quiet: bool, output_options: dict,
-                    expected_images: int | None = None):
+def start_predictor(model: Path, device: str, precision: str, batch_size: int | None, mode: str, backend: str, verbose: bool, quiet: bool,
+                    output_options: dict, expected_images: int | None = None):
     """Logging on stderr, the predictor loaded, its output format, then the warm-up (a service
     compiles before its first request; output options that do not fit the model fail before that).
 
@@ -472,7 +510,7 @@ def start_predictor(model: Path, device: str, precision: str, batch_size: int | 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("optik").setLevel(level)
     expected_images = COMPILE_MIN_IMAGES if expected_images is None else expected_images
-    predictor = load_predictor(model, device=device, precision=precision, batch_size=batch_size, mode=mode, expected_images=expected_images)
+    predictor = load_predictor(model, device=device, precision=precision, batch_size=batch_size, mode=mode, expected_images=expected_images, backend=backend)
     output = make_output(task_of(predictor), **output_options)
     predictor.warmup()
     logging.getLogger("optik.services").info("model %s ready on %s (%s, precision %s, batch %d)", model, predictor.device, predictor.backend.mode, precision, predictor.batch_size)
@@ -505,7 +543,7 @@ def serve():
 @click.option("--settle", type=click.FloatRange(min=0), default=1.0, show_default=True, help="a file without an end marker (JPEG and PNG have one) is taken once unchanged this long")
 @service_options
 def serve_poll(model, in_dir, out_dir, tmp_dir, done_dir, failed_dir, delete_input, continuous, poll_wait, watch, watch_interval, settle, top_k, min_score, fmt,
-               mask_threshold, mask_nth, output_minrect, fit_bbox_to_polygon, bbox_as_fallback, verbose, quiet, device, precision, batch_size, mode):
+               mask_threshold, mask_nth, output_minrect, fit_bbox_to_polygon, bbox_as_fallback, verbose, quiet, device, precision, batch_size, mode, backend):
     """Predict images dropped into --in: <stem>.json (or -rois.csv) in --out, then move the image on (the old predict_poll).
 
     Without --continuous or --watch it empties the folder once and exits.
@@ -520,7 +558,7 @@ def serve_poll(model, in_dir, out_dir, tmp_dir, done_dir, failed_dir, delete_inp
     with folder_lock(in_dir):  # before the model loads: a second poller is refused at once
         outputs = dict(fmt=fmt, top_k=top_k, min_score=min_score, mask_threshold=mask_threshold, mask_nth=mask_nth, output_minrect=output_minrect,
                        fit_bbox_to_polygon=fit_bbox_to_polygon, bbox_as_fallback=bbox_as_fallback)
-        predictor, output = start_predictor(model, device, precision, batch_size, mode, verbose, quiet, outputs, expected_images=one_pass)
+        predictor, output = start_predictor(model, device, precision, batch_size, mode, backend, verbose, quiet, outputs, expected_images=one_pass)
         with stop.on_signals():
             FilePoller(predictor, output, options, stop).run(locked=True)
 
@@ -567,7 +605,7 @@ def connect_options(host, port, db, username, password, password_env, ssl, ssl_c
 @service_options
 def serve_redis(model, transport, redis_in, redis_out, redis_host, redis_port, redis_db, redis_username, redis_password, redis_password_env, redis_ssl, redis_ssl_ca,
                 group, consumer, claim_idle_ms, max_attempts, max_wait_ms, maxlen, delete_processed, top_k, min_score, fmt, mask_threshold, mask_nth, output_minrect,
-                fit_bbox_to_polygon, bbox_as_fallback, verbose, quiet, device, precision, batch_size, mode):
+                fit_bbox_to_polygon, bbox_as_fallback, verbose, quiet, device, precision, batch_size, mode, backend):
     """Predict images sent through Redis (the old predict_redis; --mode stream to scale out and lose nothing)."""
     from optik.services.loop import Stop
     from optik.services.redis_service import PubSubService, StreamOptions, StreamService, check_auth
@@ -576,7 +614,7 @@ def serve_redis(model, transport, redis_in, redis_out, redis_host, redis_port, r
     check_auth(connection)
     outputs = dict(fmt=fmt, top_k=top_k, min_score=min_score, mask_threshold=mask_threshold, mask_nth=mask_nth, output_minrect=output_minrect,
                    fit_bbox_to_polygon=fit_bbox_to_polygon, bbox_as_fallback=bbox_as_fallback)
-    predictor, output = start_predictor(model, device, precision, batch_size, mode, verbose, quiet, outputs)
+    predictor, output = start_predictor(model, device, precision, batch_size, mode, backend, verbose, quiet, outputs)
     stop = Stop()
     if transport == "pubsub":
         service = PubSubService(predictor, output, connection, redis_in, redis_out, max_wait_ms, stop)
@@ -594,15 +632,21 @@ def data_group():
     """Dataset tools."""
 
 
-@data_group.command("convert")
-@click.argument("fmt", metavar="voc|yolo", type=click.Choice(["voc", "yolo"]))
-@click.argument("source", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--classes", help="class names (comma list or labels file); default: found in the data")
-@click.option("--copy-images", is_flag=True, help="copy the images next to OUT (images/) so the COCO set stands alone")
-@click.option("--skip-bad", is_flag=True, help="leave missing or unreadable images out instead of failing")
-def data_convert(fmt, source, out, classes, copy_images, skip_bad):
-    """Convert a VOC (XML) or YOLO (txt) dataset at SOURCE to one COCO JSON file OUT."""
+@data_group.group("convert", cls=OptikGroup)
+def data_convert():
+    """Convert datasets: VOC/YOLO annotations to COCO; class folders split, listed, or made from list files."""
+
+
+def coco_arguments(func):
+    """SOURCE, OUT.json and the options the VOC and YOLO conversions share."""
+    func = click.option("--skip-bad", is_flag=True, help="leave missing or unreadable images out instead of failing")(func)
+    func = click.option("--copy-images", is_flag=True, help="copy the images next to OUT (images/) so the COCO set stands alone")(func)
+    func = click.option("--classes", help="class names (comma list or labels file); default: found in the data")(func)
+    func = click.argument("out", type=click.Path(dir_okay=False, path_type=Path))(func)
+    return click.argument("source", type=click.Path(path_type=Path))(func)
+
+
+def write_coco(fmt: str, source: Path, out: Path, classes, copy_images: bool, skip_bad: bool) -> None:
     from optik.tools.convert import convert_to_coco
 
     if out.suffix.lower() != ".json":
@@ -611,6 +655,105 @@ def data_convert(fmt, source, out, classes, copy_images, skip_bad):
     for line in summary["report"]:
         click.echo(line, err=True)
     click.echo(f"wrote {summary['json']}: {summary['images']} images, {summary['objects']} objects, classes {summary['classes']}")
+
+
+@data_convert.command("voc")
+@coco_arguments
+def data_convert_voc(source, out, classes, copy_images, skip_bad):
+    """Convert a Pascal VOC dataset (an XML file per image) at SOURCE to one COCO JSON file OUT."""
+    write_coco("voc", source, out, classes, copy_images, skip_bad)
+
+
+@data_convert.command("yolo")
+@coco_arguments
+def data_convert_yolo(source, out, classes, copy_images, skip_bad):
+    """Convert a YOLO dataset (a txt file per image) at SOURCE to one COCO JSON file OUT."""
+    write_coco("yolo", source, out, classes, copy_images, skip_bad)
+
+
+LINK_OPTION = click.option("--link", type=click.Choice(["copy", "symlink", "hardlink"]), default="copy", show_default=True,
+                           help="put images into OUT as copies, relative symlinks, or hard links (same filesystem)")
+SEED_OPTION = click.option("--seed", type=int, default=0, show_default=True, help="seed of the per-class shuffle")
+
+
+def folder_output_options(func):
+    """--overwrite, --check and --skip-bad, which every class-folder and list conversion takes."""
+    func = click.option("--skip-bad", is_flag=True, help="decode every image and leave unreadable ones out (named) instead of failing")(func)
+    func = click.option("--check", is_flag=True, help="decode every image first; unreadable ones are an error")(func)
+    return click.option("--overwrite", is_flag=True, help="replace what an earlier `optik data convert` wrote to OUT")(func)
+
+
+def print_conversion(conversion) -> None:
+    for note in conversion.notes:
+        click.echo(f"note: {note}", err=True)
+    for line in conversion.table():
+        click.echo(line)
+
+
+@data_convert.command("split")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--ratios", nargs=3, type=float, default=(0.8, 0.1, 0.1), show_default=True, metavar="TRAIN VAL TEST",
+              help="each class's shares; a 0 leaves that split out")
+@SEED_OPTION
+@LINK_OPTION
+@folder_output_options
+def data_convert_split(source, out, ratios, seed, link, overwrite, check, skip_bad):
+    """Split SOURCE (a sub-folder of images per class) into OUT/train|val|test/<class>/, stratified per class.
+
+    A class with 2 or more images gets at least one val image, with 3 or more one test image.
+    Files keep their paths below their class folder. SOURCE is only read.
+    """
+    from optik.tools.convert import split_folder
+
+    conversion = split_folder(source, out, ratios, seed, link, overwrite=overwrite, check=check, skip_bad=skip_bad)
+    print_conversion(conversion)
+    click.echo(f"wrote {out} (data.root for `data.format: folder`)")
+
+
+@data_convert.command("folder-to-list")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("out", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--classes", help="class names in the model's order (comma list or labels file); default: OPTIK_CLASSES, else sorted folder names")
+@click.option("--ratios", nargs=3, type=float, default=None, metavar="TRAIN VAL TEST", help="split a flat SOURCE into train/val/test lists (default: one all.txt)")
+@SEED_OPTION
+@folder_output_options
+def data_convert_folder_to_list(source, out, classes, ratios, seed, overwrite, check, skip_bad):
+    """Write list files (`path label` lines) and classes.txt for SOURCE's class folders into OUT (default: SOURCE).
+
+    SOURCE/train|val|test/<class>/ gives train.txt, val.txt, test.txt; SOURCE/<class>/ gives all.txt,
+    or three lists with --ratios. Paths are relative to OUT, where the lists are.
+    """
+    from optik.tools.convert import folder_to_lists
+
+    conversion = folder_to_lists(source, out, classes, ratios, seed, overwrite=overwrite, check=check, skip_bad=skip_bad)
+    print_conversion(conversion)
+    lists = {Path(path).stem: path for path in conversion.written}
+    keys = [("train_list", lists.get("train", lists.get("all"))), ("val_list", lists.get("val")), ("test_list", lists.get("test")),
+            ("classes", lists["classes"])]
+    click.echo(f"wrote {', '.join(conversion.written)}; in a config:\ndata:\n  format: list")
+    for key, path in keys:
+        if path:
+            click.echo(f"  {key}: {path}")
+
+
+@data_convert.command("list-to-folder")
+@click.argument("lists", metavar="LIST...", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="the folder the lists' paths are relative to (data.root); default: each list's folder")
+@click.option("--classes", help="class names for index labels (comma list or labels file); default: OPTIK_CLASSES, else classes.txt beside the first list")
+@LINK_OPTION
+@folder_output_options
+def data_convert_list_to_folder(lists, out, root, classes, link, overwrite, check, skip_bad):
+    """Put the images of list files into class folders: OUT/<split>/<class>/ for train.txt, val.txt, test.txt, OUT/<class>/ for one other list.
+
+    File names are kept (a repeated name in one class folder gets -2, -3, ...).
+    """
+    from optik.tools.convert import lists_to_folder
+
+    conversion = lists_to_folder(list(lists), out, root, classes, link, overwrite=overwrite, check=check, skip_bad=skip_bad)
+    print_conversion(conversion)
+    click.echo(f"wrote {out} (data.root for `data.format: folder`)")
 
 
 @data_group.command("check")

@@ -1,11 +1,42 @@
-"""`optik export --format onnx`: the file predicts like model.pt, through predict and a service."""
+"""`optik export --format onnx` and `--backend onnxruntime`: predictions equal PyTorch's through
+predict and both services, for a classifier and a detector."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 
-from conftest import colour_image
+from conftest import colour_image, run_optik
+from service_helpers import Service
+
+SCORE_TOLERANCE, BOX_PIXELS = 1e-3, 1.0
+
+
+@pytest.fixture(scope="module")
+def shapes_images(tmp_path_factory):
+    """Real pictures of what the shapes detector learned, two sizes."""
+    from optik.tools.shapes import make_shapes
+
+    folder = tmp_path_factory.mktemp("shapes_pictures")
+    make_shapes(folder, 4, size=96, seed=7, prefix="a")
+    make_shapes(folder, 2, size=140, seed=8, prefix="b")
+    return folder
+
+
+def objects(opex: dict, floor: float = 0.05 + SCORE_TOLERANCE) -> list[tuple[str, float, list[float]]]:
+    return [(o["label"], o["score"], [o["bbox"][k] for k in ("left", "top", "right", "bottom")]) for o in opex["objects"] if o["score"] > floor]
+
+
+def assert_same_objects(ours: dict, theirs: dict) -> int:
+    """Every clear object of each output has a partner in the other: same label, box within 1 px, score within 1e-3."""
+    for a, b in ((ours, theirs), (theirs, ours)):
+        everything = objects(b, floor=0.0)
+        for label, score, box in objects(a):
+            assert any(label == l2 and abs(score - s2) <= SCORE_TOLERANCE and max(abs(u - v) for u, v in zip(box, b2)) <= BOX_PIXELS
+                       for l2, s2, b2 in everything), (label, score, box)
+    return len(objects(theirs))
 
 
 def test_exported_classifier_predicts_like_pytorch(colour_model, tmp_path, optik):
@@ -57,3 +88,64 @@ def test_foreign_onnx_files_and_other_tasks_are_refused(colour_model, tmp_path, 
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     done = optik("predict", tmp_path / "junk.onnx", colour_model)
     assert done.returncode == 2 and "cannot read" in done.stderr
+
+
+def test_exported_detector_predicts_like_pytorch(shapes_detector, shapes_images, tmp_path, optik):
+    out = tmp_path / "shapes.onnx"
+    done = optik("export", shapes_detector, "--out", out, "--check-images", shapes_images)
+    assert done.returncode == 0, done.stderr
+    assert "onnxruntime matches PyTorch on 6 images" in done.stdout, done.stdout
+    runs = {}
+    for name, model in (("torch", shapes_detector), ("onnx", out)):
+        run = optik("predict", model, shapes_images, "--out-dir", tmp_path / name)
+        assert run.returncode == 0, run.stderr
+        runs[name] = {p.name: json.loads(p.read_text()) for p in sorted((tmp_path / name).glob("*.json"))}
+    assert len(runs["onnx"]) == len(runs["torch"]) == 6
+    compared = sum(assert_same_objects(runs["onnx"][name], runs["torch"][name]) for name in runs["torch"])
+    assert compared > 0  # real objects were compared, not just empty lists
+
+
+@pytest.mark.parametrize("service", ["poll", "redis"])
+def test_services_run_a_model_pt_with_backend_onnxruntime(service, shapes_detector, shapes_images, tmp_path, optik, redis_server):
+    """The package is exported in memory (and checked) at start-up; answers equal the torch backend's."""
+    expected = optik("predict", shapes_detector, shapes_images, "--out-dir", tmp_path / "torch", "--backend", "torch")
+    assert expected.returncode == 0, expected.stderr
+    pictures = sorted(shapes_images.glob("*.png"))
+    if service == "poll":
+        inbox, outbox = tmp_path / "in", tmp_path / "out"
+        inbox.mkdir()
+        for picture in pictures:
+            (inbox / picture.name).write_bytes(picture.read_bytes())
+        done = optik("serve", "poll", shapes_detector, "--in", inbox, "--out", outbox, "--backend", "onnxruntime", "--verbose")
+        assert done.returncode == 0, done.stderr
+        assert "onnxruntime" in done.stderr
+        answers = {p.stem: json.loads((outbox / f"{p.stem}.json").read_text()) for p in pictures}
+    else:
+        worker = Service("redis", shapes_detector, "--redis-port", redis_server.port, "--backend", "onnxruntime")
+        worker.wait_for("listening on")
+        done = run_optik("redis", "send", *pictures, "--redis-port", redis_server.port)
+        worker.stop()
+        assert done.returncode == 0, done.stderr
+        answers = {Path(r["id"]).stem: r["result"] for r in map(json.loads, done.stdout.splitlines())}
+        assert "onnxruntime" in worker.log
+    for picture in pictures:
+        theirs = json.loads((tmp_path / "torch" / f"{picture.stem}.json").read_text())
+        ours = answers[picture.stem]
+        assert_same_objects(ours, theirs)
+
+
+def test_backend_choices_that_cannot_work_are_refused(colour_model, tmp_path, optik):
+    model = tmp_path / "m.onnx"
+    assert optik("export", colour_model, "--out", model).returncode == 0
+    picture = tmp_path / "p.png"
+    colour_image((200, 30, 30), 40, np.random.default_rng(0)).save(picture)
+    torch_on_onnx = optik("predict", model, picture, "--backend", "torch")
+    assert torch_on_onnx.returncode == 2 and "--backend onnxruntime" in torch_on_onnx.stderr and "Traceback" not in torch_on_onnx.stderr
+    half = optik("predict", colour_model, picture, "--backend", "onnxruntime", "--precision", "bf16")
+    assert half.returncode == 2 and "fp32" in half.stderr
+    # a classifier package runs through onnxruntime too, with the same answer as the exported file
+    in_memory = optik("predict", colour_model, picture, "--backend", "onnxruntime")
+    from_file = optik("predict", model, picture)
+    assert in_memory.returncode == 0 and from_file.returncode == 0, in_memory.stderr + from_file.stderr
+    ours, theirs = json.loads(in_memory.stdout.splitlines()[0]), json.loads(from_file.stdout.splitlines()[0])
+    assert ours.keys() == theirs.keys()

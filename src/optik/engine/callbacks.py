@@ -81,6 +81,18 @@ class EpochReseed(L.Callback):
         torch.manual_seed(seed)
 
 
+class ProcessReport(L.Callback):
+    """Under DDP, one line from every process as training starts: which rank it is and what share it trains on."""
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.world_size < 2:
+            return
+        backend = getattr(trainer.strategy, "process_group_backend", None) or "-"
+        batches = trainer.num_training_batches
+        print(f"process {trainer.global_rank} of {trainer.world_size} (node {trainer.node_rank}, {backend} on {pl_module.device}): "
+              f"{batches} batch{'es' if batches != 1 else ''} per epoch", file=sys.stdout, flush=True)
+
+
 class EpochLog(L.Callback):
     """One plain line per epoch with the logged metrics (readable in files and CI logs)."""
 

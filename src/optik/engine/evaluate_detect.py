@@ -6,12 +6,23 @@ pycocotools / faster-coco-eval report when run directly on the same predictions.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from optik.config import parse_config
 from optik.data.detection import ClassNames, DetectionSet, build_detect_data, read_split
+from optik.engine.evaluate import EvalResult
 from optik.errors import DataError
 from optik.models.detect import has_masks
+
+
+@dataclass
+class DetectionResult(EvalResult):
+    """A detector's `EvalResult`, with its precision-recall curves per IoU type (`precision_curves`), for plots."""
+
+    curves: dict = field(default_factory=dict)
 
 
 def detect_test_set(package, data: str | Path | None, split: str) -> DetectionSet:
@@ -44,8 +55,7 @@ def detect_test_set(package, data: str | Path | None, split: str) -> DetectionSe
 
 
 def evaluate_detector(package, data, split: str, batch_size: int = 8, device: str = "auto", precision: str = "32", mode: str = "auto"):
-    """Detect objects in every image of the split; COCO metrics as `EvalResult.metrics`."""
-    from optik.engine.evaluate import EvalResult
+    """Detect objects in every image of the split; COCO metrics as `metrics`, precision-recall curves as `curves`."""
     from optik.inference.detector import Detector
     from optik.tasks.detect import coco_metrics, detection_records
 
@@ -69,8 +79,37 @@ def evaluate_detector(package, data, split: str, batch_size: int = 8, device: st
     if failed_ids:  # an unreadable image is reported, not scored as all misses
         truth["images"] = [image for image in truth["images"] if image["id"] not in failed_ids]
         truth["annotations"] = [a for a in truth["annotations"] if a["image_id"] not in failed_ids]
-    metrics: dict = {"bbox": coco_metrics(truth, [{k: v for k, v in r.items() if k != "segmentation"} for r in results], "bbox")}
+    scored = {"bbox": [{k: v for k, v in r.items() if k != "segmentation"} for r in results]}
     if has_masks(package.config["model"]["name"]):
-        metrics["segm"] = coco_metrics(truth, results, "segm")
+        scored["segm"] = results
+    metrics: dict = {iou_type: coco_metrics(truth, entries, iou_type) for iou_type, entries in scored.items()}
+    curves = {iou_type: precision_curves(truth, entries, iou_type) for iou_type, entries in scored.items()}
     metrics.update({"images": len(items), "objects": test_set.num_objects, "unreadable": len(failures), "data": test_set.origin, "split": split})
-    return EvalResult(metrics, package.classes, items, failures)
+    return DetectionResult(metrics, package.classes, items, failures, curves)
+
+
+def precision_curves(ground_truth: dict, results: list[dict], iou_type: str = "bbox") -> dict:
+    """Precision at COCO's 101 recall points, per class: at IoU 0.5 and averaged over IoU 0.5:0.95 (all areas, 100 detections).
+
+    `{"recall": [101 values], "per_class": {name: {"iou50": [...], "iou50_95": [...]}}}`; the mean of a
+    curve is that class's AP. Classes without ground truth are left out; no results give zero precision.
+    """
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    names = {c["id"]: c["name"] for c in ground_truth["categories"]}
+    if not results:  # faster-coco-eval refuses an empty result list
+        zeros = [0.0] * 101
+        present = sorted({a["category_id"] for a in ground_truth["annotations"]})
+        return {"recall": np.linspace(0, 1, 101).tolist(), "per_class": {names[c]: {"iou50": zeros, "iou50_95": zeros} for c in present}}
+    gt = COCO(ground_truth)
+    evaluator = COCOeval_faster(gt, gt.loadRes(results), iou_type, print_function=lambda *a, **k: None)
+    evaluator.evaluate()
+    evaluator.accumulate()
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # [iou thresholds, recall points, classes]; -1: no ground truth
+    at_50 = int(np.argmin(np.abs(np.asarray(evaluator.params.iouThrs) - 0.5)))
+    per_class = {}
+    for k, cat_id in enumerate(evaluator.params.catIds):
+        values = precision[:, :, k]
+        if (values >= 0).all():
+            per_class[names[cat_id]] = {"iou50": values[at_50].tolist(), "iou50_95": values.mean(axis=0).tolist()}
+    return {"recall": [float(r) for r in evaluator.params.recThrs], "per_class": per_class}

@@ -12,18 +12,22 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from optik.config.load import config_to_dict, dump_config
 from optik.config.schema import ClassifyConfig, DetectConfig, PretrainConfig
 from optik.data.loaders import build_classify_data, make_loader
 from optik.data.transforms import Preprocess
-from optik.engine.callbacks import AtomicCheckpointIO, EpochLog, EpochReseed, LastCheckpoint, RunCSVLogger
+from optik.engine.callbacks import AtomicCheckpointIO, EpochLog, EpochReseed, LastCheckpoint, ProcessReport, RunCSVLogger
 from optik.errors import ConfigError, DataError
 from optik.files import write_atomic
 from optik.models.classify import build_classifier, is_plugin
 from optik.models.package import load_package, save_package
 from optik.models.weights import load_weights
 from optik.tasks.classify import ClassifyModule
+
+# what the data and weights look like is said once, by the first process (under torchrun every process runs this)
+say = rank_zero_only(print)
 
 
 @dataclass
@@ -90,7 +94,7 @@ def quiet_lightning() -> None:
 
 def build_callbacks(cfg: ClassifyConfig, ckpt_dir: Path) -> list[L.Callback]:
     t = cfg.train
-    callbacks: list[L.Callback] = [EpochReseed(t.seed), EpochLog(t.epochs), LearningRateMonitor(logging_interval="epoch")]
+    callbacks: list[L.Callback] = [EpochReseed(t.seed), EpochLog(t.epochs), ProcessReport(), LearningRateMonitor(logging_interval="epoch")]
     if t.validation:
         # before LastCheckpoint: both save at epoch end, and last.ckpt must hold the updated best score
         mode = "min" if t.monitor.endswith("loss") else "max"
@@ -164,7 +168,7 @@ def prepare_classify(cfg: ClassifyConfig, ckpt: Path | None, epochs_done: int, c
     model = build_classifier(cfg.model, len(data.classes), cfg.data.image_size)
     if cfg.model.weights is not None and ckpt is None:
         for line in load_weights(model, cfg.model.weights, cfg.model.weights_prefix).lines():
-            print(line)
+            say(line)
     preprocess = Preprocess.from_data_config(cfg.data).to_dict()
     module = ClassifyModule(model, config_to_dict(cfg), data.classes, preprocess)
     workers = cfg.data.num_workers
@@ -187,14 +191,14 @@ def prepare_detect(cfg: DetectConfig, ckpt: Path | None, epochs_done: int, ckpt_
     if ckpt is not None:
         check_resume(ckpt, epochs_done, ckpt_classes, cfg, classes)
     counts = ", ".join(f"{name} {len(part)} images ({part.num_objects} objects)" for name, part in sets.items())
-    print(f"data: {len(classes)} classes {classes}; {counts}")
+    say(f"data: {len(classes)} classes {classes}; {counts}")
     for part in sets.values():
         for line in part.report:
-            print(f"  {line}")
+            say(f"  {line}")
     model = build_detector(cfg.model, cfg.data, len(classes))
     if cfg.model.weights is not None and ckpt is None:
         for line in load_detector_weights(model, cfg.model.weights, cfg.model.weights_prefix).lines():
-            print(line)
+            say(line)
     preprocess = {"task": "detect", "image_size": cfg.data.image_size, "mean": list(cfg.data.mean), "std": list(cfg.data.std)}
     truth = sets["val"].to_coco() if cfg.train.validation else None
     module = DetectModule(model, config_to_dict(cfg), classes, preprocess, val_ground_truth=truth)
@@ -215,9 +219,9 @@ def prepare_pretrain(cfg: PretrainConfig, ckpt: Path | None, epochs_done: int, c
     if ckpt is not None:
         check_resume(ckpt, epochs_done, ckpt_classes, cfg, [])
     dataset, skipped = build_pretrain_data(cfg.data, view_transform(cfg), seed=cfg.train.seed)
-    print(f"data: {len(dataset)} unlabelled images" + (f"; {len(skipped)} unreadable image(s) left out" if skipped else ""))
+    say(f"data: {len(dataset)} unlabelled images" + (f"; {len(skipped)} unreadable image(s) left out" if skipped else ""))
     if cfg.ssl.method == "moco_v2" and cfg.ssl.memory_bank_size >= len(dataset):
-        print(f"note: ssl.memory_bank_size {cfg.ssl.memory_bank_size} >= {len(dataset)} images: the bank will hold older keys of each "
+        say(f"note: ssl.memory_bank_size {cfg.ssl.memory_bank_size} >= {len(dataset)} images: the bank will hold older keys of each "
               f"query's own image as negatives; set it to {max(cfg.data.batch_size, len(dataset) // 2)} or less")
     backbone = build_backbone(cfg.model if ckpt is None else cfg.model.model_copy(update={"weights": None, "pretrained": False}), cfg.data.image_size)
     preprocess = Preprocess.from_data_config(cfg.data).to_dict()
@@ -229,9 +233,9 @@ def prepare_pretrain(cfg: PretrainConfig, ckpt: Path | None, epochs_done: int, c
 
 def log_data_summary(data) -> None:
     counts = ", ".join(f"{name} {len(ds)}" for name, ds in data.datasets.items())
-    print(f"data: {len(data.classes)} classes; {counts} images" + (f"; {len(data.skipped)} unreadable image(s) left out" if data.skipped else ""))
+    say(f"data: {len(data.classes)} classes; {counts} images" + (f"; {len(data.skipped)} unreadable image(s) left out" if data.skipped else ""))
     for path in data.skipped[:10]:
-        print(f"  left out: {path}")
+        say(f"  left out: {path}")
 
 
 def finish(trainer: L.Trainer, cfg: ClassifyConfig, work_dir: Path) -> TrainResult:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from optik.errors import ConfigError
+from optik.inference.onnx import OnnxModel, export_onnx
 
 PRECISIONS = ("32", "bf16", "16")
 MODES = ("eager", "fused", "compiled", "onnx")
@@ -117,65 +118,6 @@ def compile_frozen(model: nn.Module, batch_size: int) -> nn.Module:
 
     inductor_config.freezing = True  # fold weights and batch norms into the graph (inference only)
     return PaddedBatches(torch.compile(model, dynamic=False), batch_size)
-
-
-class OnnxModel(nn.Module):
-    """An onnxruntime session called like the module it was exported from: a float batch in, the
-    first output back as a tensor. Runs on the CPU, fp32."""
-
-    def __init__(self, model: bytes | str, threads: int | None = None):
-        super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        # spinning threads would take the cores the image decoders need between batches
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        array = images.detach().float().cpu().contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input: array})[0])
-
-
-def export_onnx(model: nn.Module, example: torch.Tensor, target=None, dynamic_batch: bool = True, names=("images", "outputs")):
-    """Exports `model` (eval) for inputs shaped like `example` to `target` (a path or file-like;
-    None: returns the bytes). The batch axis is dynamic unless `dynamic_batch` is False."""
-    import io
-
-    buffer = io.BytesIO() if target is None else target
-    axes = {names[0]: {0: "batch"}, names[1]: {0: "batch"}} if dynamic_batch else None
-    # the exporter's C++ side dumps the whole graph on stdout when an operator has no ONNX form (the
-    # exception says which, and callers report it)
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), _output_silenced():
-        warnings.simplefilter("ignore")
-        # a value turned into Python (an `if` on a tensor) would be frozen into the graph: refuse the export
-        warnings.simplefilter("error", torch.jit.TracerWarning)
-        torch.onnx.export(copy.deepcopy(model).eval().cpu(), (example.detach().clone().cpu().contiguous(),), buffer,
-                          input_names=[names[0]], output_names=[names[1]], dynamic_axes=axes, opset_version=17, dynamo=False)
-    return buffer.getvalue() if target is None else None
-
-
-@contextlib.contextmanager
-def _output_silenced():
-    """stdout and stderr at the file-descriptor level off (C++ writes included); stdout may carry results."""
-    import os
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        for fd, copy_ in zip((1, 2), saved):
-            os.dup2(copy_, fd)
-            os.close(copy_)
 
 
 def layout_of(mode: str) -> torch.memory_format:

@@ -169,28 +169,34 @@ class Detector(Predictor):
         return detection.above(self.min_score)
 
 
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
 def load_predictor(path, device: str = "auto", precision: str = "32", batch_size: int | None = None, mode: str = "auto",
-                   expected_images: int | None = None) -> Predictor:
-    """A `Predictor` or a `Detector`, as the model package's task says (batch size default: 32 / 8)."""
+                   expected_images: int | None = None, backend: str = "auto") -> Predictor:
+    """A `Predictor` or a `Detector`, as the model's task says (batch size default: 32 / 8).
+
+    `path` is a model package or checkpoint, or an `optik export`ed .onnx file. `backend`:
+    "torch" (PyTorch, with `mode`'s speed-ups), "onnxruntime" (a package is exported in memory and
+    checked first; CPU, fp32), or "auto" (onnxruntime for an .onnx file, torch otherwise).
+    """
+    from optik.inference.onnx import export_package, onnx_predictor
     from optik.models.package import load_package
 
-    if str(path).endswith(".onnx"):
-        return onnx_predictor(path, device=device, batch_size=batch_size or 32)
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    is_onnx = str(path).endswith(".onnx")
+    if is_onnx and backend == "torch":
+        raise ConfigError(f"{path} is an ONNX file: it runs with --backend onnxruntime; for the torch backend give the model.pt it was exported from")
+    if backend == "onnxruntime" and precision != "32":
+        raise ConfigError(f"the onnxruntime backend runs fp32; drop --precision {precision}, or use --backend torch")
+    if is_onnx:
+        return onnx_predictor(path, device=device, batch_size=batch_size)
     package = load_package(path)
     if package.task == "pretrain":
         raise ModelError(f"{path} is a pretrained backbone (no classes to predict); fine-tune it with model.weights in a classify config, or measure it with optik probe")
+    if backend == "onnxruntime":
+        return onnx_predictor(export_package(package).data, device=device, batch_size=batch_size)
     if package.task == "detect":
         return Detector.from_package(package, device=device, precision=precision, batch_size=batch_size or 8, mode=mode, expected_images=expected_images)
     return Predictor.from_package(package, device=device, precision=precision, batch_size=batch_size or 32, mode=mode, expected_images=expected_images)
-
-
-def onnx_predictor(path, device: str = "auto", batch_size: int = 32) -> Predictor:
-    """A `Predictor` running an `optik export`ed ONNX file with onnxruntime (CPU, fp32)."""
-    from optik.data.transforms import Preprocess
-    from optik.inference.backends import OnnxModel
-    from optik.tools.export import read_onnx_metadata
-
-    if device not in ("auto", "cpu"):
-        raise ConfigError(f"an ONNX model runs on the CPU here (onnxruntime); drop --device {device} or use the model.pt")
-    meta = read_onnx_metadata(path)
-    return Predictor(OnnxModel(str(path)), meta["classes"], Preprocess.from_dict(meta["preprocess"]), device="cpu", batch_size=batch_size, mode="eager")

@@ -48,7 +48,7 @@ class ClassifyModule(TrainingModule):
         if self.mixup is not None:
             images, targets = self.mixup(images, labels)
         loss = self.train_loss(self.model(images), targets)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):

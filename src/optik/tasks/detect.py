@@ -132,9 +132,9 @@ class DetectModule(TrainingModule):
         losses = self.model(as_inputs(images), as_targets(targets, self.with_masks))
         loss = sum(losses.values())
         n = len(images)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         for name, value in losses.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=n)
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
