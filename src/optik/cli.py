@@ -436,11 +436,12 @@ def predict(model, images, out_dir, top_k, min_score, fmt, mask_threshold, mask_
 @click.option("--precision", type=click.Choice(["32", "bf16", "16"]), default="32", show_default=True)
 @click.option("--optimize", type=click.Choice(["auto", "fused", "compiled", "onnx", "eager"]), default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="keep the rows already in OUT (and its part files) and predict the rest")
+@backend_option
 def batch_predict(images, out, model, model_class, checkpoint, transform, border_crop, fmt, top_k, softmax, convert_outputs_mode, objectnet_mappings,
-                  batch_size, workers, device, devices, precision, optimize, resume):
+                  batch_size, workers, device, devices, precision, optimize, resume, backend):
     """Predict every image below IMAGES into one CSV (ObjectNet challenge format by default).
 
-    MODEL is a model.pt / optik checkpoint, or a timm name with --checkpoint; or give
+    MODEL is a model.pt / optik checkpoint, an exported .onnx, or a timm name with --checkpoint; or give
     --model-class file.py:Name --checkpoint W. Run under `torchrun --nproc_per_node N` to shard.
     """
     import os
@@ -454,7 +455,7 @@ def batch_predict(images, out, model, model_class, checkpoint, transform, border
         args = [a for i, a in enumerate(args) if not (a == "--devices" or a.startswith("--devices=") or (i and args[i - 1] == "--devices"))]
         sys.exit(subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(devices), "-m", "optik.cli", *args]))
     job = BatchJob(images, out, model, model_class, checkpoint, transform, border_crop, fmt, top_k, softmax, int(convert_outputs_mode), objectnet_mappings,
-                   batch_size, workers, device, precision, optimize, resume)
+                   batch_size, workers, device, precision, optimize, resume, backend)
     report = run_batch(job)
     if os.environ.get("RANK", "0") != "0":
         return

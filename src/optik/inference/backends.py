@@ -21,7 +21,7 @@ import warnings
 import torch
 from torch import nn
 
-from optik.errors import ConfigError
+from optik.errors import ConfigError, ModelError
 from optik.inference.onnx import OnnxModel, export_onnx
 
 PRECISIONS = ("32", "bf16", "16")
@@ -147,9 +147,12 @@ class TorchBackend:
     Args:
         mode: "eager" (plain PyTorch), "fused", "compiled" or "onnx" (see the module docstring), or
             "auto": the fastest for a job of `expected_images` images (see `mode_for`).
+        fallback: when the requested form fails or changes the outputs, run the next simpler one
+            (False: raise ModelError; for a backend the user asked for by name).
     """
 
-    def __init__(self, model: nn.Module, device: str = "auto", precision: str = "32", mode: str = "fused", batch_size: int = 32, expected_images: int | None = None):
+    def __init__(self, model: nn.Module, device: str = "auto", precision: str = "32", mode: str = "fused", batch_size: int = 32, expected_images: int | None = None,
+                 fallback: bool = True):
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if mode not in MODES and mode != "auto":
@@ -160,7 +163,7 @@ class TorchBackend:
             mode = mode_for(expected_images, self.device, precision)
         if mode == "onnx" and (self.device.type != "cpu" or precision != "32"):
             raise ConfigError("the onnx mode runs fp32 on the CPU; use --optimize compiled for other devices and precisions")
-        self.precision, self.requested, self.batch_size = precision, mode, batch_size
+        self.precision, self.requested, self.batch_size, self.fallback = precision, mode, batch_size, fallback
         self.eager = model.eval().to(self.device)
         self.mode = "eager"
         self.model: nn.Module = self.eager
@@ -185,6 +188,7 @@ class TorchBackend:
         with self.autocast():
             reference = self.eager(probe)
         candidates = [self.requested, "fused"] if self.requested in ("compiled", "onnx") else ["fused"]
+        candidates = candidates if self.fallback else candidates[:1]
         for mode in candidates:
             try:
                 model = self._build(mode, probe)
@@ -198,6 +202,8 @@ class TorchBackend:
                 self.model, self.mode, self.layout = model, mode, layout_of(mode)
                 break
             log.warning("inference mode %s changes this model's outputs; falling back", mode)
+        if not self.fallback and self.mode != self.requested:
+            raise ModelError(f"this model cannot run as {self.requested} with outputs equal to PyTorch's (see the warning above); use the torch backend")
         with self.autocast():
             return self.model(images.contiguous(memory_format=self.layout))
 

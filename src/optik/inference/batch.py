@@ -82,9 +82,21 @@ def load_batch_model(model: str | None, model_class: str | None = None, checkpoi
     if Path(model).is_file():
         if checkpoint is not None:
             raise ConfigError(f"{model} carries its own weights; --checkpoint is for --model-class or a timm name")
+        if model.endswith(".onnx"):
+            return _onnx_model(model)
         package = load_package(model)
         return BatchModel(build_model(package), Preprocess.from_dict(package.preprocess), classes=package.classes)
     return _timm_model(model, checkpoint)
+
+
+def _onnx_model(path: str) -> BatchModel:
+    """An `optik export`ed classifier, run by onnxruntime."""
+    from optik.inference.onnx import OnnxModel, read_metadata
+
+    meta = read_metadata(path)
+    if meta["task"] != "classify":
+        raise ConfigError(f"{path} is a {meta['task']} model; batch-predict writes one row of classes per image, for classifiers")
+    return BatchModel(OnnxModel(path), Preprocess.from_dict(meta["preprocess"]), classes=meta["classes"])
 
 
 def _timm_model(name: str, checkpoint: str | None) -> BatchModel:

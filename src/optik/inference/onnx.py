@@ -60,20 +60,48 @@ class OnnxModel(nn.Module):
 
 class OnnxDetector(nn.Module):
     """A detector's session called like a torchvision detector: a list of float (3, H, W) images in
-    [0, 1], a list of {boxes, labels, scores[, masks]} back. One run per image (sizes differ)."""
+    [0, 1], a list of {boxes, labels, scores[, masks]} back. One run per image (sizes differ).
 
-    def __init__(self, model: bytes | str, threads: int | None = None):
+    With `resize` ({min_size, max_size, fixed_size} of the model's transform), images are resized
+    here, by torchvision's own function, and boxes scaled back to the image after the run. In the
+    graph the resize then has a scale of exactly 1. The graph's own resize computes the output size
+    in float32, which for some sizes gives a row or column fewer than PyTorch (320x400 at a
+    max_size of 320: 255 rows, not 256): different pixels, different objects.
+    """
+
+    def __init__(self, model: bytes | str, resize: dict | None = None, threads: int | None = None):
         super().__init__()
         self.session = session(model, threads)
         self.input = self.session.get_inputs()[0].name
         self.outputs = [output.name for output in self.session.get_outputs()]
+        self.resize = resize
 
     def forward(self, images: list[torch.Tensor]) -> list[dict]:
+        from torchvision.models.detection.transform import _resize_image_and_masks, resize_boxes
+
         results = []
         for image in images:
-            arrays = self.session.run(None, {self.input: image.detach().float().cpu().contiguous().numpy()})
-            results.append({name: torch.from_numpy(array) for name, array in zip(self.outputs, arrays)})
+            image = image.detach().float().cpu()
+            resized = image
+            if self.resize is not None:
+                fixed = self.resize["fixed_size"]
+                resized = _resize_image_and_masks(image, float(self.resize["min_size"]), float(self.resize["max_size"]), None, tuple(fixed) if fixed else None)[0]
+            arrays = self.session.run(None, {self.input: resized.contiguous().numpy()})
+            output = {name: torch.from_numpy(array) for name, array in zip(self.outputs, arrays)}
+            if resized.shape != image.shape:
+                output["boxes"] = resize_boxes(output["boxes"], list(resized.shape[-2:]), list(image.shape[-2:]))
+            results.append(output)
         return results
+
+
+def resize_of(model: nn.Module) -> dict | None:
+    """What `OnnxDetector` needs to resize as the model does; None for mask models (their masks are
+    pasted at the graph's input size, so the graph must see the original image)."""
+    transform = getattr(model, "transform", None)
+    if transform is None or getattr(model, "roi_heads", None) is not None and getattr(model.roi_heads, "has_mask", lambda: False)():
+        return None
+    fixed = getattr(transform, "fixed_size", None)
+    return {"min_size": int(transform.min_size[-1]), "max_size": int(transform.max_size), "fixed_size": list(fixed) if fixed else None}
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, target=None, dynamic_batch: bool = True, names=("images", "outputs")):
@@ -187,8 +215,9 @@ def _export_detector(model: nn.Module, preprocess: dict, meta: dict, check_image
     size = int(preprocess.get("image_size") or 320)
     pictures = check_images or check_pictures(size)
     tensors = [torch.from_numpy(np.array(p.convert("RGB"))).permute(2, 0, 1).float().div(255) for p in pictures]
+    meta = {**meta, "resize": resize_of(model)}
     data = with_metadata(export_detector(model, tensors[0]), meta)
-    runtime = OnnxDetector(data)
+    runtime = OnnxDetector(data, resize=meta["resize"])
     compared, score_diff, box_diff = 0, 0.0, 0.0
     for tensor in tensors:
         with torch.no_grad():
@@ -285,7 +314,7 @@ def onnx_predictor(model: str | Path | bytes, device: str = "auto", batch_size: 
     meta = read_metadata(model)
     source = model if isinstance(model, bytes) else str(model)
     if meta["task"] == "detect":
-        predictor = Detector(OnnxDetector(source), meta["classes"], meta["preprocess"], device="cpu", batch_size=batch_size or 8, mode="eager", min_score=min_score)
+        predictor = Detector(OnnxDetector(source, resize=meta.get("resize")), meta["classes"], meta["preprocess"], device="cpu", batch_size=batch_size or 8, mode="eager", min_score=min_score)
     else:
         predictor = Predictor(OnnxModel(source), meta["classes"], Preprocess.from_dict(meta["preprocess"]), device="cpu", batch_size=batch_size or 32, mode="eager")
     predictor.backend.mode = "onnxruntime"  # what logs and reports name (the torch-side mode is plain: the session does the work)

@@ -40,6 +40,7 @@ class BatchJob:
     precision: str = "32"
     optimize: str = "auto"
     resume: bool = False
+    backend: str = "auto"  # auto, torch or onnxruntime (see `runtime_mode`)
 
 
 @dataclass
@@ -80,7 +81,9 @@ def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
     id_map, labels = _id_map(job, bundle)
     mine = _my_share(job, files, rank, world)
     device = _rank_device(job.device, rank, world)
-    backend = TorchBackend(bundle.model, device=str(device), precision=job.precision, mode=job.optimize, batch_size=job.batch_size, expected_images=len(mine) * world)
+    mode = runtime_mode(job, bundle)
+    backend = TorchBackend(bundle.model, device=str(device), precision=job.precision, mode=mode, batch_size=job.batch_size, expected_images=len(mine) * world,
+                           fallback=mode != "onnx" or job.backend != "onnxruntime")
     part = job.out.with_name(f"{job.out.name}.part-{rank}")
     report = BatchReport(skipped=len(files[rank::world]) - len(mine))
     workers = job.workers if job.workers is not None else default_workers(device)
@@ -105,6 +108,23 @@ def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
         report.rows = merge_rows(job.out, job.fmt, job.top_k, labels is not None)
     _stop_distributed(world)
     return report
+
+
+def runtime_mode(job: BatchJob, bundle) -> str:
+    """The TorchBackend mode for the job: an exported .onnx runs as it is; `--backend onnxruntime`
+    exports any other MODEL in memory (checked on the first batch; an error if that fails)."""
+    from optik.inference.onnx import OnnxModel
+
+    exported = isinstance(bundle.model, OnnxModel)
+    if exported and job.backend == "torch":
+        raise ConfigError(f"{job.model} is an ONNX file: it runs with --backend onnxruntime; for the torch backend give the model.pt it was exported from")
+    if (exported or job.backend == "onnxruntime") and job.optimize not in ("auto", "onnx"):
+        raise ConfigError(f"--optimize {job.optimize} is for the torch backend; onnxruntime runs the exported graph as it is")
+    if job.backend == "onnxruntime" and job.precision != "32":
+        raise ConfigError(f"the onnxruntime backend runs fp32; drop --precision {job.precision}, or use --backend torch")
+    if exported:
+        return "eager"  # the session is the model
+    return "onnx" if job.backend == "onnxruntime" else job.optimize
 
 
 def _my_share(job: BatchJob, files: list, rank: int, world: int) -> list:
