@@ -95,7 +95,7 @@ def test_what_is_copied_is_in_the_build_context(name):
         for source in words[:-1]:
             assert (REPO / source).exists(), source
             assert not ignored(source, patterns), f"{source} is left out by .dockerignore"
-    assert not ignored("src/optik/cli.py", patterns) and not ignored("src/optik/config/presets/resnet18_small.yaml", patterns)
+    assert not ignored("src/optik/cli/__init__.py", patterns) and not ignored("src/optik/config/presets/resnet18_small.yaml", patterns)
 
 
 def test_dockerignore_leaves_out_venv_git_and_runs():

@@ -1,0 +1,3 @@
+from optik.cli import main
+
+main()
