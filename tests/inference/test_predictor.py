@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
 
 from conftest import colour_image
 from optik.data.transforms import Preprocess, eval_transform

@@ -29,11 +29,16 @@ def pretrain_overrides(root, method, epochs=12):
             "ssl.views.local_size=8", "ssl.views.hflip=0", f"train.epochs={epochs}", "train.log_every_n_steps=1", "train.keep_checkpoints=1"]
 
 
-# Known open problems (strict: a fix turns them into failures to remove the mark). In runs this short
-# DINO's loss climbs to ln(out_dim) (its teacher turns uniform under centering), and MoCo v2's sits at
-# ln(bank + 1), chance level. Both learn some features in longer runs (benchmarks/ssl_transfer.py --method).
-# dino's loss clearly rises (strict); moco_v2's is flat within noise, so another CPU's rounding may tip it either way
-SLOW_START = {m: pytest.mark.xfail(reason=f"{m}'s loss does not fall in a run of a few dozen steps", strict=m == "dino") for m in ("dino", "moco_v2")}
+# A known open problem (strict: a fix turns it into a failure to remove the mark). At this scale DINO's
+# loss first dips (student and teacher agree on the direction random features share), then climbs
+# above ln(out_dim) as the centre catches up, and settles at ln(out_dim): the teacher turns uniform.
+# It did so with every recipe tried (LARS/SGD/AdamW, lr 1e-4..0.6, momentum 0.9..0.996, out_dim
+# 32..2048, no local views, the centre started from the first batch) and over 160 steps.
+SLOW_START = {"dino": pytest.mark.xfail(reason="dino's loss settles at ln(out_dim) (uniform teacher) at this scale", strict=True)}
+# MoCo v2's key encoder is a slow moving average: its keys stay alike (chance level, ln(bank + 1))
+# for the first few dozen steps, so its loss falls over a longer run. Windows of 16 steps smooth the
+# noise of a 17-way contrast.
+EPOCHS = {"moco_v2": 40}
 
 
 def test_every_method_is_registered():
@@ -51,16 +56,18 @@ def digit_images(digits_root, tmp_path_factory):
 
 @pytest.mark.parametrize("method", [pytest.param(m, marks=SLOW_START[m]) if m in SLOW_START else m for m in SSL_METHODS])
 def test_method_trains_and_its_loss_goes_down(method, digit_images, tmp_path):
-    cfg = load_config("ssl_resnet18_small", pretrain_overrides(digit_images, method))
+    epochs = EPOCHS.get(method, 12)
+    cfg = load_config("ssl_resnet18_small", pretrain_overrides(digit_images, method, epochs))
     recorder = StepLosses()
     result = train(cfg, work_dir=tmp_path / "run", callbacks=[recorder])
     losses = recorder.losses
-    assert len(losses) == 48 and all(math.isfinite(v) for v in losses)
+    assert len(losses) == 4 * epochs and all(math.isfinite(v) for v in losses)
     package = load_package(result.package)
     assert result.package.name == "backbone.pt" and package.task == "pretrain"
     assert package.state_dict and all(not k.startswith(("backbone.", "head.")) for k in package.state_dict)
     # from step 1: MoCo v2's first step compares against a memory bank of random vectors, an easy start
-    first, last = sum(losses[1:9]) / 8, sum(losses[-8:]) / 8
+    window = 16 if epochs > 12 else 8
+    first, last = sum(losses[1 : 1 + window]) / window, sum(losses[-window:]) / window
     assert last < first, f"{method}: loss went from {first:.4f} to {last:.4f}: {[round(v, 3) for v in losses]}"
 
 

@@ -42,14 +42,14 @@ class OptikGroup(click.Group):
             if exc.filename is None:
                 raise
             fail(f"{exc.strerror or exc}: {exc.filename}")
-        except Exception as exc:
-            if type(exc).__name__ == "MisconfigurationException":  # Lightning's word on devices, strategy, precision
-                fail(" ".join(str(exc).split()))
-            raise
         except RuntimeError as exc:  # a worker process re-raises our errors as RuntimeError text
             last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
             if last.startswith("optik.errors."):
                 fail(last.split(": ", 1)[-1])
+            raise
+        except Exception as exc:
+            if type(exc).__name__ == "MisconfigurationException":  # Lightning's word on devices, strategy, precision
+                fail(" ".join(str(exc).split()))
             raise
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

@@ -64,8 +64,10 @@ def test_samples(package_config: dict, classes: list[str], data: str | Path | No
     return samples_from(images, classes), str(folder)
 
 
-def evaluate(model: str | Path, data: str | Path | None = None, split: str = "test", batch_size: int | None = None, device: str = "auto", precision: str = "32", mode: str = "auto") -> EvalResult:
-    """Predict every image of the split and compute the metrics (classification, or COCO mAP for detectors)."""
+def evaluate(model: str | Path, data: str | Path | None = None, split: str = "test", batch_size: int | None = None, device: str = "auto", precision: str = "32", mode: str = "auto",
+             with_curves: bool = False) -> EvalResult:
+    """Predict every image of the split and compute the metrics (classification, or COCO mAP for
+    detectors; `with_curves`: their precision-recall curves too, for plots)."""
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
     package = load_package(model)
@@ -74,7 +76,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
     if package.task == "detect":
         from optik.engine.evaluate_detect import evaluate_detector
 
-        return evaluate_detector(package, data, split, batch_size=batch_size or 8, device=device, precision=precision, mode=mode)
+        return evaluate_detector(package, data, split, batch_size=batch_size or 8, device=device, precision=precision, mode=mode, with_curves=with_curves)
     batch_size = batch_size or 32
     samples, origin = test_samples(package.config, package.classes, data, split)
     if not samples:

@@ -54,8 +54,9 @@ def detect_test_set(package, data: str | Path | None, split: str) -> DetectionSe
     return read_split(cfg.data.model_copy(update={"root": data}), source, names)
 
 
-def evaluate_detector(package, data, split: str, batch_size: int = 8, device: str = "auto", precision: str = "32", mode: str = "auto"):
-    """Detect objects in every image of the split; COCO metrics as `metrics`, precision-recall curves as `curves`."""
+def evaluate_detector(package, data, split: str, batch_size: int = 8, device: str = "auto", precision: str = "32", mode: str = "auto", with_curves: bool = False):
+    """Detect objects in every image of the split; COCO metrics as `metrics`, and with `with_curves`
+    the precision-recall curves as `curves` (a second COCO evaluation: for plots only)."""
     from optik.inference.detector import Detector
     from optik.tasks.detect import coco_metrics, detection_records
 
@@ -83,7 +84,7 @@ def evaluate_detector(package, data, split: str, batch_size: int = 8, device: st
     if has_masks(package.config["model"]["name"]):
         scored["segm"] = results
     metrics: dict = {iou_type: coco_metrics(truth, entries, iou_type) for iou_type, entries in scored.items()}
-    curves = {iou_type: precision_curves(truth, entries, iou_type) for iou_type, entries in scored.items()}
+    curves = {iou_type: precision_curves(truth, entries, iou_type) for iou_type, entries in scored.items()} if with_curves else {}
     metrics.update({"images": len(items), "objects": test_set.num_objects, "unreadable": len(failures), "data": test_set.origin, "split": split})
     return DetectionResult(metrics, package.classes, items, failures, curves)
 

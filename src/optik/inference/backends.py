@@ -36,13 +36,14 @@ COMPILE_MIN_IMAGES = 1000
 ONNX_MIN_IMAGES = 100
 
 
-def mode_for(images: int | None, device: torch.device | None = None, precision: str = "32") -> str:
+def mode_for(images: int | None, device: torch.device | None = None, precision: str = "32", allow_onnx: bool = True) -> str:
     """The fastest exact mode for a job of `images` images (None: unknown, no set-up cost wanted;
-    services pass COMPILE_MIN_IMAGES) on `device` (None: CPU) in `precision`."""
+    services pass COMPILE_MIN_IMAGES) on `device` (None: CPU) in `precision`; `allow_onnx` False
+    keeps to PyTorch (`--backend torch`)."""
     if images is None:
         return "fused"
     on_cpu = device is None or device.type == "cpu"
-    if on_cpu and precision == "32" and images >= ONNX_MIN_IMAGES and onnxruntime_available():
+    if allow_onnx and on_cpu and precision == "32" and images >= ONNX_MIN_IMAGES and onnxruntime_available():
         return "onnx"
     return "compiled" if images >= COMPILE_MIN_IMAGES else "fused"
 

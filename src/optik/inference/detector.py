@@ -180,7 +180,8 @@ def load_predictor(path, device: str = "auto", precision: str = "32", batch_size
     "torch" (PyTorch, with `mode`'s speed-ups), "onnxruntime" (a package is exported in memory and
     checked first; CPU, fp32), or "auto" (onnxruntime for an .onnx file, torch otherwise).
     """
-    from optik.inference.onnx import export_package, onnx_predictor
+    from optik.inference.backends import mode_for
+    from optik.inference.onnx import check_runtime_options, export_package, onnx_predictor
     from optik.models.package import load_package
 
     if backend not in BACKENDS:
@@ -188,15 +189,21 @@ def load_predictor(path, device: str = "auto", precision: str = "32", batch_size
     is_onnx = str(path).endswith(".onnx")
     if is_onnx and backend == "torch":
         raise ConfigError(f"{path} is an ONNX file: it runs with --backend onnxruntime; for the torch backend give the model.pt it was exported from")
-    if backend == "onnxruntime" and precision != "32":
-        raise ConfigError(f"the onnxruntime backend runs fp32; drop --precision {precision}, or use --backend torch")
+    if is_onnx or backend == "onnxruntime":
+        check_runtime_options(device, precision, mode)
     if is_onnx:
         return onnx_predictor(path, device=device, batch_size=batch_size)
     package = load_package(path)
     if package.task == "pretrain":
         raise ModelError(f"{path} is a pretrained backbone (no classes to predict); fine-tune it with model.weights in a classify config, or measure it with optik probe")
     if backend == "onnxruntime":
-        return onnx_predictor(export_package(package).data, device=device, batch_size=batch_size)
+        exported = export_package(package)
+        if exported.task == "detect" and not exported.compared:
+            log.warning("the in-memory ONNX export was checked on synthetic pictures in which the detector found no object; "
+                        "`optik export MODEL --check-images DIR` checks it on your own pictures")
+        return onnx_predictor(exported.data, device=device, batch_size=batch_size)
+    if backend == "torch" and mode == "auto":  # PyTorch only: not the onnx mode that auto picks on a CPU
+        mode = mode_for(expected_images, pick_device(device), precision, allow_onnx=False)
     if package.task == "detect":
         return Detector.from_package(package, device=device, precision=precision, batch_size=batch_size or 8, mode=mode, expected_images=expected_images)
     return Predictor.from_package(package, device=device, precision=precision, batch_size=batch_size or 32, mode=mode, expected_images=expected_images)

@@ -62,11 +62,11 @@ class OnnxDetector(nn.Module):
     """A detector's session called like a torchvision detector: a list of float (3, H, W) images in
     [0, 1], a list of {boxes, labels, scores[, masks]} back. One run per image (sizes differ).
 
-    With `resize` ({min_size, max_size, fixed_size} of the model's transform), images are resized
-    here, by torchvision's own function, and boxes scaled back to the image after the run. In the
-    graph the resize then has a scale of exactly 1. The graph's own resize computes the output size
-    in float32, which for some sizes gives a row or column fewer than PyTorch (320x400 at a
-    max_size of 320: 255 rows, not 256): different pixels, different objects.
+    With `resize` ({min_size, max_size, fixed_size} of the model's transform), the graph was
+    exported without its resize (see `export_detector`): images are resized here, by torchvision's
+    own function, and boxes scaled back to the image after the run. A resize inside the graph
+    computes its output size in float32, which for some sizes gives a row or column fewer than
+    PyTorch (320x400 at a max_size of 320: 255 rows, not 256): different pixels, different objects.
     """
 
     def __init__(self, model: bytes | str, resize: dict | None = None, threads: int | None = None):
@@ -117,14 +117,18 @@ def export_onnx(model: nn.Module, example: torch.Tensor, target=None, dynamic_ba
     return buffer.getvalue() if target is None else None
 
 
-def export_detector(model: nn.Module, example: torch.Tensor) -> bytes:
+def export_detector(model: nn.Module, example: torch.Tensor, resize_outside: bool = False) -> bytes:
     """A torchvision detector (eval) as ONNX bytes: input `image` (3, H, W) float in [0, 1] with
     H and W free; outputs named as the model's output dict, with a free object count.
 
-    torchvision writes its detectors for tracing (its resize and box code take the traced path), so
-    its TracerWarnings are expected here; outputs are checked by `export_package`.
+    `resize_outside`: the graph leaves the image at its size (the caller resizes, as
+    `OnnxDetector` does, and scales the boxes back). torchvision writes its detectors for tracing
+    (its resize and box code take the traced path), so its TracerWarnings are expected here;
+    outputs are checked by `export_package`.
     """
     model = copy.deepcopy(model).eval().cpu()
+    if resize_outside:
+        model.transform.resize = lambda image, target=None: (image, target)
     with torch.no_grad():
         names = list(model([example])[0].keys())
     buffer = io.BytesIO()
@@ -177,6 +181,17 @@ class OnnxExport:
     max_box_diff: float = 0.0  # pixels (detector)
 
 
+def check_runtime_options(device: str, precision: str, mode: str) -> None:
+    """onnxruntime runs the exported graph on the CPU in fp32: other choices are errors, found
+    before anything is exported."""
+    if device not in ("auto", "cpu"):
+        raise ConfigError(f"the onnxruntime backend runs on the CPU here; drop --device {device}, or use --backend torch with the model.pt")
+    if precision != "32":
+        raise ConfigError(f"the onnxruntime backend runs fp32; drop --precision {precision}, or use --backend torch with the model.pt")
+    if mode not in ("auto", "onnx"):
+        raise ConfigError(f"--optimize {mode} is for the torch backend; onnxruntime runs the exported graph as it is")
+
+
 def export_package(package, check_images: list[Image.Image] | None = None, dynamic_batch: bool = True) -> OnnxExport:
     """A classifier or detector package as ONNX bytes with its metadata, checked: raises ModelError
     when onnxruntime and PyTorch disagree (top-1 or labels differ, probabilities or scores beyond
@@ -190,7 +205,8 @@ def export_package(package, check_images: list[Image.Image] | None = None, dynam
     try:
         if package.task == "classify":
             return _export_classifier(model, package.preprocess, meta, dynamic_batch)
-        return _export_detector(model, package.preprocess, meta, check_images)
+        limits = {key: package.config["model"].get(key) for key in ("score_threshold", "detections_per_image")}
+        return _export_detector(model, package.preprocess, meta, check_images, limits)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - an operator without an ONNX form, a traced branch...
@@ -201,6 +217,7 @@ def export_package(package, check_images: list[Image.Image] | None = None, dynam
 def _export_classifier(model: nn.Module, preprocess: dict, meta: dict, dynamic_batch: bool, count: int = 16) -> OnnxExport:
     size = int(preprocess["image_size"])
     images = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(0))
+    meta = {**meta, "batch": None if dynamic_batch else count}
     data = with_metadata(export_onnx(model, images[:1] if dynamic_batch else images, dynamic_batch=dynamic_batch), meta)
     with torch.no_grad():
         expected = model(images).softmax(-1).numpy()
@@ -211,19 +228,19 @@ def _export_classifier(model: nn.Module, preprocess: dict, meta: dict, dynamic_b
     return OnnxExport(data, "classify", count, count, diff)
 
 
-def _export_detector(model: nn.Module, preprocess: dict, meta: dict, check_images: list[Image.Image] | None) -> OnnxExport:
+def _export_detector(model: nn.Module, preprocess: dict, meta: dict, check_images: list[Image.Image] | None, limits: dict) -> OnnxExport:
     size = int(preprocess.get("image_size") or 320)
     pictures = check_images or check_pictures(size)
     tensors = [torch.from_numpy(np.array(p.convert("RGB"))).permute(2, 0, 1).float().div(255) for p in pictures]
     meta = {**meta, "resize": resize_of(model)}
-    data = with_metadata(export_detector(model, tensors[0]), meta)
+    data = with_metadata(export_detector(model, tensors[0], resize_outside=meta["resize"] is not None), meta)
     runtime = OnnxDetector(data, resize=meta["resize"])
     compared, score_diff, box_diff = 0, 0.0, 0.0
     for tensor in tensors:
         with torch.no_grad():
             expected = model([tensor])[0]
         got = runtime([tensor])[0]
-        pairs, missing = match_detections(got, expected)
+        pairs, missing = match_detections(got, expected, floor=limits["score_threshold"] or 0.05, cap=limits["detections_per_image"] or 100)
         if missing:
             raise ModelError(f"the ONNX export does not match PyTorch: {missing} object(s) of one have no match in the other "
                              f"(same label, box within {BOX_TOLERANCE:g} px, score within {TOLERANCE:g})")
@@ -234,29 +251,37 @@ def _export_detector(model: nn.Module, preprocess: dict, meta: dict, check_image
     return OnnxExport(data, "detect", len(tensors), compared, score_diff, box_diff)
 
 
-def match_detections(got: dict, expected: dict, floor: float = 0.05) -> tuple[list[tuple[int, int]], int]:
+def match_detections(got: dict, expected: dict, floor: float = 0.05, cap: int = 100) -> tuple[list[tuple[int, int]], int]:
     """Pairs (got index, expected index) of the same label with boxes within BOX_TOLERANCE px and
-    scores within TOLERANCE, and how many objects found no partner.
+    scores within TOLERANCE, each object in at most one pair, and how many objects found no partner.
 
-    Only objects scoring clearly above `floor` (and above the lowest kept score, when a model
-    capped its count) must find a partner: a score on the edge may fall either side of it.
+    Only objects scoring clearly above `floor` (the model's score threshold) and, when the model
+    kept its maximum of `cap` objects, above the lowest kept score must find a partner: a score on
+    the edge may fall either side of it.
     """
     def must_match(output: dict) -> torch.Tensor:
         scores = output["scores"].float()
-        edge = max(floor, float(scores.min()) if len(scores) >= 100 else 0.0)
+        edge = max(floor, float(scores.min()) if len(scores) >= cap else 0.0)
         return scores > edge + TOLERANCE
 
     def near(a: dict, i: int, b: dict) -> torch.Tensor:
         return ((b["labels"] == a["labels"][i]) & ((b["boxes"].float() - a["boxes"][i].float()).abs().amax(dim=1) <= BOX_TOLERANCE)
                 & ((b["scores"].float() - a["scores"][i].float()).abs() <= TOLERANCE))
 
-    pairs, missing = [], 0
+    pairs, missing, taken = [], 0, set()
     for i in torch.nonzero(must_match(got)).flatten().tolist():
-        hits = torch.nonzero(near(got, i, expected)).flatten().tolist()
-        missing += not hits
-        pairs.extend((i, j) for j in hits[:1])
+        free = [j for j in torch.nonzero(near(got, i, expected)).flatten().tolist() if j not in taken]
+        missing += not free
+        if free:
+            pairs.append((i, free[0]))
+            taken.add(free[0])
+    used = {i for i, _ in pairs}
     for j in torch.nonzero(must_match(expected)).flatten().tolist():
-        missing += not bool(near(expected, j, got).any())
+        if j in taken:
+            continue
+        free = [i for i in torch.nonzero(near(expected, j, got)).flatten().tolist() if i not in used]
+        missing += not free
+        used.update(free[:1])
     return pairs, missing
 
 
@@ -309,13 +334,24 @@ def onnx_predictor(model: str | Path | bytes, device: str = "auto", batch_size: 
     from optik.inference.detector import Detector
     from optik.inference.predictor import Predictor
 
-    if device not in ("auto", "cpu"):
-        raise ConfigError(f"the onnxruntime backend runs on the CPU here; drop --device {device}, or use --backend torch with the model.pt")
+    check_runtime_options(device, "32", "auto")
     meta = read_metadata(model)
     source = model if isinstance(model, bytes) else str(model)
     if meta["task"] == "detect":
         predictor = Detector(OnnxDetector(source, resize=meta.get("resize")), meta["classes"], meta["preprocess"], device="cpu", batch_size=batch_size or 8, mode="eager", min_score=min_score)
     else:
-        predictor = Predictor(OnnxModel(source), meta["classes"], Preprocess.from_dict(meta["preprocess"]), device="cpu", batch_size=batch_size or 32, mode="eager")
+        predictor = Predictor(classifier_session(source, meta), meta["classes"], Preprocess.from_dict(meta["preprocess"]), device="cpu", batch_size=batch_size or 32,
+                              mode="eager")
     predictor.backend.mode = "onnxruntime"  # what logs and reports name (the torch-side mode is plain: the session does the work)
     return predictor
+
+
+def classifier_session(source: bytes | str, meta: dict) -> nn.Module:
+    """The classifier's session; one exported for a fixed batch (`--static-batch`) gets every batch
+    padded to that size."""
+    model = OnnxModel(source)
+    if meta.get("batch"):
+        from optik.inference.backends import PaddedBatches
+
+        return PaddedBatches(model, int(meta["batch"]))
+    return model

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from optik.data.decode import open_image
 from optik.data.folder import find_images
-from optik.errors import DataError
+from optik.errors import ConfigError, DataError
 from optik.files import write_atomic
 from optik.inference.onnx import OnnxExport, export_package
 
@@ -30,6 +30,8 @@ def export_model(source: str | Path, out: str | Path | None = None, dynamic_batc
     from optik.models.package import load_package
 
     package = load_package(source)
+    if check_images is not None and package.task != "detect":
+        raise ConfigError("--check-images is for detectors; a classifier's export is checked on 16 generated inputs, logit by logit")
     pictures = read_check_images(Path(check_images), limit) if check_images is not None else None
     result = export_package(package, check_images=pictures, dynamic_batch=dynamic_batch)
     out = Path(out) if out is not None else Path(source).with_suffix(".onnx")

@@ -80,10 +80,11 @@ def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
         bundle.transform = load_transform(job.transform)
     id_map, labels = _id_map(job, bundle)
     mine = _my_share(job, files, rank, world)
-    device = _rank_device(job.device, rank, world)
-    mode = runtime_mode(job, bundle)
+    on_onnxruntime = runs_onnxruntime(job, bundle)
+    device = torch.device("cpu") if on_onnxruntime else _rank_device(job.device, rank, world)
+    mode = runtime_mode(job, bundle, on_onnxruntime, len(mine) * world, device)
     backend = TorchBackend(bundle.model, device=str(device), precision=job.precision, mode=mode, batch_size=job.batch_size, expected_images=len(mine) * world,
-                           fallback=mode != "onnx" or job.backend != "onnxruntime")
+                           fallback=not on_onnxruntime)
     part = job.out.with_name(f"{job.out.name}.part-{rank}")
     report = BatchReport(skipped=len(files[rank::world]) - len(mine))
     workers = job.workers if job.workers is not None else default_workers(device)
@@ -110,21 +111,32 @@ def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
     return report
 
 
-def runtime_mode(job: BatchJob, bundle) -> str:
-    """The TorchBackend mode for the job: an exported .onnx runs as it is; `--backend onnxruntime`
-    exports any other MODEL in memory (checked on the first batch; an error if that fails)."""
-    from optik.inference.onnx import OnnxModel
+def runs_onnxruntime(job: BatchJob, bundle) -> bool:
+    """Whether onnxruntime runs the job (an exported .onnx, or `--backend onnxruntime`); the options
+    it cannot honour are errors here, before the run."""
+    from optik.inference.onnx import OnnxModel, check_runtime_options
 
     exported = isinstance(bundle.model, OnnxModel)
     if exported and job.backend == "torch":
         raise ConfigError(f"{job.model} is an ONNX file: it runs with --backend onnxruntime; for the torch backend give the model.pt it was exported from")
-    if (exported or job.backend == "onnxruntime") and job.optimize not in ("auto", "onnx"):
-        raise ConfigError(f"--optimize {job.optimize} is for the torch backend; onnxruntime runs the exported graph as it is")
-    if job.backend == "onnxruntime" and job.precision != "32":
-        raise ConfigError(f"the onnxruntime backend runs fp32; drop --precision {job.precision}, or use --backend torch")
-    if exported:
-        return "eager"  # the session is the model
-    return "onnx" if job.backend == "onnxruntime" else job.optimize
+    if exported or job.backend == "onnxruntime":
+        check_runtime_options(job.device, job.precision, job.optimize)
+        return True
+    return False
+
+
+def runtime_mode(job: BatchJob, bundle, on_onnxruntime: bool, images: int, device: torch.device) -> str:
+    """The TorchBackend mode: an exported .onnx runs as it is; `--backend onnxruntime` exports any
+    other MODEL in memory (checked on the first batch; an error if that fails); `--backend torch`
+    keeps `auto` to PyTorch's own modes."""
+    from optik.inference.backends import mode_for
+    from optik.inference.onnx import OnnxModel
+
+    if on_onnxruntime:
+        return "eager" if isinstance(bundle.model, OnnxModel) else "onnx"  # eager: the session is the model
+    if job.backend == "torch" and job.optimize == "auto":
+        return mode_for(images, device, job.precision, allow_onnx=False)
+    return job.optimize
 
 
 def _my_share(job: BatchJob, files: list, rank: int, world: int) -> list:

@@ -167,10 +167,10 @@ def plot_curves(log: RunLog, folder: Path) -> list[Path]:
 def plot_class_ap(result: DetectionResult, iou_type: str, folder: Path) -> Path:
     """per_class_ap[_segm].png: AP@[.5:.95] and AP@.5 of every class, side by side."""
     plt = pyplot()
-    classes = result.classes
-    ap = [result.metrics[iou_type]["per_class"].get(name, 0.0) for name in classes]
     curves = result.curves[iou_type]["per_class"]
-    ap50 = [float(np.mean(curves[name]["iou50"])) if name in curves else 0.0 for name in classes]
+    classes = [name for name in result.classes if name in curves]  # a class with no objects in the data has no AP
+    ap = [result.metrics[iou_type]["per_class"].get(name, 0.0) for name in classes]
+    ap50 = [float(np.mean(curves[name]["iou50"])) for name in classes]
     positions = np.arange(len(classes))
     fig, ax = plt.subplots(figsize=(min(24, 3 + 0.5 * len(classes)), 4.5))
     ax.bar(positions - 0.2, ap, width=0.4, label="AP@[.5:.95]")
@@ -221,7 +221,7 @@ def evaluate_run(work_dir: Path) -> EvalResult | None:
     if not model.is_file():
         return None
     try:
-        return evaluate(model, split="test")
+        return evaluate(model, split="test", with_curves=True)
     except DataError as exc:
         raise DataError(f"cannot evaluate {model}: {exc}; pass --no-eval to plot the curves only") from exc
 
