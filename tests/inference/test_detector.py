@@ -54,6 +54,17 @@ def test_detections_are_in_the_image_coordinates(detector_package, tmp_path):
         assert np.all(np.diff(result.scores) <= 1e-6), "highest score first"
 
 
+def test_an_image_gets_the_same_objects_alone_or_in_a_mixed_batch(detector_package, tmp_path):
+    """torchvision pads a batch to its largest image; grouped by size, a small image is not padded by a big one's size."""
+    images = [noise_image(tmp_path / f"m{i}.png", *size, seed=i) for i, size in enumerate([(300, 120), (90, 200), (300, 120), (64, 64)])]
+    together = load_predictor(detector_package, device="cpu", mode="eager", batch_size=4).predict(images)
+    alone = load_predictor(detector_package, device="cpu", mode="eager", batch_size=1).predict(images)
+    for x, y in zip(together, alone):
+        assert len(x) == len(y) > 0 and np.array_equal(x.labels, y.labels)
+        np.testing.assert_allclose(x.boxes, y.boxes, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(x.scores, y.scores, rtol=1e-5, atol=1e-6)
+
+
 def test_fused_equals_eager(detector_package, tmp_path):
     images = [noise_image(tmp_path / f"{i}.png", 128, 96, seed=i) for i in range(3)]
     fused = load_predictor(detector_package, device="cpu", mode="fused")

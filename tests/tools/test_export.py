@@ -103,10 +103,9 @@ def test_exported_detector_predicts_like_pytorch(shapes_detector, shapes_images,
     assert done.returncode == 0, done.stderr
     assert "onnxruntime matches PyTorch on 8 images" in done.stdout, done.stdout  # --check-images reads up to 8
     runs = {}
-    # one image per forward pass: torchvision pads a batch to its largest image, so a detector's
-    # objects near an edge depend on the other images of its batch; onnxruntime runs one at a time
+    # the default batches (8 images of 5 sizes): PyTorch runs each size apart, onnxruntime one image at a time
     for name, model in (("torch", shapes_detector), ("onnx", out)):
-        run = optik("predict", model, shapes_images, "--out-dir", tmp_path / name, "--batch-size", "1")
+        run = optik("predict", model, shapes_images, "--out-dir", tmp_path / name)
         assert run.returncode == 0, run.stderr
         runs[name] = {p.name: json.loads(p.read_text()) for p in sorted((tmp_path / name).glob("*.json"))}
     assert len(runs["onnx"]) == len(runs["torch"]) == 9
@@ -117,7 +116,7 @@ def test_exported_detector_predicts_like_pytorch(shapes_detector, shapes_images,
 @pytest.mark.parametrize("service", ["poll", "redis"])
 def test_services_run_a_model_pt_with_backend_onnxruntime(service, shapes_detector, shapes_images, tmp_path, optik, redis_server):
     """The package is exported in memory (and checked) at start-up; answers equal the torch backend's."""
-    expected = optik("predict", shapes_detector, shapes_images, "--out-dir", tmp_path / "torch", "--backend", "torch", "--batch-size", "1")
+    expected = optik("predict", shapes_detector, shapes_images, "--out-dir", tmp_path / "torch", "--backend", "torch")
     assert expected.returncode == 0, expected.stderr
     pictures = sorted(shapes_images.glob("*.png"))
     if service == "poll":

@@ -139,8 +139,20 @@ class Detector(Predictor):
         return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
     def predict_tensors(self, images: list[torch.Tensor]) -> list[dict]:
-        """Raw torchvision outputs (boxes, labels 1-based, scores, masks) for uint8 images."""
-        return self.backend(images)
+        """Raw torchvision outputs (boxes, labels 1-based, scores, masks) for uint8 images.
+
+        Images of one size run together, each size apart: torchvision pads a batch to its largest
+        image, which would make an object near an image's edge depend on the other images of the
+        batch. Grouped, an image gets the same objects alone or in any batch.
+        """
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images):
+            groups.setdefault(tuple(image.shape), []).append(index)
+        outputs: list[dict | None] = [None] * len(images)
+        for indices in groups.values():
+            for index, output in zip(indices, self.backend([images[i] for i in indices])):
+                outputs[index] = output
+        return outputs
 
     def _run_batch(self, loaded: list[tuple[str, torch.Tensor | str]]) -> list[Result]:
         good = [tensor for _, tensor in loaded if isinstance(tensor, torch.Tensor)]
