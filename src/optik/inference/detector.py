@@ -193,16 +193,13 @@ def load_predictor(path, device: str = "auto", precision: str = "32", batch_size
     checked first; CPU, fp32), or "auto" (onnxruntime for an .onnx file, torch otherwise).
     """
     from optik.inference.backends import mode_for
-    from optik.inference.onnx import check_runtime_options, export_package, onnx_predictor
+    from optik.inference.onnx import export_package, onnx_predictor, uses_onnxruntime
     from optik.models.package import load_package
 
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     is_onnx = str(path).endswith(".onnx")
-    if is_onnx and backend == "torch":
-        raise ConfigError(f"{path} is an ONNX file: it runs with --backend onnxruntime; for the torch backend give the model.pt it was exported from")
-    if is_onnx or backend == "onnxruntime":
-        check_runtime_options(device, precision, mode)
+    uses_onnxruntime(path, is_onnx, backend, device, precision, mode)
     if is_onnx:
         return onnx_predictor(path, device=device, batch_size=batch_size)
     package = load_package(path)

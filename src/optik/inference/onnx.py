@@ -181,6 +181,17 @@ class OnnxExport:
     max_box_diff: float = 0.0  # pixels (detector)
 
 
+def uses_onnxruntime(model: str | Path, exported: bool, backend: str, device: str, precision: str, mode: str) -> bool:
+    """Whether onnxruntime runs `model` (an exported file, or `--backend onnxruntime`); the options
+    it cannot honour are errors here, before anything is loaded or exported."""
+    if exported and backend == "torch":
+        raise ConfigError(f"{model} is an ONNX file: it runs with --backend onnxruntime; for the torch backend give the model.pt it was exported from")
+    if not exported and backend != "onnxruntime":
+        return False
+    check_runtime_options(device, precision, mode)
+    return True
+
+
 def check_runtime_options(device: str, precision: str, mode: str) -> None:
     """onnxruntime runs the exported graph on the CPU in fp32: other choices are errors, found
     before anything is exported."""

@@ -114,15 +114,9 @@ def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
 def runs_onnxruntime(job: BatchJob, bundle) -> bool:
     """Whether onnxruntime runs the job (an exported .onnx, or `--backend onnxruntime`); the options
     it cannot honour are errors here, before the run."""
-    from optik.inference.onnx import OnnxModel, check_runtime_options
+    from optik.inference.onnx import OnnxModel, uses_onnxruntime
 
-    exported = isinstance(bundle.model, OnnxModel)
-    if exported and job.backend == "torch":
-        raise ConfigError(f"{job.model} is an ONNX file: it runs with --backend onnxruntime; for the torch backend give the model.pt it was exported from")
-    if exported or job.backend == "onnxruntime":
-        check_runtime_options(job.device, job.precision, job.optimize)
-        return True
-    return False
+    return uses_onnxruntime(job.model, isinstance(bundle.model, OnnxModel), job.backend, job.device, job.precision, job.optimize)
 
 
 def runtime_mode(job: BatchJob, bundle, on_onnxruntime: bool, images: int, device: torch.device) -> str:
