@@ -70,3 +70,10 @@ def test_two_processes_equal_one_on_the_combined_batch(runs):
     assert len(losses(one)) == 3
     assert losses(two) == pytest.approx(losses(one), rel=1e-4)
     assert losses(two)[-1] < 0.5 * losses(two)[0]
+
+
+def test_sync_batchnorm_is_refused_on_the_cpu(colour_set, tmp_path, optik):
+    run = optik("train", "resnet18_small", "--work-dir", tmp_path / "run", "--set", f"data.root={colour_set}", "--set", "train.accelerator=cpu",
+                "--set", "train.sync_batchnorm=true")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "train.sync_batchnorm needs GPUs" in run.stderr and not (tmp_path / "run" / "model.pt").exists()

@@ -107,7 +107,12 @@ def build_callbacks(cfg: ClassifyConfig, ckpt_dir: Path) -> list[L.Callback]:
 
 
 def build_trainer(cfg: ClassifyConfig, work_dir: Path, extra_callbacks=(), resumed_epoch: int = 0) -> L.Trainer:
+    import torch
+
     t = cfg.train
+    if t.sync_batchnorm and (t.accelerator == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("train.sync_batchnorm needs GPUs: torch's SyncBatchNorm does not run on the CPU. Leave it false there "
+                          "(each process then normalises over its own images)")
     logs = work_dir / "logs"
     return L.Trainer(
         default_root_dir=work_dir,
@@ -117,6 +122,7 @@ def build_trainer(cfg: ClassifyConfig, work_dir: Path, extra_callbacks=(), resum
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
+        sync_batchnorm=t.sync_batchnorm,
         precision=t.precision,
         deterministic=t.deterministic,
         accumulate_grad_batches=t.accumulate_grad_batches,

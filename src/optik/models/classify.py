@@ -56,7 +56,10 @@ def build_plugin(spec: str, num_classes: int | None) -> nn.Module:
     return model
 
 
-def build_timm(name: str, num_classes: int, image_size: int, pretrained: bool, drop_rate: float, drop_path_rate: float) -> nn.Module:
+def build_timm(name: str, num_classes: int, image_size: int, pretrained: bool, drop_rate: float, drop_path_rate: float,
+               any_size: bool = False) -> nn.Module:
+    """A timm model; `any_size`: a transformer also takes inputs of other sizes than `image_size` (its position
+    embedding is interpolated), as the small crops of multi-crop pretraining need."""
     import timm
 
     if not timm.is_model(name):
@@ -65,13 +68,15 @@ def build_timm(name: str, num_classes: int, image_size: int, pretrained: bool, d
     kwargs = dict(pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
+    # transformers take the input size at build time (some also any size); CNNs have neither argument
+    sizes = ([{"img_size": image_size, "dynamic_img_size": True}] if any_size else []) + [{"img_size": image_size}, {}]
     try:
-        try:  # transformers take the input size at build time; CNNs do not have the argument
-            return timm.create_model(name, img_size=image_size, **kwargs)
-        except TypeError as exc:
-            if "img_size" not in str(exc):
-                raise
-            return timm.create_model(name, **kwargs)
+        for size in sizes:
+            try:
+                return timm.create_model(name, **size, **kwargs)
+            except TypeError as exc:
+                if not size or "img_size" not in str(exc):
+                    raise
     except (OSError, RuntimeError, ValueError) as exc:
         if not pretrained:
             raise ModelError(f"building {name} failed: {exc}") from exc

@@ -4,9 +4,11 @@ momentum updates and multi-view transforms.
 Each method is an `nn.Module` with the backbone as `.backbone` (what `backbone.pt` exports) and
 `loss(views, epoch, progress)`: the training loss of one batch of views, where `progress` (0 to 1)
 drives the momentum schedule. Methods that keep a momentum copy update it in `step_momentum`;
-DINO freezes its last layer's gradients in `after_backward`. Under DDP, SimCLR, MoCo v3 and Barlow
-Twins gather across processes (negatives from the whole global batch) and SwaV its Sinkhorn step;
-MoCo v2's memory bank stays per process (lightly's bank is not gathered).
+DINO freezes its last layer's gradients in `after_backward`. Under DDP, SimCLR and MoCo v3 gather
+negatives from every process, SwaV runs its Sinkhorn step over the whole batch, Barlow Twins
+normalises and correlates over it, and DINO's centre is the whole batch's mean: N processes compute
+what one process does on the combined batch (tests/models/test_ssl_distributed.py). MoCo v2's
+memory bank stays per process (lightly's bank is not gathered).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def build_backbone(model_cfg, image_size: int = 224) -> nn.Module:
     """The timm backbone without its classifier (pooled features, `num_features` wide)."""
     from optik.models.classify import build_timm
 
-    backbone = build_timm(model_cfg.name, 0, image_size, model_cfg.pretrained, 0.0, 0.0)
+    backbone = build_timm(model_cfg.name, 0, image_size, model_cfg.pretrained, 0.0, 0.0, any_size=True)
     if model_cfg.weights is not None:
         from optik.models.weights import load_weights
 
@@ -191,18 +193,57 @@ class SwaV(SSLMethod):
         return self.criterion(outputs[:2], outputs[2:])
 
 
+def distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def batch_sum(x: torch.Tensor) -> torch.Tensor:
+    """`x` summed over every process, with gradients back to each process's share (`x` in one process)."""
+    if not distributed():
+        return x
+    from torch.distributed import nn as dist_nn
+
+    return dist_nn.all_reduce(x)
+
+
+def batch_size(z: torch.Tensor) -> torch.Tensor:
+    """The number of rows of `z` over every process."""
+    count = torch.tensor(float(len(z)), device=z.device)
+    if distributed():
+        import torch.distributed as dist
+
+        dist.all_reduce(count)
+    return count
+
+
+def batch_normalise(z: torch.Tensor) -> torch.Tensor:
+    """Each feature to mean 0 and variance 1 over the whole batch, across processes (the paper's
+    SyncBatchNorm), so N processes of n images compute what one process of N x n does."""
+    n = batch_size(z)
+    mean = batch_sum(z.sum(0)) / n
+    var = batch_sum((z - mean).pow(2).sum(0)) / n
+    return (z - mean) / torch.sqrt(var + 1e-5)
+
+
 class BarlowTwins(SSLMethod):
+    """Barlow Twins: the cross-correlation of the two views' normalised projections is pushed to the
+    identity. lightly's loss sums the matrix over processes but normalises each process's share by
+    its own statistics; here the statistics are the whole batch's (in one process it is lightly's loss)."""
+
     def __init__(self, backbone, cfg, out_dim, temperature):
-        from lightly.loss import BarlowTwinsLoss
         from lightly.models.modules import BarlowTwinsProjectionHead
 
         super().__init__(backbone, cfg)
         self.head = BarlowTwinsProjectionHead(self.dim, cfg.hidden_dim, out_dim)
-        self.criterion = BarlowTwinsLoss(lambda_param=cfg.lambda_param, gather_distributed=True)
 
     def loss(self, views, epoch, progress):
-        z0, z1 = (self.head(self.backbone(v)) for v in views[:2])
-        return self.criterion(z0, z1)
+        z0, z1 = (batch_normalise(self.head(self.backbone(v))) for v in views[:2])
+        c = batch_sum(z0.T @ z1) / batch_size(z0)
+        on_diagonal = (torch.diagonal(c) - 1).pow(2).sum()
+        off_diagonal = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
+        return on_diagonal + self.cfg.lambda_param * off_diagonal
 
 
 class DINO(SSLMethod):
@@ -216,16 +257,18 @@ class DINO(SSLMethod):
         from lightly.models.modules import DINOProjectionHead
 
         super().__init__(backbone, cfg)
-        bottleneck = cfg.bottleneck_dim
+        # batch norm in the head: lightly's ResNet recipe; the paper's ViTs have none
+        batch_norm = cfg.head_batch_norm if cfg.head_batch_norm is not None else not hasattr(backbone, "patch_embed")
+        head = dict(input_dim=self.dim, hidden_dim=cfg.hidden_dim, bottleneck_dim=cfg.bottleneck_dim, output_dim=out_dim, batch_norm=batch_norm)
         with warnings.catch_warnings():  # lightly's head uses torch's older weight_norm, which warns of its deprecation
             warnings.simplefilter("ignore", FutureWarning)
-            self.head = DINOProjectionHead(self.dim, cfg.hidden_dim, bottleneck, out_dim, freeze_last_layer=cfg.freeze_last_layer_epochs)
-            self.teacher_head = DINOProjectionHead(self.dim, cfg.hidden_dim, bottleneck, out_dim)  # weight norm cannot be deep-copied
+            self.head = DINOProjectionHead(**head, freeze_last_layer=cfg.freeze_last_layer_epochs)
+            self.teacher_head = DINOProjectionHead(**head)  # weight norm cannot be deep-copied
         self.teacher_backbone = frozen_copy(self.backbone)
         self.teacher_head.load_state_dict(self.head.state_dict())
         self.teacher_head.requires_grad_(False)
         self.criterion = DINOLoss(output_dim=out_dim, warmup_teacher_temp=min(0.04, cfg.teacher_temp), teacher_temp=cfg.teacher_temp,
-                                  warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs)
+                                  warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs, center_momentum=cfg.center_momentum)
 
     def loss(self, views, epoch, progress):
         with torch.no_grad():
