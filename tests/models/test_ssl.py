@@ -116,3 +116,18 @@ def test_a_transformer_backbone_takes_the_small_crops(method):
     loss = method.loss(views, epoch=0, progress=0.0)
     loss.backward()
     assert math.isfinite(loss.item()) and method.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_swav_keeps_its_step_count_when_resumed(digit_images, tmp_path):
+    """`ssl.freeze_prototypes_steps` counts training steps; a resumed run goes on counting, not from 0."""
+    def config(epochs):
+        return load_config("ssl_resnet18_small", pretrain_overrides(digit_images, "swav", epochs) + ["ssl.freeze_prototypes_steps=6"])
+
+    train(config(1), work_dir=tmp_path / "run")
+    first = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    train(config(3), work_dir=tmp_path / "run", resume="last")
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert int(first["model.steps_done"]) == 4 and int(last["model.steps_done"]) == 12
+    # frozen for the first 6 steps (4 before the resume, 2 after), trained in the other 6
+    key = next(k for k in first if k.startswith("model.prototypes.") and k.endswith("weight"))
+    assert not torch.equal(first[key], last[key])

@@ -184,12 +184,14 @@ class SwaV(SSLMethod):
         for layer in self.prototypes.heads:  # prototypes are unit vectors (the paper's); an offset would grow unchecked, and exp() overflow
             layer.register_parameter("bias", None)
         self.criterion = SwaVLoss(temperature=temperature, sinkhorn_gather_distributed=True)
-        self._step = 0
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # in checkpoints: a resumed run keeps its count
 
     def loss(self, views, epoch, progress):
         self.prototypes.normalize()
-        outputs = [self.prototypes(nn.functional.normalize(self.head(self.backbone(v)), dim=1), self._step) for v in views]
-        self._step += 1
+        step = int(self.steps_done)
+        outputs = [self.prototypes(nn.functional.normalize(self.head(self.backbone(v)), dim=1), step) for v in views]
+        if self.training:
+            self.steps_done += 1
         return self.criterion(outputs[:2], outputs[2:])
 
 
