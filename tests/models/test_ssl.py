@@ -89,13 +89,13 @@ def test_barlow_twins_loss_is_lightlys_in_one_process():
     torch.testing.assert_close(method.loss([z0, z1], 0, 0.0), expected)
 
 
-def test_dino_head_has_batch_norm_for_convolutional_backbones_only():
+def test_dino_head_has_batch_norm_when_the_backbone_has():
     """lightly's ResNet recipe normalises the head's hidden layers (without, DINO's teacher turns uniform on
     small sets); the paper's ViTs have none. `ssl.head_batch_norm` overrides either."""
     from optik.models.ssl import build_backbone, build_ssl
 
     def norms(name, *extra):
-        cfg = load_config("ssl_resnet18_small", ["data.root=.", "data.image_size=32", "ssl.method=dino", "ssl.hidden_dim=32", "ssl.out_dim=64",
+        cfg = load_config("ssl_resnet18_small", ["data.root=.", "data.image_size=32", "ssl.method=dino", "ssl.hidden_dim=32", "ssl.out_dim=64", "ssl.views.local_size=16",
                                                  f"model.name={name}", *extra])
         method = build_ssl(cfg, build_backbone(cfg.model, 32))
         return sum(isinstance(m, torch.nn.BatchNorm1d) for m in method.head.modules())
@@ -131,3 +131,15 @@ def test_swav_keeps_its_step_count_when_resumed(digit_images, tmp_path):
     # frozen for the first 6 steps (4 before the resume, 2 after), trained in the other 6
     key = next(k for k in first if k.startswith("model.prototypes.") and k.endswith("weight"))
     assert not torch.equal(first[key], last[key])
+
+
+def test_a_transformer_of_one_size_is_refused_for_multi_crop_before_training():
+    from optik.errors import ConfigError
+    from optik.models.ssl import build_backbone, build_ssl
+
+    cfg = load_config("ssl_resnet18_small", ["data.root=.", "data.image_size=32", "ssl.method=dino", "ssl.hidden_dim=32", "ssl.out_dim=64",
+                                             "model.name=cait_xxs24_224", "ssl.views.local_size=16"])
+    with pytest.raises(ConfigError, match=r"small crops \(6 of 16 px\) do not go through cait_xxs24_224.*ssl.views.local_views=0"):
+        build_ssl(cfg, build_backbone(cfg.model, 32))
+    without = cfg.model_copy(update={"ssl": cfg.ssl.model_copy(update={"views": cfg.ssl.views.model_copy(update={"local_views": 0})})})
+    assert build_ssl(without, build_backbone(cfg.model, 32)).backbone.patch_embed.img_size == (32, 32)

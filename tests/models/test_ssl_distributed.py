@@ -2,7 +2,6 @@
 cross-correlation, DINO's centre) see it across processes, and `optik train` pretrains under torchrun."""
 
 import csv
-import json
 import math
 import shutil
 import subprocess
@@ -12,79 +11,85 @@ from pathlib import Path
 import pytest
 import torch
 
-# One step of a method on 16 fixed inputs, split over the processes of torchrun (1 or 2). Eval mode:
+METHODS = ("simclr", "moco_v3", "swav", "barlow_twins", "dino")
+
+# One step of each method on 16 fixed inputs, split over the processes of torchrun (1 or 2). Eval mode:
 # batch norm uses its running statistics, so what differs between 1 and 2 processes is only what the
 # method itself shares across them.
 STEP = '''
-import json, sys
+import sys
 import torch, torch.distributed as dist
 from optik.config.load import load_config
 from optik.models.ssl import build_backbone, build_ssl
 
-method, out = sys.argv[1], sys.argv[2]
+out, methods = sys.argv[1], sys.argv[2:]
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
-torch.manual_seed(0)
-cfg = load_config("ssl_resnet18_small", ["data.root=.", "data.image_size=16", f"ssl.method={method}", "ssl.hidden_dim=64", "ssl.out_dim=32",
-                                         "ssl.prototypes=16", "ssl.views.local_views=2", "ssl.views.local_size=8"])
-model = build_ssl(cfg, build_backbone(cfg.model, 16)).eval()
-generator = torch.Generator().manual_seed(1)
-views = [torch.randn(16, 3, s, s, generator=generator) for s in (16, 16, 8, 8)]
 share = 16 // world
-loss = model.loss([v[rank * share:(rank + 1) * share] for v in views], epoch=0, progress=0.0)
-loss.backward()
-grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-for value in (loss.detach(), grad):  # what DDP and the logged loss (sync_dist) do: the mean over processes
-    dist.all_reduce(value)
-    value /= world
-centre = getattr(getattr(model, "criterion", None), "center", None)
+results = {}
+for method in methods:
+    torch.manual_seed(0)
+    cfg = load_config("ssl_resnet18_small", ["data.root=.", "data.image_size=16", f"ssl.method={method}", "ssl.hidden_dim=64", "ssl.out_dim=32",
+                                             "ssl.prototypes=16", "ssl.views.local_views=2", "ssl.views.local_size=8"])
+    model = build_ssl(cfg, build_backbone(cfg.model, 16)).eval()
+    generator = torch.Generator().manual_seed(1)
+    views = [torch.randn(16, 3, s, s, generator=generator) for s in (16, 16, 8, 8)]
+    loss = model.loss([v[rank * share:(rank + 1) * share] for v in views], epoch=0, progress=0.0)
+    loss.backward()
+    # the heads' gradients and the stem's, which the gradient reaches through every layer of the backbone
+    grad = torch.cat([p.grad.flatten() for name, p in model.named_parameters()
+                      if p.grad is not None and (not name.startswith("backbone.") or name == "backbone.conv1.weight")])
+    for value in (loss.detach(), grad):  # what DDP and the logged loss (sync_dist) do: the mean over processes
+        dist.all_reduce(value)
+        value /= world
+    centre = getattr(getattr(model, "criterion", None), "center", None)
+    results[method] = {"loss": float(loss), "grad": grad, "centre": centre}
 if rank == 0:
-    json.dump({"loss": float(loss), "grad": grad.tolist(), "centre": None if centre is None else centre.flatten().tolist()}, open(out, "w"))
+    torch.save(results, out)
 dist.destroy_process_group()
 '''
 
 
 def torchrun(processes: int, *args: str) -> subprocess.CompletedProcess:
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *args],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return run
 
 
+def steps(script: Path, processes: int, methods=METHODS) -> dict:
+    out = script.with_suffix(f".{processes}.pt")
+    torchrun(processes, str(script), str(out), *methods)
+    return torch.load(out, weights_only=False)
+
+
 @pytest.fixture(scope="module")
-def step_script(tmp_path_factory) -> Path:
+def one_and_two(tmp_path_factory):
+    """Every method's step in one process and in two."""
     script = tmp_path_factory.mktemp("ssl_ddp") / "step.py"
     script.write_text(STEP)
-    return script
+    return steps(script, 1), steps(script, 2)
 
 
-def one_step(script: Path, method: str, processes: int) -> dict:
-    out = script.parent / f"{script.stem}_{method}_{processes}.json"
-    if not out.exists():  # the module's tests share their runs
-        torchrun(processes, str(script), method, str(out))
-    return json.loads(out.read_text())
-
-
-@pytest.mark.parametrize("method", ["simclr", "moco_v3", "swav", "barlow_twins", "dino"])
-def test_two_processes_see_the_whole_batch(method, step_script):
-    one, two = one_step(step_script, method, 1), one_step(step_script, method, 2)
+@pytest.mark.parametrize("method", METHODS)
+def test_two_processes_see_the_whole_batch(method, one_and_two):
+    one, two = (runs[method] for runs in one_and_two)
     # the loss (and DINO's centre) of 2 x 8 inputs is that of one process on all 16
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5, abs=1e-6)
     if method == "dino":
-        torch.testing.assert_close(torch.tensor(two["centre"]), torch.tensor(one["centre"]), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(two["centre"], one["centre"], rtol=1e-5, atol=1e-7)
     # and so is the averaged gradient, which DDP applies on every process
-    # (11 M values summed in another order: compared as a whole, relative to the gradient's size)
-    grad_one, grad_two = torch.tensor(one["grad"], dtype=torch.float64), torch.tensor(two["grad"], dtype=torch.float64)
-    error = float((grad_two - grad_one).norm() / grad_one.norm())
+    # (many values summed in another order: compared as a whole, relative to the gradient's size)
+    error = float((two["grad"].double() - one["grad"].double()).norm() / one["grad"].double().norm())
     assert error < 1e-5, f"{method}: gradients differ by {error:.2e} of their norm"
 
 
-def test_negatives_come_from_other_processes(step_script):
-    """The check above can tell: contrasting only the local half gives a different loss."""
-    one, two = one_step(step_script, "simclr", 1), one_step(step_script, "simclr", 2)
-    half = step_script.parent / "half.py"
+def test_negatives_come_from_other_processes(one_and_two, tmp_path):
+    """The check above can tell: contrasting only a process's own half gives another loss."""
+    one, two = (runs["simclr"] for runs in one_and_two)
+    half = tmp_path / "half.py"
     half.write_text(STEP.replace("share = 16 // world", "share = 8").replace("rank * share:(rank + 1) * share", ":share"))
-    alone = one_step(half, "simclr", 1)
+    alone = steps(half, 1, ["simclr"])["simclr"]
     assert abs(alone["loss"] - one["loss"]) > 100 * abs(two["loss"] - one["loss"])
 
 

@@ -110,6 +110,16 @@ class BaseTrainConfig(Section):
             raise ValueError(f"unknown optimizer {value!r}; choose one of {', '.join(OPTIMIZERS)}")
         return value.lower()
 
+    @model_validator(mode="after")
+    def _sync_batchnorm_on_gpus(self):
+        if self.sync_batchnorm and self.accelerator == "cpu":
+            raise ValueError(SYNC_BATCHNORM_ON_CPU)
+        return self
+
+
+SYNC_BATCHNORM_ON_CPU = ("train.sync_batchnorm needs GPUs: torch's SyncBatchNorm does not run on the CPU. Leave it false there "
+                         "(each process then normalises over its own images)")
+
 
 class TrainConfig(BaseTrainConfig):
     """Classification training: adds label smoothing, mixup/cutmix and the accuracy monitors."""
@@ -257,7 +267,7 @@ class SSLConfig(Section):
     teacher_temp: float = Field(0.02, gt=0, description="dino: teacher temperature after warm-up (paper: 0.04; 0.02 sharpens more, against a uniform teacher on small sets)")
     warmup_teacher_temp_epochs: int = Field(0, ge=0, description="dino: epochs the teacher temperature rises from 0.04 (or teacher_temp, if lower)")
     center_momentum: float = Field(0.99, ge=0, lt=1, description="dino: moving average of the teacher's centre (paper: 0.9 on ImageNet; 0.99 on small sets, where 0.9 turns the teacher uniform)")
-    head_batch_norm: bool | None = Field(None, description="dino: batch norm in the head's hidden layers (default: on for convolutional backbones, off for transformers)")
+    head_batch_norm: bool | None = Field(None, description="dino: batch norm in the head's hidden layers (default: on when the backbone has batch norm, as ResNets; off otherwise, as ViTs)")
     freeze_last_layer_epochs: int = Field(1, ge=0, description="dino: epochs the last head layer is frozen")
     lambda_param: float = Field(5e-3, gt=0, description="barlow_twins: weight of the redundancy term")
     views: ViewsConfig = Field(default_factory=ViewsConfig)

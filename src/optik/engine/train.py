@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from optik.config.load import config_to_dict, dump_config
-from optik.config.schema import ClassifyConfig, DetectConfig, PretrainConfig
+from optik.config.schema import SYNC_BATCHNORM_ON_CPU, ClassifyConfig, DetectConfig, PretrainConfig
 from optik.data.loaders import build_classify_data, make_loader
 from optik.data.transforms import Preprocess
 from optik.engine.callbacks import AtomicCheckpointIO, EpochLog, EpochReseed, LastCheckpoint, ProcessReport, RunCSVLogger
@@ -63,8 +64,6 @@ def absolute_plugin(model_cfg):
 
 def inspect_checkpoint(path: Path) -> tuple[int, list[str]]:
     """Epochs completed and class names of an optik training checkpoint (tensors not loaded)."""
-    import torch
-
     try:
         content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
@@ -107,12 +106,7 @@ def build_callbacks(cfg: ClassifyConfig, ckpt_dir: Path) -> list[L.Callback]:
 
 
 def build_trainer(cfg: ClassifyConfig, work_dir: Path, extra_callbacks=(), resumed_epoch: int = 0) -> L.Trainer:
-    import torch
-
     t = cfg.train
-    if t.sync_batchnorm and (t.accelerator == "cpu" or not torch.cuda.is_available()):
-        raise ConfigError("train.sync_batchnorm needs GPUs: torch's SyncBatchNorm does not run on the CPU. Leave it false there "
-                          "(each process then normalises over its own images)")
     logs = work_dir / "logs"
     return L.Trainer(
         default_root_dir=work_dir,
@@ -148,6 +142,8 @@ def train(cfg: ClassifyConfig, work_dir: str | Path | None = None, resume: str |
         callbacks: extra Lightning callbacks (hook points for user extensions).
     """
     quiet_lightning()
+    if cfg.train.sync_batchnorm and not torch.cuda.is_available():  # train.accelerator=cpu is refused when the config is read
+        raise ConfigError(SYNC_BATCHNORM_ON_CPU)
     work_dir = Path(work_dir or cfg.work_dir or default_work_dir(cfg))
     cfg = cfg.model_copy(update={"work_dir": work_dir, "model": absolute_plugin(cfg.model)})
     ckpt = resolve_resume(resume, work_dir)

@@ -69,14 +69,16 @@ def build_timm(name: str, num_classes: int, image_size: int, pretrained: bool, d
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
     # transformers take the input size at build time (some also any size); CNNs have neither argument
-    sizes = ([{"img_size": image_size, "dynamic_img_size": True}] if any_size else []) + [{"img_size": image_size}, {}]
+    size = {"img_size": image_size, **({"dynamic_img_size": True} if any_size else {})}
     try:
-        for size in sizes:
+        while True:
             try:
                 return timm.create_model(name, **size, **kwargs)
-            except TypeError as exc:
-                if not size or "img_size" not in str(exc):
+            except TypeError as exc:  # "... got an unexpected keyword argument 'dynamic_img_size'": build without it
+                refused = [key for key in size if f"'{key}'" in str(exc)]
+                if not refused:
                     raise
+                del size[refused[0]]
     except (OSError, RuntimeError, ValueError) as exc:
         if not pretrained:
             raise ModelError(f"building {name} failed: {exc}") from exc

@@ -1,5 +1,6 @@
 """Self-supervised methods over a timm backbone, assembled from lightly's heads, losses, memory banks,
-momentum updates and multi-view transforms.
+momentum updates and multi-view transforms. One loss is written here: Barlow Twins, because lightly's
+normalises each process's share of the batch by its own statistics under DDP.
 
 Each method is an `nn.Module` with the backbone as `.backbone` (what `backbone.pt` exports) and
 `loss(views, epoch, progress)`: the training loss of one batch of views, where `progress` (0 to 1)
@@ -195,35 +196,26 @@ class SwaV(SSLMethod):
         return self.criterion(outputs[:2], outputs[2:])
 
 
-def distributed() -> bool:
+def world_size() -> int:
+    """How many processes train together (1 outside DDP)."""
     import torch.distributed as dist
 
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def batch_sum(x: torch.Tensor) -> torch.Tensor:
     """`x` summed over every process, with gradients back to each process's share (`x` in one process)."""
-    if not distributed():
+    if world_size() == 1:
         return x
     from torch.distributed import nn as dist_nn
 
     return dist_nn.all_reduce(x)
 
 
-def batch_size(z: torch.Tensor) -> torch.Tensor:
-    """The number of rows of `z` over every process."""
-    count = torch.tensor(float(len(z)), device=z.device)
-    if distributed():
-        import torch.distributed as dist
-
-        dist.all_reduce(count)
-    return count
-
-
 def batch_normalise(z: torch.Tensor) -> torch.Tensor:
     """Each feature to mean 0 and variance 1 over the whole batch, across processes (the paper's
     SyncBatchNorm), so N processes of n images compute what one process of N x n does."""
-    n = batch_size(z)
+    n = len(z) * world_size()  # every process has a full batch (drop_last, and the sampler evens the shares)
     mean = batch_sum(z.sum(0)) / n
     var = batch_sum((z - mean).pow(2).sum(0)) / n
     return (z - mean) / torch.sqrt(var + 1e-5)
@@ -242,7 +234,7 @@ class BarlowTwins(SSLMethod):
 
     def loss(self, views, epoch, progress):
         z0, z1 = (batch_normalise(self.head(self.backbone(v))) for v in views[:2])
-        c = batch_sum(z0.T @ z1) / batch_size(z0)
+        c = batch_sum(z0.T @ z1) / (len(z0) * world_size())
         on_diagonal = (torch.diagonal(c) - 1).pow(2).sum()
         off_diagonal = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
         return on_diagonal + self.cfg.lambda_param * off_diagonal
@@ -259,8 +251,10 @@ class DINO(SSLMethod):
         from lightly.models.modules import DINOProjectionHead
 
         super().__init__(backbone, cfg)
-        # batch norm in the head: lightly's ResNet recipe; the paper's ViTs have none
-        batch_norm = cfg.head_batch_norm if cfg.head_batch_norm is not None else not hasattr(backbone, "patch_embed")
+        # batch norm in the head when the backbone has it (ResNets: lightly's recipe); the paper's ViTs have none
+        batch_norm = cfg.head_batch_norm
+        if batch_norm is None:
+            batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
         head = dict(input_dim=self.dim, hidden_dim=cfg.hidden_dim, bottleneck_dim=cfg.bottleneck_dim, output_dim=out_dim, batch_norm=batch_norm)
         with warnings.catch_warnings():  # lightly's head uses torch's older weight_norm, which warns of its deprecation
             warnings.simplefilter("ignore", FutureWarning)
@@ -291,6 +285,7 @@ METHODS: dict[str, type[SSLMethod]] = {"simclr": SimCLR, "moco_v2": MoCoV2, "moc
 
 def build_ssl(cfg, backbone: nn.Module) -> SSLMethod:
     """The method `cfg.ssl.method` around `backbone`."""
+    check_small_crops(cfg, backbone)
     ssl = cfg.ssl
     out_dim = ssl.out_dim or OUT_DIMS[ssl.method]
     temperature = ssl.temperature or TEMPERATURES.get(ssl.method, 0.5)
@@ -307,6 +302,33 @@ def backbone_package(package):
     return ModelPackage("pretrain", package.config, [], package.preprocess, state)
 
 
+def local_crops(cfg) -> tuple[int, int]:
+    """swav/dino: how many small crops, and their size (default 6 of 3/7 the image size)."""
+    views = cfg.ssl.views
+    return (6 if views.local_views is None else views.local_views), views.local_size or max(8, round(cfg.data.image_size * 3 / 7))
+
+
+def check_small_crops(cfg, backbone: nn.Module) -> None:
+    """Multi-crop feeds the backbone crops smaller than `data.image_size`. Transformers whose timm model
+    cannot take another size (no dynamic_img_size) would fail at the first step; say so before training."""
+    count, size = local_crops(cfg)
+    if cfg.ssl.method not in ("swav", "dino") or not count:
+        return
+    training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            backbone(torch.zeros(1, 3, size, size))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        from optik.errors import ConfigError
+
+        raise ConfigError(f"{cfg.ssl.method}'s small crops ({count} of {size} px) do not go through {cfg.model.name} "
+                          f"({str(exc).splitlines()[0]}). Set ssl.views.local_views=0, a larger ssl.views.local_size, or a backbone "
+                          "that takes any size (most convolutional networks; ViT, DeiT, EVA or Swin transformers)") from None
+    finally:
+        backbone.train(training)
+
+
 def view_transform(cfg):
     """lightly's multi-view transform of the method, with the config's augmentation choices."""
     from lightly.transforms import (BYOLTransform, BYOLView1Transform, BYOLView2Transform, DINOTransform, MoCoV2Transform,
@@ -319,8 +341,7 @@ def view_transform(cfg):
                          ("color_jitter", "cj_prob"), ("jitter_strength", "cj_strength"), ("grayscale", "random_gray_scale")):
         if getattr(views, ours) is not None:
             common[theirs] = getattr(views, ours)
-    local_views = 6 if views.local_views is None else views.local_views
-    local_size = views.local_size or max(8, round(size * 3 / 7))
+    local_views, local_size = local_crops(cfg)
     blur = {} if views.blur is None else {"gaussian_blur": views.blur}
     scale = {} if views.min_scale is None else {"min_scale": views.min_scale}
     if method == "simclr":
