@@ -323,7 +323,7 @@ def check_small_crops(cfg, backbone: nn.Module) -> None:
         from optik.errors import ConfigError
 
         raise ConfigError(f"{cfg.ssl.method}'s small crops ({count} of {size} px) do not go through {cfg.model.name} "
-                          f"({str(exc).splitlines()[0]}). Set ssl.views.local_views=0, a larger ssl.views.local_size, or a backbone "
+                          f"({str(exc).splitlines()[0].rstrip('.')}). Set ssl.views.local_views=0, a larger ssl.views.local_size, or a backbone "
                           "that takes any size (most convolutional networks; ViT, DeiT, EVA or Swin transformers)") from None
     finally:
         backbone.train(training)
