@@ -72,6 +72,14 @@ def run_optik(*args: str, cwd: Path | None = None, env: dict | None = None, time
     return subprocess.run([sys.executable, "-m", "optik.cli", *map(str, args)], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def run_torchrun(processes: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --standalone` with `processes` workers (gloo on the CPU); it must succeed."""
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *map(str, args)],
+                         capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
 @pytest.fixture
 def optik():
     return run_optik

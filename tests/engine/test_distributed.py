@@ -1,14 +1,12 @@
 """`optik train` under torchrun: two CPU processes (gloo) train as one process on the combined batch."""
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import make_colour_set
+from conftest import make_colour_set, run_optik, run_torchrun
 
 NET = '''
 import torch.nn as nn
@@ -38,13 +36,10 @@ def runs(tmp_path_factory):
     root = make_colour_set(tmp / "data", per_class=8, splits=("train", "val"))
     net = tmp / "net.py"
     net.write_text(NET)
-    one = subprocess.run([sys.executable, "-m", "optik.cli", "train", "resnet18_small", "--work-dir", str(tmp / "one"), *settings(root, net, 24)],
-                         capture_output=True, text=True, timeout=300)
+    one = run_optik("train", "resnet18_small", "--work-dir", tmp / "one", *settings(root, net, 24), timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "optik.cli", "train", "resnet18_small",
-                          "--work-dir", str(tmp / "two"), *settings(root, net, 12), "--set", "train.devices=2", "--set", "train.strategy=ddp"],
-                         capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    two = run_torchrun(2, "-m", "optik.cli", "train", "resnet18_small", "--work-dir", tmp / "two", *settings(root, net, 12),
+                       "--set", "train.devices=2", "--set", "train.strategy=ddp", timeout=300)
     return tmp / "one", tmp / "two", two.stdout
 
 

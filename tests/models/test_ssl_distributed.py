@@ -4,12 +4,12 @@ cross-correlation, DINO's centre) see it across processes, and `optik train` pre
 import csv
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import run_torchrun
 
 METHODS = ("simclr", "moco_v3", "swav", "barlow_twins", "dino")
 
@@ -50,16 +50,9 @@ dist.destroy_process_group()
 '''
 
 
-def torchrun(processes: int, *args: str) -> subprocess.CompletedProcess:
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *args],
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return run
-
-
 def steps(script: Path, processes: int, methods=METHODS) -> dict:
     out = script.with_suffix(f".{processes}.pt")
-    torchrun(processes, str(script), str(out), *methods)
+    run_torchrun(processes, script, out, *methods)
     return torch.load(out, weights_only=False)
 
 
@@ -101,7 +94,7 @@ def test_optik_train_pretrains_under_torchrun(digits_root, tmp_path):
     values = [f"data.root={images}", "data.image_size=16", "data.batch_size=8", "data.num_workers=0", "ssl.method=simclr", "ssl.hidden_dim=64",
               "ssl.out_dim=32", "ssl.views.hflip=0", "train.epochs=2", "train.log_every_n_steps=1", "train.accelerator=cpu", "train.devices=2",
               "train.strategy=ddp"]
-    run = torchrun(2, "-m", "optik.cli", "train", "ssl_resnet18_small", "--work-dir", str(tmp_path / "run"), *[a for v in values for a in ("--set", v)])
+    run = run_torchrun(2, "-m", "optik.cli", "train", "ssl_resnet18_small", "--work-dir", str(tmp_path / "run"), *[a for v in values for a in ("--set", v)])
     # 32 images over 2 processes in batches of 8: 2 steps an epoch each
     assert "process 0 of 2 (node 0, gloo on cpu): 2 batches per epoch" in run.stdout
     assert "process 1 of 2 (node 0, gloo on cpu): 2 batches per epoch" in run.stdout

@@ -110,16 +110,6 @@ class BaseTrainConfig(Section):
             raise ValueError(f"unknown optimizer {value!r}; choose one of {', '.join(OPTIMIZERS)}")
         return value.lower()
 
-    @model_validator(mode="after")
-    def _sync_batchnorm_on_gpus(self):
-        if self.sync_batchnorm and self.accelerator == "cpu":
-            raise ValueError(SYNC_BATCHNORM_ON_CPU)
-        return self
-
-
-SYNC_BATCHNORM_ON_CPU = ("train.sync_batchnorm needs GPUs: torch's SyncBatchNorm does not run on the CPU. Leave it false there "
-                         "(each process then normalises over its own images)")
-
 
 class TrainConfig(BaseTrainConfig):
     """Classification training: adds label smoothing, mixup/cutmix and the accuracy monitors."""

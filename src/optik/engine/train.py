@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from optik.config.load import config_to_dict, dump_config
-from optik.config.schema import SYNC_BATCHNORM_ON_CPU, ClassifyConfig, DetectConfig, PretrainConfig
+from optik.config.schema import ClassifyConfig, DetectConfig, PretrainConfig
 from optik.data.loaders import build_classify_data, make_loader
 from optik.data.transforms import Preprocess
 from optik.engine.callbacks import AtomicCheckpointIO, EpochLog, EpochReseed, LastCheckpoint, ProcessReport, RunCSVLogger
@@ -142,8 +142,9 @@ def train(cfg: ClassifyConfig, work_dir: str | Path | None = None, resume: str |
         callbacks: extra Lightning callbacks (hook points for user extensions).
     """
     quiet_lightning()
-    if cfg.train.sync_batchnorm and not torch.cuda.is_available():  # train.accelerator=cpu is refused when the config is read
-        raise ConfigError(SYNC_BATCHNORM_ON_CPU)
+    if cfg.train.sync_batchnorm and (cfg.train.accelerator == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("train.sync_batchnorm needs GPUs: torch's SyncBatchNorm does not run on the CPU. Leave it false there "
+                          "(each process then normalises over its own images)")
     work_dir = Path(work_dir or cfg.work_dir or default_work_dir(cfg))
     cfg = cfg.model_copy(update={"work_dir": work_dir, "model": absolute_plugin(cfg.model)})
     ckpt = resolve_resume(resume, work_dir)
