@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_run
 
-.PHONY: install test test-fast demo demo-detect bench redis-server clean
+.PHONY: install test test-fast lint format demo demo-detect bench redis-server clean
 
 install: $(STAMP)
 
@@ -34,10 +34,21 @@ OPEX_REFERENCE := $(VENV)/opex-reference/opex/__init__.py
 $(OPEX_REFERENCE):
 	$(PY) -m pip install --quiet --target $(VENV)/opex-reference opex
 
-test: install redis-server $(OPEX_REFERENCE)
+# The layer contracts of DESIGN §4 (pyproject.toml [tool.importlinter]) and ruff: a broken contract,
+# a lint error or an unformatted file fails the build before any test runs.
+lint: install
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint redis-server $(OPEX_REFERENCE)
 	$(PY) -m pytest -q -ra
 
-test-fast: install redis-server $(OPEX_REFERENCE)
+test-fast: lint redis-server $(OPEX_REFERENCE)
 	$(PY) -m pytest -q -m "not slow"
 
 demo: install

@@ -37,8 +37,14 @@ PLUGIN = Path(__file__).resolve().parent / "resnet50_plugin.py"
 class ReferenceImages(Dataset):
     def __init__(self, files):
         self.files = files
-        self.transform = transforms.Compose([transforms.Resize(224), transforms.CenterCrop(224), transforms.ToTensor(),
-                                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+        self.transform = transforms.Compose(
+            [
+                transforms.Resize(224),
+                transforms.CenterCrop(224),
+                transforms.ToTensor(),
+                transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            ]
+        )
 
     def __len__(self):
         return len(self.files)
@@ -62,10 +68,21 @@ def reference(model, files, batch_size: int, workers: int) -> tuple[float, float
     return (len(files) - first[0]) / (total - first[1]), len(files) / total, top1
 
 
-def ours(folder: Path, weights: Path, out: Path, batch_size: int, precision: str, optimize: str) -> tuple[float, float, dict[str, int]]:
+def ours(
+    folder: Path, weights: Path, out: Path, batch_size: int, precision: str, optimize: str
+) -> tuple[float, float, dict[str, int]]:
     from optik.tools.objectnet import BatchJob, batch_predict
 
-    job = BatchJob(folder, out, model_class=f"{PLUGIN}:build", checkpoint=str(weights), batch_size=batch_size, device="cpu", precision=precision, optimize=optimize)
+    job = BatchJob(
+        folder,
+        out,
+        model_class=f"{PLUGIN}:build",
+        checkpoint=str(weights),
+        batch_size=batch_size,
+        device="cpu",
+        precision=precision,
+        optimize=optimize,
+    )
     report = batch_predict(job, progress=False)
     with open(out, newline="") as fh:
         top1 = {row[0]: int(row[1]) for row in csv.reader(fh)}
@@ -77,7 +94,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="the reference's loader workers (its default: every CPU); optik uses its own default")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count(),
+        help="the reference's loader workers (its default: every CPU); optik uses its own default",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="optik-batch-bench-"))
     folder = work / "images"
@@ -87,12 +109,20 @@ def main() -> None:
     files = sorted(folder.glob("*.jpg"))
     model = calibrated_resnet50(photo_batch(128, 224))
     torch.save(model.state_dict(), work / "resnet50.pth")
-    print(f"resnet50 (random init, batch-norm statistics from photos), {args.images} JPEGs 640x480, batch {args.batch_size}, reference loader workers {args.workers}, torch {torch.__version__}")
-    configs = {"reference (PIL, DataLoader, eager fp32 NCHW)": None, "optik default fp32 (auto: onnx on a CPU)": ("32", "auto"),
-               "optik fused fp32 (no set-up)": ("32", "fused"), "optik compiled fp32": ("32", "compiled"),
-               "optik compiled bf16": ("bf16", "compiled")}
+    print(
+        f"resnet50 (random init, batch-norm statistics from photos), {args.images} JPEGs 640x480, batch {args.batch_size}, reference loader workers {args.workers}, torch {torch.__version__}"
+    )
+    configs = {
+        "reference (PIL, DataLoader, eager fp32 NCHW)": None,
+        "optik default fp32 (auto: onnx on a CPU)": ("32", "auto"),
+        "optik fused fp32 (no set-up)": ("32", "fused"),
+        "optik compiled fp32": ("32", "compiled"),
+        "optik compiled bf16": ("bf16", "compiled"),
+    }
     best: dict[str, tuple[float, float, dict]] = {}
-    for _ in range(args.rounds):  # rounds alternate the pipelines, so background load hits all alike; the best round counts
+    for _ in range(
+        args.rounds
+    ):  # rounds alternate the pipelines, so background load hits all alike; the best round counts
         for name, config in configs.items():
             if config is None:
                 result = reference(model, files, args.batch_size, args.workers)
@@ -103,7 +133,9 @@ def main() -> None:
     ref_rate, _, ref_top1 = best[next(iter(configs))]
     for name, (rate, total, top1) in best.items():
         same = sum(top1[n] == ref_top1[n] for n in ref_top1)
-        print(f"{name:45s} {rate:6.1f} images/s steady, {total:6.1f} over the run   {rate / ref_rate:.2f}x   top-1 same as reference: {same}/{len(ref_top1)}")
+        print(
+            f"{name:45s} {rate:6.1f} images/s steady, {total:6.1f} over the run   {rate / ref_rate:.2f}x   top-1 same as reference: {same}/{len(ref_top1)}"
+        )
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -49,15 +49,18 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, read_image
+from train_throughput import (
+    EpochClock,  # the same epoch timer as the classification benchmark (benchmarks/ is on sys.path)
+)
 
 from optik.config import load_config
 from optik.config.load import config_to_dict
 from optik.engine.train import train
-from train_throughput import EpochClock  # the same epoch timer as the classification benchmark (benchmarks/ is on sys.path)
 from optik.inference.detector import Detector
 from optik.models.detect import build_detector
-from optik.models.package import ModelPackage, load_package, save_package
-from optik.tasks.common import lr_schedule
+from optik.models.package import ModelPackage, save_package
+from optik.tasks.loading import load_predictor
+from optik.tasks.training.base import lr_schedule
 from optik.tools.shapes import SHAPES, write_shapes_set
 
 BOX_TOLERANCE = 1e-3  # fp32: boxes may differ by this share of the image's largest coordinate
@@ -66,16 +69,37 @@ BOX_TOLERANCE = 1e-3  # fp32: boxes may differ by this share of the image's larg
 def describe_device(device: str) -> str:
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(torch.device(device))} (cuda)"
-    name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    name = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return f"{name}, {torch.get_num_threads()} torch threads (cpu)"
 
 
 def detect_config(args, root: Path, device: str):
     backbone = [f"model.backbone={args.backbone}"] if args.backbone else []
-    return load_config(None, ["task=detect", f"data.root={root}", f"model.name={args.model}", *backbone, f"data.image_size={args.image_size}",
-                              f"data.batch_size={args.batch_size}", f"data.num_workers={args.workers}", f"train.epochs={args.epochs}",
-                              "train.validation=false", "data.augment.hflip=0", "train.keep_checkpoints=1",
-                              f"train.accelerator={'gpu' if device.startswith('cuda') else 'cpu'}", "train.devices=1"])
+    return load_config(
+        None,
+        [
+            "task=detect",
+            f"data.root={root}",
+            f"model.name={args.model}",
+            *backbone,
+            f"data.image_size={args.image_size}",
+            f"data.batch_size={args.batch_size}",
+            f"data.num_workers={args.workers}",
+            f"train.epochs={args.epochs}",
+            "train.validation=false",
+            "data.augment.hflip=0",
+            "train.keep_checkpoints=1",
+            f"train.accelerator={'gpu' if device.startswith('cuda') else 'cpu'}",
+            "train.devices=1",
+        ],
+    )
 
 
 def calibrate_batch_norm(model: torch.nn.Module, paths: list[Path], batch: int) -> None:
@@ -104,7 +128,12 @@ def model_package(cfg, path: Path, paths: list[Path]) -> Path:
     torch.manual_seed(0)
     model = build_detector(cfg.model, cfg.data, len(SHAPES))
     calibrate_batch_norm(model, paths, cfg.data.batch_size)
-    preprocess = {"task": "detect", "image_size": cfg.data.image_size, "mean": list(cfg.data.mean), "std": list(cfg.data.std)}
+    preprocess = {
+        "task": "detect",
+        "image_size": cfg.data.image_size,
+        "mean": list(cfg.data.mean),
+        "std": list(cfg.data.std),
+    }
     return save_package(ModelPackage("detect", config_to_dict(cfg), list(SHAPES), preprocess, model.state_dict()), path)
 
 
@@ -157,11 +186,11 @@ def agreement(results: list, outputs: list[dict]) -> tuple[int, int, float]:
 def compare_inference(args, cfg, paths: list[Path], work: Path, device: str) -> None:
     package = model_package(cfg, work / "model.pt", paths)
     started = time.perf_counter()
-    detector = Detector.from_package(load_package(package), device=device, batch_size=args.batch_size)
+    detector = load_predictor(package, device=device, batch_size=args.batch_size, backend="torch", mode="fused")
     detector.warmup()  # as `optik predict` and the services do: the fused-vs-eager check runs here, on a noise image
     setup = time.perf_counter() - started
     # the same, but the check sees real images (the first batch), to show what the fused mode gives when it is chosen
-    checked = Detector.from_package(load_package(package), device=device, batch_size=args.batch_size)
+    checked = load_predictor(package, device=device, batch_size=args.batch_size, backend="torch", mode="fused")
     checked.predict_tensors([checked.load(p) for p in paths[: args.batch_size]])
     reference = plain_detector(cfg, package, device)
     plain_predict(reference, paths[: args.batch_size], args.batch_size, device)
@@ -176,16 +205,27 @@ def compare_inference(args, cfg, paths: list[Path], work: Path, device: str) -> 
         speeds["checked"].append(speed)
     counts = [len(o["boxes"]) for o in outputs]
 
-    print(f"\ninference: {cfg.model.name}{' + ' + cfg.model.backbone if cfg.model.backbone else ''} at {args.image_size} px, {len(paths)} images, "
-          f"batch {args.batch_size}, fp32, best of {args.rounds} rounds; {min(counts)}-{max(counts)} detections per image")
+    print(
+        f"\ninference: {cfg.model.name}{' + ' + cfg.model.backbone if cfg.model.backbone else ''} at {args.image_size} px, {len(paths)} images, "
+        f"batch {args.batch_size}, fp32, best of {args.rounds} rounds; {min(counts)}-{max(counts)} detections per image"
+    )
     print(f"{'method':44s} {'images/s':>9s} {'ratio':>6s}   {'per round':20s} {'mode':>6s}  same detections as plain")
-    rows = (("plain torchvision loop (reference)", "plain", "eager", None), ("optik Detector.predict_stream", "ours", detector.backend.mode, results),
-            ("  fused check on a real batch, not noise", "checked", checked.backend.mode, checked_results))
+    rows = (
+        ("plain torchvision loop (reference)", "plain", "eager", None),
+        ("optik Detector.predict_stream", "ours", detector.backend.mode, results),
+        ("  fused check on a real batch, not noise", "checked", checked.backend.mode, checked_results),
+    )
     for label, key, mode, found in rows:
         same = "" if found is None else "{}/{} images, max diff {:.0e}".format(*agreement(found, outputs))
-        print(f"{label:44s} {max(speeds[key]):9.2f} {max(speeds[key]) / max(speeds['plain']):6.3f}   {', '.join(f'{v:.2f}' for v in speeds[key]):20s} {mode:>6s}  {same}")
-    print(f"same detections: count, labels and every box within {BOX_TOLERANCE:g} of the image's largest coordinate; optik set-up (load, warm-up, check) {setup:.1f}s")
-    print(f"inference optik / plain: {max(speeds['ours']) / max(speeds['plain']):.3f}  (>1: optik faster; backend mode {detector.backend.mode})")
+        print(
+            f"{label:44s} {max(speeds[key]):9.2f} {max(speeds[key]) / max(speeds['plain']):6.3f}   {', '.join(f'{v:.2f}' for v in speeds[key]):20s} {mode:>6s}  {same}"
+        )
+    print(
+        f"same detections: count, labels and every box within {BOX_TOLERANCE:g} of the image's largest coordinate; optik set-up (load, warm-up, check) {setup:.1f}s"
+    )
+    print(
+        f"inference optik / plain: {max(speeds['ours']) / max(speeds['plain']):.3f}  (>1: optik faster; backend mode {detector.backend.mode})"
+    )
 
 
 # ---------------------------------------------------------------- training
@@ -201,8 +241,14 @@ class CocoBoxes(Dataset):
             x, y, w, h = ann["bbox"]
             boxes[ann["image_id"]].append([x, y, x + w, y + h])
             labels[ann["image_id"]].append(ann["category_id"])  # ids 1..K: torchvision's labels, 0 is the background
-        self.items = [(folder / image["file_name"], torch.tensor(boxes[image["id"]], dtype=torch.float32).reshape(-1, 4),
-                       torch.tensor(labels[image["id"]], dtype=torch.int64)) for image in doc["images"]]
+        self.items = [
+            (
+                folder / image["file_name"],
+                torch.tensor(boxes[image["id"]], dtype=torch.float32).reshape(-1, 4),
+                torch.tensor(labels[image["id"]], dtype=torch.int64),
+            )
+            for image in doc["images"]
+        ]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -230,11 +276,20 @@ def plain_train(cfg, root: Path, out: Path, device: str) -> tuple[float, float]:
     torch.manual_seed(cfg.train.seed)
     dataset = CocoBoxes(root / "train")
     size = cfg.data.batch_size
-    loader = DataLoader(dataset, batch_size=size, shuffle=True, num_workers=cfg.data.num_workers, collate_fn=collate, drop_last=len(dataset) > size)
+    loader = DataLoader(
+        dataset,
+        batch_size=size,
+        shuffle=True,
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate,
+        drop_last=len(dataset) > size,
+    )
     model = build_detector(cfg.model, cfg.data, len(SHAPES)).to(device).train()
     optimizer = sgd(model, cfg.train)
     epochs = cfg.train.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg.train, total_steps=epochs * len(loader), steps_per_epoch=len(loader)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule(cfg.train, total_steps=epochs * len(loader), steps_per_epoch=len(loader))
+    )
     marks, seen, losses = [], 0, []
     for epoch in range(epochs):
         marks.append(time.perf_counter())
@@ -251,7 +306,9 @@ def plain_train(cfg, root: Path, out: Path, device: str) -> tuple[float, float]:
             scheduler.step()
             seen += len(images)
             losses.append(loss.item())  # optik logs the loss every step too
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}, out / "plain.ckpt")
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}, out / "plain.ckpt"
+        )
     marks.append(time.perf_counter())
     return seen * (epochs - 1) / (marks[-1] - marks[1]), sum(losses) / len(losses)
 
@@ -273,24 +330,42 @@ def compare_training(args, cfg, root: Path, work: Path, device: str) -> None:
         speed, losses["optik"] = optik_train(cfg, work / f"optik-{index}")
         ours.append(speed)
     images = len(CocoBoxes(root / "train"))
-    print(f"\ntraining: {cfg.model.name}{' + ' + cfg.model.backbone if cfg.model.backbone else ''} at {args.image_size} px, {images} images, "
-          f"batch {args.batch_size}, {args.epochs} epochs (the last {args.epochs - 1} timed), {args.workers} loader workers, "
-          f"{cfg.train.optimizer} lr {cfg.train.lr}, fp32, best of {args.rounds} rounds")
+    print(
+        f"\ntraining: {cfg.model.name}{' + ' + cfg.model.backbone if cfg.model.backbone else ''} at {args.image_size} px, {images} images, "
+        f"batch {args.batch_size}, {args.epochs} epochs (the last {args.epochs - 1} timed), {args.workers} loader workers, "
+        f"{cfg.train.optimizer} lr {cfg.train.lr}, fp32, best of {args.rounds} rounds"
+    )
     print(f"{'method':40s} {'images/s':>9s}   per round")
     print(f"{'plain PyTorch loop (reference)':40s} {max(plain):9.2f}   {', '.join(f'{v:.2f}' for v in plain)}")
     print(f"{'optik train (Lightning)':40s} {max(ours):9.2f}   {', '.join(f'{v:.2f}' for v in ours)}")
-    print(f"same work: last-epoch mean loss plain {losses['plain']:.3f}, optik {losses['optik']:.3f} (same initial weights, data and schedule; "
-          "the shuffles differ, so close, not equal)")
+    print(
+        f"same work: last-epoch mean loss plain {losses['plain']:.3f}, optik {losses['optik']:.3f} (same initial weights, data and schedule; "
+        "the shuffles differ, so close, not equal)"
+    )
     print(f"training optik / plain: {max(ours) / max(plain):.3f}  (>1: optik faster)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="fasterrcnn_mobilenet_v3_large_fpn", help="torchvision detector builder name")
-    parser.add_argument("--backbone", default=None, type=lambda v: None if v.lower() == "none" else v, help="timm backbone (with an FPN), or none")
-    parser.add_argument("--image-size", type=int, default=320, help="shapes are drawn at this size, and the detector resizes to it")
+    parser.add_argument(
+        "--model", default="fasterrcnn_mobilenet_v3_large_fpn", help="torchvision detector builder name"
+    )
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        type=lambda v: None if v.lower() == "none" else v,
+        help="timm backbone (with an FPN), or none",
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=320, help="shapes are drawn at this size, and the detector resizes to it"
+    )
     parser.add_argument("--images", type=int, default=16, help="images predicted")
-    parser.add_argument("--train-images", type=int, default=12, help="training images (an epoch is this many, less a last partial batch)")
+    parser.add_argument(
+        "--train-images",
+        type=int,
+        default=12,
+        help="training images (an epoch is this many, less a last partial batch)",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=3, help="training epochs (the first is not timed)")
     parser.add_argument("--workers", type=int, default=2, help="training DataLoader workers, both sides")
@@ -303,18 +378,24 @@ def main() -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"device: {describe_device(device)}; torch {torch.__version__}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(
+        f"device: {describe_device(device)}; torch {torch.__version__}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    )
     with tempfile.TemporaryDirectory(prefix="optik-bench-detect-") as tmp:
         work = Path(tmp)
         # train for training, test for inference; a val split though validation is off: without one optik would hold 20% of train out
-        root = write_shapes_set(work / "shapes", "coco", train=args.train_images, val=2, test=args.images, size=args.image_size)
+        root = write_shapes_set(
+            work / "shapes", "coco", train=args.train_images, val=2, test=args.images, size=args.image_size
+        )
         cfg = detect_config(args, root, device)
         compare_inference(args, cfg, sorted((root / "test").glob("*.png")), work, device)
         if not args.skip_train:
             compare_training(args, cfg, root, work, device)
     # other work on the machine stalls torch's OpenMP threads (each waits for the other's time slice): rounds then slow down many-fold
-    print(f"\nload average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; this benchmark alone keeps about {torch.get_num_threads()} busy, "
-          "well above that other work competed: read the figures with care")
+    print(
+        f"\nload average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; this benchmark alone keeps about {torch.get_num_threads()} busy, "
+        "well above that other work competed: read the figures with care"
+    )
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ from predict_throughput import calibrated_resnet50, photo_batch  # noqa: E402
 
 from optik.config.load import config_to_dict, load_config  # noqa: E402
 from optik.data.transforms import Preprocess  # noqa: E402
-from optik.inference.detector import load_predictor  # noqa: E402
 from optik.inference.onnx import match_detections  # noqa: E402
 from optik.models.detect import build_detector  # noqa: E402
 from optik.models.package import ModelPackage, save_package  # noqa: E402
+from optik.tasks.loading import load_predictor  # noqa: E402
 from optik.tools.export import export_model  # noqa: E402
 from optik.tools.shapes import SHAPES  # noqa: E402
 
@@ -55,9 +55,16 @@ def detector_package(preset: str, path: Path, images: list[Path]) -> tuple[str, 
     torch.manual_seed(0)
     model = build_detector(cfg.model, cfg.data, len(SHAPES))
     calibrate_batch_norm(model, images, 8)
-    preprocess = {"task": "detect", "image_size": cfg.data.image_size, "mean": list(cfg.data.mean), "std": list(cfg.data.std)}
+    preprocess = {
+        "task": "detect",
+        "image_size": cfg.data.image_size,
+        "mean": list(cfg.data.mean),
+        "std": list(cfg.data.std),
+    }
     name = cfg.model.name + (f" + {cfg.model.backbone}" if cfg.model.backbone else "")
-    return name, save_package(ModelPackage("detect", config_to_dict(cfg), list(SHAPES), preprocess, model.state_dict()), path)
+    return name, save_package(
+        ModelPackage("detect", config_to_dict(cfg), list(SHAPES), preprocess, model.state_dict()), path
+    )
 
 
 def timed(predictor, files: list[Path]) -> tuple[float, list]:
@@ -79,16 +86,22 @@ def agreement(results: list, reference: list, task: str) -> str:
 
 
 def as_output(detection) -> dict:
-    return {"boxes": torch.from_numpy(detection.boxes), "labels": torch.from_numpy(detection.labels), "scores": torch.from_numpy(detection.scores)}
+    return {
+        "boxes": torch.from_numpy(detection.boxes),
+        "labels": torch.from_numpy(detection.labels),
+        "scores": torch.from_numpy(detection.scores),
+    }
 
 
 def compare(name: str, package: Path, files: list[Path], rounds: int, batch: int) -> None:
     started = time.perf_counter()
     onnx_file, export = export_model(package)
     export_seconds = time.perf_counter() - started
-    predictors = {"PyTorch eager (plain)": load_predictor(package, mode="eager", batch_size=batch),
-                  "PyTorch fused (optik default, small jobs)": load_predictor(package, mode="fused", batch_size=batch),
-                  "onnxruntime, exported file": load_predictor(onnx_file, batch_size=batch)}
+    predictors = {
+        "PyTorch eager (plain)": load_predictor(package, mode="eager", batch_size=batch),
+        "PyTorch fused (optik default, small jobs)": load_predictor(package, mode="fused", batch_size=batch),
+        "onnxruntime, exported file": load_predictor(onnx_file, batch_size=batch),
+    }
     for predictor in predictors.values():
         predictor.predict(files[:batch])  # warm-up: the fused check, first-call allocations
     speeds: dict[str, list[float]] = {key: [] for key in predictors}
@@ -99,15 +112,21 @@ def compare(name: str, package: Path, files: list[Path], rounds: int, batch: int
             speeds[key].append(speed)
     task = export.task
     base = max(speeds["PyTorch eager (plain)"])
-    print(f"\n{name}: {len(files)} JPEGs of 640x480, batch {batch}, fp32, best of {rounds} rounds; export + check {export_seconds:.1f}s "
-          f"({onnx_file.stat().st_size / 1e6:.0f} MB)")
+    print(
+        f"\n{name}: {len(files)} JPEGs of 640x480, batch {batch}, fp32, best of {rounds} rounds; export + check {export_seconds:.1f}s "
+        f"({onnx_file.stat().st_size / 1e6:.0f} MB)"
+    )
     print(f"{'runtime':44s} {'images/s':>9s} {'vs eager':>8s}   agreement with eager")
     for key in predictors:
-        same = "-" if key.startswith("PyTorch eager") else agreement(results[key], results["PyTorch eager (plain)"], task)
+        same = (
+            "-" if key.startswith("PyTorch eager") else agreement(results[key], results["PyTorch eager (plain)"], task)
+        )
         print(f"{key:44s} {max(speeds[key]):9.2f} {max(speeds[key]) / base:7.2f}x   {same}")
     fused = max(speeds["PyTorch fused (optik default, small jobs)"])
-    print(f"onnxruntime / PyTorch eager: {max(speeds['onnxruntime, exported file']) / base:.2f}x; onnxruntime / PyTorch fused: "
-          f"{max(speeds['onnxruntime, exported file']) / fused:.2f}x")
+    print(
+        f"onnxruntime / PyTorch eager: {max(speeds['onnxruntime, exported file']) / base:.2f}x; onnxruntime / PyTorch fused: "
+        f"{max(speeds['onnxruntime, exported file']) / fused:.2f}x"
+    )
 
 
 def main() -> None:
@@ -117,7 +136,9 @@ def main() -> None:
     parser.add_argument("--detector", default="fcos_resnet18_small", help="detector preset")
     args = parser.parse_args()
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"device: {describe_device('cpu')}; torch {torch.__version__}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(
+        f"device: {describe_device('cpu')}; torch {torch.__version__}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    )
     with tempfile.TemporaryDirectory(prefix="optik-bench-onnx-") as tmp:
         work = Path(tmp)
         files = []
@@ -128,7 +149,9 @@ def main() -> None:
         few = files[: max(8, args.images // 3)]
         name, package = detector_package(args.detector, work / "detector.pt", few)
         compare(f"{name} at 320 (detector)", package, few, args.rounds, batch=8)
-    print(f"\nload average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (other work on the machine slows every row)")
+    print(
+        f"\nload average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (other work on the machine slows every row)"
+    )
 
 
 if __name__ == "__main__":

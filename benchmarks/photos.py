@@ -12,7 +12,10 @@ def photo_jpegs(count: int, seed: int = 0) -> list[bytes]:
     """640x480 JPEGs (quality 90) cut from scikit-image's sample photographs, upscaled where needed."""
     from skimage import data
 
-    photos = [getattr(data, name)() for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")]
+    photos = [
+        getattr(data, name)()
+        for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+    ]
     rng, out = np.random.default_rng(seed), []
     for i in range(count):
         photo = Image.fromarray(photos[i % len(photos)][..., :3])

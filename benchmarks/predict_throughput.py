@@ -27,7 +27,19 @@ def photo_batch(count: int, size: int, seed: int = 0) -> torch.Tensor:
     from PIL import Image
     from skimage import data
 
-    photos = [getattr(data, name)() for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "immunohistochemistry", "hubble_deep_field")]
+    photos = [
+        getattr(data, name)()
+        for name in (
+            "astronaut",
+            "coffee",
+            "chelsea",
+            "rocket",
+            "camera",
+            "coins",
+            "immunohistochemistry",
+            "hubble_deep_field",
+        )
+    ]
     photos = [np.stack([p] * 3, -1) if p.ndim == 2 else p[..., :3] for p in photos]
     rng = np.random.default_rng(seed)
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -59,7 +71,8 @@ def digits_model(root: Path) -> tuple[torch.nn.Module, Preprocess, torch.Tensor]
     from optik.config import load_config
     from optik.data.loaders import build_classify_data
     from optik.engine.train import train
-    from optik.models.package import build_model, load_package
+    from optik.models.package import load_package
+    from optik.tasks.loading import build_model
     from optik.tools.digits import write_digits
 
     if not (root / "run" / "model.pt").exists():
@@ -81,7 +94,9 @@ def throughput(fn, images: torch.Tensor, batch: int) -> tuple[float, torch.Tenso
     return len(images) / (time.perf_counter() - start), torch.cat(outputs)
 
 
-def compare(name: str, model: torch.nn.Module, preprocess: Preprocess, images: torch.Tensor, batch: int, rounds: int) -> None:
+def compare(
+    name: str, model: torch.nn.Module, preprocess: Preprocess, images: torch.Tensor, batch: int, rounds: int
+) -> None:
     with torch.inference_mode():
         n_classes = model.eval()(images[:2]).shape[-1]
     classes = [str(i) for i in range(n_classes)]
@@ -91,9 +106,15 @@ def compare(name: str, model: torch.nn.Module, preprocess: Preprocess, images: t
             return model(x).softmax(-1)
 
     variants = {}
-    for label, mode, precision in (("optik compiled (auto for 1000+)", "compiled", "32"), ("optik fused (auto for <1000)", "fused", "32"), ("optik compiled --precision bf16", "compiled", "bf16")):
+    for label, mode, precision in (
+        ("optik compiled (auto for 1000+)", "compiled", "32"),
+        ("optik fused (auto for <1000)", "fused", "32"),
+        ("optik compiled --precision bf16", "compiled", "bf16"),
+    ):
         started = time.perf_counter()
-        predictor = Predictor(model, classes, preprocess, device="cpu", precision=precision, batch_size=batch, mode=mode)
+        predictor = Predictor(
+            model, classes, preprocess, device="cpu", precision=precision, batch_size=batch, mode=mode
+        )
         predictor.predict_tensors(images[:batch])  # first call: verification and compile
         variants[label] = (predictor, time.perf_counter() - started)
     eager(images[:batch])
@@ -110,12 +131,18 @@ def compare(name: str, model: torch.nn.Module, preprocess: Preprocess, images: t
             ratios[label].append(speed / ref_speed)
     top1 = outputs["eager"].argmax(-1)
     print(f"\n{name}: {len(images)} images, batch {batch}, {torch.get_num_threads()} threads, {rounds} rounds")
-    print(f"{'method':34s} {'images/s':>9s} {'ratio':>6s} {'top-1 = eager':>14s} {'max |dp|':>9s} {'set-up s':>8s} {'mode':>9s}")
-    print(f"{'eager fp32 NCHW (reference)':34s} {statistics.median(speeds['eager fp32 NCHW (reference)']):9.1f} {1.0:6.2f} {len(top1):>6d}/{len(top1):<7d} {0:9.1e} {'':>8s} {'eager':>9s}")
+    print(
+        f"{'method':34s} {'images/s':>9s} {'ratio':>6s} {'top-1 = eager':>14s} {'max |dp|':>9s} {'set-up s':>8s} {'mode':>9s}"
+    )
+    print(
+        f"{'eager fp32 NCHW (reference)':34s} {statistics.median(speeds['eager fp32 NCHW (reference)']):9.1f} {1.0:6.2f} {len(top1):>6d}/{len(top1):<7d} {0:9.1e} {'':>8s} {'eager':>9s}"
+    )
     for label, (predictor, setup) in variants.items():
         agree = int((outputs[label].argmax(-1) == top1).sum())
         diff = float((outputs[label] - outputs["eager"]).abs().max())
-        print(f"{label:34s} {statistics.median(speeds[label]):9.1f} {statistics.median(ratios[label]):6.2f} {agree:>6d}/{len(top1):<7d} {diff:9.1e} {setup:8.1f} {predictor.backend.mode:>9s}")
+        print(
+            f"{label:34s} {statistics.median(speeds[label]):9.1f} {statistics.median(ratios[label]):6.2f} {agree:>6d}/{len(top1):<7d} {diff:9.1e} {setup:8.1f} {predictor.backend.mode:>9s}"
+        )
 
 
 def main() -> None:
@@ -128,11 +155,25 @@ def main() -> None:
     args = parser.parse_args()
     if "resnet50" in args.models:
         images = photo_batch(args.images, 224)
-        compare("resnet50 @224 (ImageNet head, BN calibrated on photos)", calibrated_resnet50(images), Preprocess(224, 256, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), images, args.batch_size, args.rounds)
+        compare(
+            "resnet50 @224 (ImageNet head, BN calibrated on photos)",
+            calibrated_resnet50(images),
+            Preprocess(224, 256, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+            images,
+            args.batch_size,
+            args.rounds,
+        )
     if "digits" in args.models:
         model, preprocess, images = digits_model(args.work)
         repeats = max(1, args.images * 4 // len(images))
-        compare("digits resnet18_small @32 (trained, real test images)", model, preprocess, images.repeat(repeats, 1, 1, 1), args.batch_size, args.rounds)
+        compare(
+            "digits resnet18_small @32 (trained, real test images)",
+            model,
+            preprocess,
+            images.repeat(repeats, 1, 1, 1),
+            args.batch_size,
+            args.rounds,
+        )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from service_helpers import RedisServer, Service  # noqa: E402  (the test helpers: a real redis-server, `optik serve` in the background)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photos import photo_jpegs  # noqa: E402
 
@@ -52,7 +53,9 @@ def model_package(path: Path) -> Path:
     classes = [f"class{i:03d}" for i in range(1000)]
     cfg = load_config("resnet50_224", ["model.name=resnet18", "data.root=unused"])
     model = timm.create_model("resnet18", num_classes=len(classes))
-    package = ModelPackage("classify", config_to_dict(cfg), classes, Preprocess.from_data_config(cfg.data).to_dict(), model.state_dict())
+    package = ModelPackage(
+        "classify", config_to_dict(cfg), classes, Preprocess.from_data_config(cfg.data).to_dict(), model.state_dict()
+    )
     return save_package(package, path)
 
 
@@ -109,7 +112,11 @@ def file_drop(model: Path, args: list[str], images: list[bytes], folder: Path) -
     in_dir.mkdir(parents=True)
     for i, image in enumerate(images):
         (in_dir / f"{i:05d}.jpg").write_bytes(image)
-    done = subprocess.run([sys.executable, "-m", "optik.cli", "serve", "poll", model, "--in", in_dir, "--out", out_dir, *args], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "optik.cli", "serve", "poll", model, "--in", in_dir, "--out", out_dir, *args],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0 or len(list(out_dir.glob("*.json"))) != len(images):
         raise RuntimeError(done.stderr)
     return float(re.search(r"file drop: .*\(([\d.]+) images/s\)", done.stderr).group(1))
@@ -128,13 +135,19 @@ def main() -> None:
     for name, extra in (("one at a time", REFERENCE), ("micro-batch", OURS)):
         rate, latencies = redis_figures(model, extra, images[: args.burst], work / f"redis-{len(rows)}")
         rows[name] = rate
-        print(f"redis pub/sub burst of {args.burst:4d}  {name:14s} {rate:7.1f} images/s   latency p50 {np.percentile(latencies, 50) * 1000:7.0f} ms   p99 {np.percentile(latencies, 99) * 1000:7.0f} ms")
-    print(f"redis pub/sub: micro-batching {rows['micro-batch'] / rows['one at a time']:.2f}x the one-at-a-time throughput")
+        print(
+            f"redis pub/sub burst of {args.burst:4d}  {name:14s} {rate:7.1f} images/s   latency p50 {np.percentile(latencies, 50) * 1000:7.0f} ms   p99 {np.percentile(latencies, 99) * 1000:7.0f} ms"
+        )
+    print(
+        f"redis pub/sub: micro-batching {rows['micro-batch'] / rows['one at a time']:.2f}x the one-at-a-time throughput"
+    )
     drops = {}
     for name, extra in (("one at a time", ["--batch-size", "1", "--optimize", "eager"]), ("micro-batch", OURS)):
         drops[name] = file_drop(model, extra, images[: args.files], work / "drop")
         print(f"file drop of {args.files:4d} images     {name:14s} {drops[name]:7.1f} images/s")
-    print(f"file drop: micro-batching {drops['micro-batch'] / drops['one at a time']:.2f}x the one-at-a-time throughput")
+    print(
+        f"file drop: micro-batching {drops['micro-batch'] / drops['one at a time']:.2f}x the one-at-a-time throughput"
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 

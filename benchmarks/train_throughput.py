@@ -47,7 +47,9 @@ def plain_loop(cfg, epochs: int, out: Path) -> tuple[float, int]:
     images = class_folders(Path(cfg.data.root) / "train")
     classes = sorted(images)
     dataset = ImageDataset(samples_from(images, classes), train_transform(cfg.data))
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers, drop_last=True)
+    loader = DataLoader(
+        dataset, batch_size=cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers, drop_last=True
+    )
     model = timm.create_model(cfg.model.name, num_classes=len(classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
@@ -64,7 +66,9 @@ def plain_loop(cfg, epochs: int, out: Path) -> tuple[float, int]:
             loss.backward()
             optimizer.step()
             seen += len(y)
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}, out / "plain.ckpt")
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}, out / "plain.ckpt"
+        )
     marks.append(time.perf_counter())
     return seen * (epochs - 1) / (marks[-1] - marks[1]), seen
 
@@ -93,15 +97,29 @@ def main() -> None:
     data = args.work / "digits"
     if not (data / "train").is_dir():
         write_digits(data, size=args.image_size)
-    cfg = load_config("resnet18_small", [f"data.root={data}", f"model.name={args.model}", f"data.image_size={args.image_size}", f"data.batch_size={args.batch_size}",
-                                          f"data.num_workers={args.workers}", f"train.precision={args.precision}", "train.validation=false", "train.warmup_epochs=0",
-                                          "data.augment.hflip=0", "train.keep_checkpoints=1"])
+    cfg = load_config(
+        "resnet18_small",
+        [
+            f"data.root={data}",
+            f"model.name={args.model}",
+            f"data.image_size={args.image_size}",
+            f"data.batch_size={args.batch_size}",
+            f"data.num_workers={args.workers}",
+            f"train.precision={args.precision}",
+            "train.validation=false",
+            "train.warmup_epochs=0",
+            "data.augment.hflip=0",
+            "train.keep_checkpoints=1",
+        ],
+    )
     plain, ours = [], []
     for index in range(args.rounds):
         plain.append(plain_loop(cfg, args.epochs, args.work)[0])
         ours.append(optik_run(cfg, args.epochs, args.work, index)[0])
     ratios = [o / p for o, p in zip(ours, plain)]
-    print(f"\ntraining {args.model} at {args.image_size} px, batch {args.batch_size}, precision {args.precision}, {args.workers} loader workers, {torch.get_num_threads()} threads")
+    print(
+        f"\ntraining {args.model} at {args.image_size} px, batch {args.batch_size}, precision {args.precision}, {args.workers} loader workers, {torch.get_num_threads()} threads"
+    )
     print(f"{'':22s} {'images/s (median)':>18s}   per round")
     print(f"{'plain PyTorch loop':22s} {statistics.median(plain):18.1f}   {', '.join(f'{v:.1f}' for v in plain)}")
     print(f"{'optik train':22s} {statistics.median(ours):18.1f}   {', '.join(f'{v:.1f}' for v in ours)}")

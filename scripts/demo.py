@@ -36,8 +36,18 @@ def main() -> None:
         print(f"wrote sklearn's digits to {data}: {counts}")
     work = args.out / "run"
     run("config", "export", "resnet18_small", args.out / "digits.yaml")
-    run("train", args.out / "digits.yaml", "--work-dir", work, "--set", f"data.root={data}", "--set", f"train.epochs={args.epochs}",
-        "--set", "data.augment.hflip=0")  # a mirrored digit is another symbol
+    run(
+        "train",
+        args.out / "digits.yaml",
+        "--work-dir",
+        work,
+        "--set",
+        f"data.root={data}",
+        "--set",
+        f"train.epochs={args.epochs}",
+        "--set",
+        "data.augment.hflip=0",
+    )  # a mirrored digit is another symbol
     run("test", work / "model.pt", data, "--split", "test", "--out", work / "test.json", "--plots", work / "plots")
     samples = sorted((data / "test").glob("*/*.png"))[::60]
     run("predict", work / "model.pt", *samples, "--top-k", "3", "--out-dir", work / "predictions")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from optik.inference.results import Detection
+from optik.results import Detection
 
 WIDTH, HEIGHT = 80, 60
 CLASSES = ["cat", "dog", "bird"]

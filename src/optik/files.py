@@ -7,11 +7,17 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO
 
 
-def write_atomic(path: str | Path, data: bytes | str | Callable[[IO[bytes]], None], staging_dir: str | Path | None = None, durable: bool = True) -> Path:
+def write_atomic(
+    path: str | Path,
+    data: bytes | str | Callable[[IO[bytes]], None],
+    staging_dir: str | Path | None = None,
+    durable: bool = True,
+) -> Path:
     """Write `data` (bytes, text, or a callable that writes to a binary file) to `path` atomically.
 
     The content goes to a temporary file (in `staging_dir`, which must be on the same filesystem,

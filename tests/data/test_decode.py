@@ -1,13 +1,13 @@
-"""One decode function: good images in every format and mode, a clear reason for every broken one."""
+"""One decode function and one header-size function: good images in every format and mode, a clear reason for every broken one."""
 
 import io
 import struct
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
-from optik.data.decode import is_image_file, open_image
+from optik.data.decode import image_size, is_image_file, open_image
 from optik.errors import ImageDecodeError
 
 
@@ -71,3 +71,28 @@ def test_error_survives_pickling_as_its_own_type():
 
     err = pickle.loads(pickle.dumps(ImageDecodeError("a.jpg", "empty file (0 bytes)")))
     assert isinstance(err, ImageDecodeError) and err.reason == "empty file (0 bytes)"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_image_size_reads_the_header_only(tmp_path, fmt, monkeypatch):
+    path = tmp_path / f"image.{fmt.lower()}"
+    data = encoded(fmt, size=(200, 150))
+    path.write_bytes(data)
+    assert image_size(path) == (200, 150)
+    path.write_bytes(data[: len(data) // 2])  # pixel data cut in half: decoding fails, the header still holds
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        open_image(path)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("image_size decoded pixels"))
+    assert image_size(path) == (200, 150)
+
+
+@pytest.mark.parametrize("data,reason", [(b"", "empty file (0 bytes)"), (encoded("PNG")[:24], "truncated or corrupt"),  # cut inside its header
+                                         (b"hello, this is not an image\n" * 5, "not an image"), (huge_png_header(30000, 30000), "too large")])
+def test_image_size_of_a_bad_file_is_a_decode_error(tmp_path, data, reason):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(data)
+    with pytest.raises(ImageDecodeError) as info:
+        image_size(path)
+    assert reason in info.value.reason and info.value.source == str(path)
+    with pytest.raises(ImageDecodeError, match="file not found"):
+        image_size(tmp_path / "absent.png")

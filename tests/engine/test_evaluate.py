@@ -10,7 +10,9 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score,
 
 from conftest import tiny_overrides
 from optik.config import load_config
-from optik.engine.evaluate import classification_metrics, evaluate, plot_confusion, write_results
+from optik.engine.evaluate import evaluate, plot_confusion
+from optik.metrics.classification import classification_metrics
+from optik.metrics.evaluation import write_results
 from optik.engine.train import train
 from optik.errors import DataError
 

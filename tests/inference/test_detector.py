@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from optik.config.load import config_to_dict, load_config
-from optik.inference.detector import Detector, load_predictor
+from optik.inference.detector import Detector
+from optik.tasks.loading import build_model, load_predictor
 from optik.inference.predictor import Predictor
 from optik.models.detect import build_detector
 from optik.models.package import ModelPackage, load_package, save_package
@@ -40,6 +41,15 @@ def test_load_predictor_picks_the_task(detector_package, colour_model):
     assert isinstance(load_predictor(detector_package, device="cpu"), Detector)
     classifier = load_predictor(colour_model, device="cpu")
     assert isinstance(classifier, Predictor) and not isinstance(classifier, Detector)
+
+
+def test_batch_predict_refuses_a_detector_with_what_it_is_for(detector_package, tmp_path, optik):
+    (tmp_path / "images").mkdir()
+    noise_image(tmp_path / "images" / "a.png", 64, 64)
+    run = optik("batch-predict", tmp_path / "images", tmp_path / "out.csv", detector_package)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "is a detect model; batch-predict writes one row of classes per image, for classifiers" in run.stderr
+    assert not (tmp_path / "out.csv").exists()
 
 
 def test_detections_are_in_the_image_coordinates(detector_package, tmp_path):
@@ -87,9 +97,10 @@ def test_bad_images_are_reported_and_the_rest_predicted(detector_package, tmp_pa
 
 def test_min_score_keeps_the_confident_objects(detector_package, tmp_path):
     image = noise_image(tmp_path / "a.png", 96, 96)
-    everything = Detector.from_package(load_package(detector_package), device="cpu").predict([image])[0]
+    package = load_package(detector_package)
+    everything = Detector(build_model(package), package.classes, package.preprocess, device="cpu").predict([image])[0]
     cut = float(np.median(everything.scores))
-    confident = Detector.from_package(load_package(detector_package), device="cpu", min_score=cut).predict([image])[0]
+    confident = Detector(build_model(package), package.classes, package.preprocess, device="cpu", min_score=cut).predict([image])[0]
     assert 0 < len(confident) < len(everything) and confident.scores.min() >= cut
 
 

@@ -264,13 +264,13 @@ def _png(colour) -> bytes:
 
 
 def test_a_file_replaced_while_predicted_is_left_for_the_next_pass(colour_model, tmp_path):
-    from optik.inference.predictor import Predictor
+    from optik.tasks.loading import load_predictor
     from optik.outputs.classification import ClassificationFormat
     from optik.services.poller import FilePoller, PollOptions
 
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     drop_images(in_dir, 2)
-    poller = FilePoller(Predictor.from_checkpoint(colour_model, device="cpu", mode="fused"), ClassificationFormat(), PollOptions(in_dir, out_dir, settle=0))
+    poller = FilePoller(load_predictor(colour_model, device="cpu", mode="fused"), ClassificationFormat(), PollOptions(in_dir, out_dir, settle=0))
     poller.scan()
     ready, _ = poller.scan()
     results = poller.predictor.predict([d.path for d in ready])

@@ -158,6 +158,16 @@ def test_check_names_unreadable_images_or_leaves_them_out(tmp_path):
     assert sum(result.counts[s]["red"] for s in result.counts) == 4 and any("broken.png" in n for n in result.notes)
 
 
+def test_list_to_folder_names_unreadable_images_or_leaves_them_out(tmp_path):
+    make_colour_set(tmp_path / "a", per_class=2)
+    (tmp_path / "a" / "red" / "broken.png").write_bytes(b"")
+    (tmp_path / "set.txt").write_text("a/red/red_0.png warm\na/red/broken.png warm\na/blue/blue_0.png cold\n")
+    with pytest.raises(DataError, match=r"^1 unreadable image\(s\): .*broken.png: empty file.*add --skip-bad to leave them out$"):
+        lists_to_folder([tmp_path / "set.txt"], tmp_path / "out", check=True)
+    result = lists_to_folder([tmp_path / "set.txt"], tmp_path / "out", skip_bad=True)
+    assert result.counts == {"": {"cold": 1, "warm": 1}} and any(n.startswith("left out 1 unreadable image(s)") and "broken.png" in n for n in result.notes)
+
+
 def test_lists_of_a_split_folder_read_back_and_round_trip(tmp_path):
     data = make_colour_set(tmp_path / "data", per_class=4, splits=("train", "val"))
     result = folder_to_lists(data, tmp_path / "lists")

@@ -159,7 +159,7 @@ def test_backend_choices_that_cannot_work_are_refused(colour_model, tmp_path, op
     ours, theirs = (json.loads(done.stdout.splitlines()[0])["prediction"] for done in (in_memory, from_file))
     assert max(ours, key=ours.get) == max(theirs, key=theirs.get) and max(abs(ours[k] - theirs[k]) for k in theirs) < 1e-3
     # --backend torch keeps `auto` to PyTorch's modes (auto alone picks onnx on a CPU for 100+ images)
-    from optik.inference.detector import load_predictor
+    from optik.tasks.loading import load_predictor
 
     assert load_predictor(colour_model, backend="torch", expected_images=500).backend.requested != "onnx"
     assert load_predictor(colour_model, expected_images=500).backend.requested == "onnx"

@@ -138,8 +138,8 @@ def test_a_log_with_no_values_yet_says_what_to_do(tmp_path):
 
 
 def test_precision_curves_average_to_the_coco_ap():
-    from optik.engine.evaluate_detect import precision_curves
-    from optik.tasks.detect import coco_metrics
+    from optik.metrics.coco import precision_curves
+    from optik.metrics.coco import coco_metrics
 
     truth = {"images": [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.png"} for i in (1, 2)],
              "categories": [{"id": 1, "name": "square"}, {"id": 2, "name": "circle"}, {"id": 3, "name": "unseen"}],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from optik.cli import OptikGroup, fail, main
+from optik.cli.common import OptikGroup, fail, main
 
 
 @main.group("data", cls=OptikGroup)
@@ -23,8 +23,12 @@ def data_convert():
 
 def coco_arguments(func):
     """SOURCE, OUT.json and the options the VOC and YOLO conversions share."""
-    func = click.option("--skip-bad", is_flag=True, help="leave missing or unreadable images out instead of failing")(func)
-    func = click.option("--copy-images", is_flag=True, help="copy the images next to OUT (images/) so the COCO set stands alone")(func)
+    func = click.option("--skip-bad", is_flag=True, help="leave missing or unreadable images out instead of failing")(
+        func
+    )
+    func = click.option(
+        "--copy-images", is_flag=True, help="copy the images next to OUT (images/) so the COCO set stands alone"
+    )(func)
     func = click.option("--classes", help="class names (comma list or labels file); default: found in the data")(func)
     func = click.argument("out", type=click.Path(dir_okay=False, path_type=Path))(func)
     return click.argument("source", type=click.Path(path_type=Path))(func)
@@ -38,7 +42,9 @@ def write_coco(fmt: str, source: Path, out: Path, classes, copy_images: bool, sk
     summary = convert_to_coco(fmt, source, out, classes=classes, copy_images=copy_images, skip_bad=skip_bad)
     for line in summary["report"]:
         click.echo(line, err=True)
-    click.echo(f"wrote {summary['json']}: {summary['images']} images, {summary['objects']} objects, classes {summary['classes']}")
+    click.echo(
+        f"wrote {summary['json']}: {summary['images']} images, {summary['objects']} objects, classes {summary['classes']}"
+    )
 
 
 @data_convert.command("voc")
@@ -55,16 +61,25 @@ def data_convert_yolo(source, out, classes, copy_images, skip_bad):
     write_coco("yolo", source, out, classes, copy_images, skip_bad)
 
 
-LINK_OPTION = click.option("--link", type=click.Choice(["copy", "symlink", "hardlink"]), default="copy", show_default=True,
-                           help="put images into OUT as copies, relative symlinks, or hard links (same filesystem)")
+LINK_OPTION = click.option(
+    "--link",
+    type=click.Choice(["copy", "symlink", "hardlink"]),
+    default="copy",
+    show_default=True,
+    help="put images into OUT as copies, relative symlinks, or hard links (same filesystem)",
+)
 SEED_OPTION = click.option("--seed", type=int, default=0, show_default=True, help="seed of the per-class shuffle")
 
 
 def folder_output_options(func):
     """--overwrite, --check and --skip-bad, which every class-folder and list conversion takes."""
-    func = click.option("--skip-bad", is_flag=True, help="decode every image and leave unreadable ones out (named) instead of failing")(func)
+    func = click.option(
+        "--skip-bad", is_flag=True, help="decode every image and leave unreadable ones out (named) instead of failing"
+    )(func)
     func = click.option("--check", is_flag=True, help="decode every image first; unreadable ones are an error")(func)
-    return click.option("--overwrite", is_flag=True, help="replace what an earlier `optik data convert` wrote to OUT")(func)
+    return click.option("--overwrite", is_flag=True, help="replace what an earlier `optik data convert` wrote to OUT")(
+        func
+    )
 
 
 def print_conversion(conversion) -> None:
@@ -77,8 +92,15 @@ def print_conversion(conversion) -> None:
 @data_convert.command("split")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--ratios", nargs=3, type=float, default=(0.8, 0.1, 0.1), show_default=True, metavar="TRAIN VAL TEST",
-              help="each class's shares; a 0 leaves that split out")
+@click.option(
+    "--ratios",
+    nargs=3,
+    type=float,
+    default=(0.8, 0.1, 0.1),
+    show_default=True,
+    metavar="TRAIN VAL TEST",
+    help="each class's shares; a 0 leaves that split out",
+)
 @SEED_OPTION
 @LINK_OPTION
 @folder_output_options
@@ -98,8 +120,18 @@ def data_convert_split(source, out, ratios, seed, link, overwrite, check, skip_b
 @data_convert.command("folder-to-list")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("out", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--classes", help="class names in the model's order (comma list or labels file); default: OPTIK_CLASSES, else sorted folder names")
-@click.option("--ratios", nargs=3, type=float, default=None, metavar="TRAIN VAL TEST", help="split a flat SOURCE into train/val/test lists (default: one all.txt)")
+@click.option(
+    "--classes",
+    help="class names in the model's order (comma list or labels file); default: OPTIK_CLASSES, else sorted folder names",
+)
+@click.option(
+    "--ratios",
+    nargs=3,
+    type=float,
+    default=None,
+    metavar="TRAIN VAL TEST",
+    help="split a flat SOURCE into train/val/test lists (default: one all.txt)",
+)
 @SEED_OPTION
 @folder_output_options
 def data_convert_folder_to_list(source, out, classes, ratios, seed, overwrite, check, skip_bad):
@@ -110,11 +142,17 @@ def data_convert_folder_to_list(source, out, classes, ratios, seed, overwrite, c
     """
     from optik.tools.convert import folder_to_lists
 
-    conversion = folder_to_lists(source, out, classes, ratios, seed, overwrite=overwrite, check=check, skip_bad=skip_bad)
+    conversion = folder_to_lists(
+        source, out, classes, ratios, seed, overwrite=overwrite, check=check, skip_bad=skip_bad
+    )
     print_conversion(conversion)
     lists = {Path(path).stem: path for path in conversion.written}
-    keys = [("train_list", lists.get("train", lists.get("all"))), ("val_list", lists.get("val")), ("test_list", lists.get("test")),
-            ("classes", lists["classes"])]
+    keys = [
+        ("train_list", lists.get("train", lists.get("all"))),
+        ("val_list", lists.get("val")),
+        ("test_list", lists.get("test")),
+        ("classes", lists["classes"]),
+    ]
     click.echo(f"wrote {', '.join(conversion.written)}; in a config:\ndata:\n  format: list")
     for key, path in keys:
         if path:
@@ -124,8 +162,15 @@ def data_convert_folder_to_list(source, out, classes, ratios, seed, overwrite, c
 @data_convert.command("list-to-folder")
 @click.argument("lists", metavar="LIST...", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="the folder the lists' paths are relative to (data.root); default: each list's folder")
-@click.option("--classes", help="class names for index labels (comma list or labels file); default: OPTIK_CLASSES, else classes.txt beside the first list")
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="the folder the lists' paths are relative to (data.root); default: each list's folder",
+)
+@click.option(
+    "--classes",
+    help="class names for index labels (comma list or labels file); default: OPTIK_CLASSES, else classes.txt beside the first list",
+)
 @LINK_OPTION
 @folder_output_options
 def data_convert_list_to_folder(lists, out, root, classes, link, overwrite, check, skip_bad):
@@ -135,7 +180,9 @@ def data_convert_list_to_folder(lists, out, root, classes, link, overwrite, chec
     """
     from optik.tools.convert import lists_to_folder
 
-    conversion = lists_to_folder(list(lists), out, root, classes, link, overwrite=overwrite, check=check, skip_bad=skip_bad)
+    conversion = lists_to_folder(
+        list(lists), out, root, classes, link, overwrite=overwrite, check=check, skip_bad=skip_bad
+    )
     print_conversion(conversion)
     click.echo(f"wrote {out} (data.root for `data.format: folder`)")
 
@@ -174,7 +221,11 @@ def data_color_constancy(source, out, p, skip_bad):
 
 @data_group.command("stats")
 @click.argument("source", metavar="DIR", type=click.Path(path_type=Path))
-@click.option("--size", type=click.IntRange(min=1), help="resize the shorter side to this first, as training does [default: native size]")
+@click.option(
+    "--size",
+    type=click.IntRange(min=1),
+    help="resize the shorter side to this first, as training does [default: native size]",
+)
 @click.option("--skip-bad", is_flag=True, help="leave unreadable images out (and list them) instead of failing")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def data_stats(source, size, skip_bad, as_json):

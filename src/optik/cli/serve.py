@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from optik.cli import OptikGroup, backend_option, fail, main, make_output, model_options, output_options, task_of
+from optik.cli.common import OptikGroup, backend_option, fail, main, make_output, model_options, output_options
 
 
 def service_options(func):
@@ -18,8 +18,18 @@ def service_options(func):
     return output_options(model_options(backend_option(func)))
 
 
-def start_predictor(model: Path, device: str, precision: str, batch_size: int | None, mode: str, backend: str, verbose: bool, quiet: bool,
-                    output_options: dict, expected_images: int | None = None):
+def start_predictor(
+    model: Path,
+    device: str,
+    precision: str,
+    batch_size: int | None,
+    mode: str,
+    backend: str,
+    verbose: bool,
+    quiet: bool,
+    output_options: dict,
+    expected_images: int | None = None,
+):
     """Logging on stderr, the predictor loaded, its output format, then the warm-up (a service
     compiles before its first request; output options that do not fit the model fail before that).
 
@@ -28,16 +38,31 @@ def start_predictor(model: Path, device: str, precision: str, batch_size: int | 
     import logging
 
     from optik.inference.backends import COMPILE_MIN_IMAGES
-    from optik.inference.detector import load_predictor
+    from optik.tasks.loading import load_predictor
 
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("optik").setLevel(level)
     expected_images = COMPILE_MIN_IMAGES if expected_images is None else expected_images
-    predictor = load_predictor(model, device=device, precision=precision, batch_size=batch_size, mode=mode, expected_images=expected_images, backend=backend)
-    output = make_output(task_of(predictor), **output_options)
+    predictor = load_predictor(
+        model,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        mode=mode,
+        expected_images=expected_images,
+        backend=backend,
+    )
+    output = make_output(predictor.task, **output_options)
     predictor.warmup()
-    logging.getLogger("optik.services").info("model %s ready on %s (%s, precision %s, batch %d)", model, predictor.device, predictor.backend.mode, precision, predictor.batch_size)
+    logging.getLogger("optik.services").info(
+        "model %s ready on %s (%s, precision %s, batch %d)",
+        model,
+        predictor.device,
+        predictor.backend.mode,
+        precision,
+        predictor.batch_size,
+    )
     return predictor, output
 
 
@@ -48,51 +73,185 @@ def serve():
 
 @serve.command("poll")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--in", "--prediction_in", "in_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="folder that images are dropped into")
-@click.option("--out", "--prediction_out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="folder for <stem>.json (and, by default, the processed images)")
-@click.option("--tmp", "--prediction_tmp", "tmp_dir", type=click.Path(file_okay=False, path_type=Path), help="stage outputs here before renaming them into --out (same filesystem)")
-@click.option("--done", "done_dir", type=click.Path(file_okay=False, path_type=Path), help="move processed images here instead of --out")
-@click.option("--failed", "failed_dir", type=click.Path(file_okay=False, path_type=Path), help="move undecodable images here [default: OUT/failed]")
+@click.option(
+    "--in",
+    "--prediction_in",
+    "in_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="folder that images are dropped into",
+)
+@click.option(
+    "--out",
+    "--prediction_out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="folder for <stem>.json (and, by default, the processed images)",
+)
+@click.option(
+    "--tmp",
+    "--prediction_tmp",
+    "tmp_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="stage outputs here before renaming them into --out (same filesystem)",
+)
+@click.option(
+    "--done",
+    "done_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="move processed images here instead of --out",
+)
+@click.option(
+    "--failed",
+    "failed_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="move undecodable images here [default: OUT/failed]",
+)
 @click.option("--delete-input", "--delete_input", is_flag=True, help="delete processed images instead of moving them")
 @click.option("--continuous", is_flag=True, help="keep looking for new images every --poll-wait seconds")
-@click.option("--poll-wait", "--poll_wait", type=click.FloatRange(min=0), default=1.0, show_default=True, help="seconds between looks at an empty folder (--continuous)")
-@click.option("--watch", "--use_watchdog", is_flag=True, help="react to file events at once (keeps running), rescanning every --watch-interval")
-@click.option("--watch-interval", "--watchdog_check_interval", type=click.FloatRange(min=0.01), default=10.0, show_default=True, help="seconds between rescans with --watch")
-@click.option("--settle", type=click.FloatRange(min=0), default=1.0, show_default=True, help="a file without an end marker (JPEG and PNG have one) is taken once unchanged this long")
+@click.option(
+    "--poll-wait",
+    "--poll_wait",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="seconds between looks at an empty folder (--continuous)",
+)
+@click.option(
+    "--watch",
+    "--use_watchdog",
+    is_flag=True,
+    help="react to file events at once (keeps running), rescanning every --watch-interval",
+)
+@click.option(
+    "--watch-interval",
+    "--watchdog_check_interval",
+    type=click.FloatRange(min=0.01),
+    default=10.0,
+    show_default=True,
+    help="seconds between rescans with --watch",
+)
+@click.option(
+    "--settle",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="a file without an end marker (JPEG and PNG have one) is taken once unchanged this long",
+)
 @service_options
-def serve_poll(model, in_dir, out_dir, tmp_dir, done_dir, failed_dir, delete_input, continuous, poll_wait, watch, watch_interval, settle, top_k, min_score, fmt,
-               mask_threshold, mask_nth, output_minrect, fit_bbox_to_polygon, bbox_as_fallback, verbose, quiet, device, precision, batch_size, mode, backend):
+def serve_poll(
+    model,
+    in_dir,
+    out_dir,
+    tmp_dir,
+    done_dir,
+    failed_dir,
+    delete_input,
+    continuous,
+    poll_wait,
+    watch,
+    watch_interval,
+    settle,
+    top_k,
+    min_score,
+    fmt,
+    mask_threshold,
+    mask_nth,
+    output_minrect,
+    fit_bbox_to_polygon,
+    bbox_as_fallback,
+    verbose,
+    quiet,
+    device,
+    precision,
+    batch_size,
+    mode,
+    backend,
+):
     """Predict images dropped into --in: <stem>.json (or -rois.csv) in --out, then move the image on (the old predict_poll).
 
     Without --continuous or --watch it empties the folder once and exits.
     """
-    from optik.services.loop import Stop
     from optik.data.decode import is_image_file
+    from optik.services.loop import Stop
     from optik.services.poller import FilePoller, PollOptions, folder_lock
 
-    options = PollOptions(in_dir, out_dir, tmp_dir, done_dir, failed_dir, delete_input, continuous, watch, poll_wait, watch_interval, settle)
+    options = PollOptions(
+        in_dir,
+        out_dir,
+        tmp_dir,
+        done_dir,
+        failed_dir,
+        delete_input,
+        continuous,
+        watch,
+        poll_wait,
+        watch_interval,
+        settle,
+    )
     stop = Stop()
     one_pass = None if continuous or watch else sum(1 for p in in_dir.iterdir() if is_image_file(p.name))
     with folder_lock(in_dir):  # before the model loads: a second poller is refused at once
-        outputs = dict(fmt=fmt, top_k=top_k, min_score=min_score, mask_threshold=mask_threshold, mask_nth=mask_nth, output_minrect=output_minrect,
-                       fit_bbox_to_polygon=fit_bbox_to_polygon, bbox_as_fallback=bbox_as_fallback)
-        predictor, output = start_predictor(model, device, precision, batch_size, mode, backend, verbose, quiet, outputs, expected_images=one_pass)
+        outputs = dict(
+            fmt=fmt,
+            top_k=top_k,
+            min_score=min_score,
+            mask_threshold=mask_threshold,
+            mask_nth=mask_nth,
+            output_minrect=output_minrect,
+            fit_bbox_to_polygon=fit_bbox_to_polygon,
+            bbox_as_fallback=bbox_as_fallback,
+        )
+        predictor, output = start_predictor(
+            model, device, precision, batch_size, mode, backend, verbose, quiet, outputs, expected_images=one_pass
+        )
         with stop.on_signals():
             FilePoller(predictor, output, options, stop).run(locked=True)
 
 
 def redis_options(func):
-    func = click.option("--redis-ssl-ca", type=click.Path(exists=True, dir_okay=False), help="CA certificate file to verify the server with")(func)
+    func = click.option(
+        "--redis-ssl-ca",
+        type=click.Path(exists=True, dir_okay=False),
+        help="CA certificate file to verify the server with",
+    )(func)
     func = click.option("--redis-ssl", is_flag=True, help="connect with TLS")(func)
-    func = click.option("--redis-password-env", "--redis_password_env", metavar="VAR", help="read the password from environment variable VAR")(func)
+    func = click.option(
+        "--redis-password-env",
+        "--redis_password_env",
+        metavar="VAR",
+        help="read the password from environment variable VAR",
+    )(func)
     func = click.option("--redis-password", "--redis_password", help="password (prefer --redis-password-env)")(func)
     func = click.option("--redis-username", help="ACL user name")(func)
     func = click.option("--redis-db", "--redis_db", type=click.IntRange(min=0), default=0, show_default=True)(func)
-    func = click.option("--redis-port", "--redis_port", type=click.IntRange(1, 65535), default=6379, show_default=True)(func)
+    func = click.option("--redis-port", "--redis_port", type=click.IntRange(1, 65535), default=6379, show_default=True)(
+        func
+    )
     func = click.option("--redis-host", "--redis_host", default="localhost", show_default=True)(func)
-    func = click.option("--redis-out", "--redis_out", default="predictions", show_default=True, help="channel (pubsub) or stream (stream) for the predictions")(func)
-    func = click.option("--redis-in", "--redis_in", default="images", show_default=True, help="channel pattern (pubsub) or stream (stream) the images come from")(func)
-    func = click.option("--mode", "transport", type=click.Choice(["pubsub", "stream"]), default="pubsub", show_default=True, help="pubsub: the old images' protocol; stream: consumer groups, nothing lost")(func)
+    func = click.option(
+        "--redis-out",
+        "--redis_out",
+        default="predictions",
+        show_default=True,
+        help="channel (pubsub) or stream (stream) for the predictions",
+    )(func)
+    func = click.option(
+        "--redis-in",
+        "--redis_in",
+        default="images",
+        show_default=True,
+        help="channel pattern (pubsub) or stream (stream) the images come from",
+    )(func)
+    func = click.option(
+        "--mode",
+        "transport",
+        type=click.Choice(["pubsub", "stream"]),
+        default="pubsub",
+        show_default=True,
+        help="pubsub: the old images' protocol; stream: consumer groups, nothing lost",
+    )(func)
     return func
 
 
@@ -115,29 +274,103 @@ def connect_options(host, port, db, username, password, password_env, ssl, ssl_c
 @redis_options
 @click.option("--group", default="optik", show_default=True, help="consumer group of the workers (stream)")
 @click.option("--consumer", help="this worker's name in the group (stream) [default: host-pid]")
-@click.option("--claim-idle-ms", type=click.IntRange(min=1), default=30000, show_default=True, help="take over entries another worker left unacknowledged this long (stream)")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True, help="deliveries before an entry goes to <redis-in>:dead (stream)")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10, show_default=True, help="after the first image, wait this long for more to fill the batch")
+@click.option(
+    "--claim-idle-ms",
+    type=click.IntRange(min=1),
+    default=30000,
+    show_default=True,
+    help="take over entries another worker left unacknowledged this long (stream)",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="deliveries before an entry goes to <redis-in>:dead (stream)",
+)
+@click.option(
+    "--max-wait-ms",
+    type=click.FloatRange(min=0),
+    default=10,
+    show_default=True,
+    help="after the first image, wait this long for more to fill the batch",
+)
 @click.option("--maxlen", type=click.IntRange(min=1), help="trim the output stream to about this many entries (stream)")
-@click.option("--delete-processed", is_flag=True, help="delete input entries once answered, so the input stream does not grow (stream)")
+@click.option(
+    "--delete-processed",
+    is_flag=True,
+    help="delete input entries once answered, so the input stream does not grow (stream)",
+)
 @service_options
-def serve_redis(model, transport, redis_in, redis_out, redis_host, redis_port, redis_db, redis_username, redis_password, redis_password_env, redis_ssl, redis_ssl_ca,
-                group, consumer, claim_idle_ms, max_attempts, max_wait_ms, maxlen, delete_processed, top_k, min_score, fmt, mask_threshold, mask_nth, output_minrect,
-                fit_bbox_to_polygon, bbox_as_fallback, verbose, quiet, device, precision, batch_size, mode, backend):
+def serve_redis(
+    model,
+    transport,
+    redis_in,
+    redis_out,
+    redis_host,
+    redis_port,
+    redis_db,
+    redis_username,
+    redis_password,
+    redis_password_env,
+    redis_ssl,
+    redis_ssl_ca,
+    group,
+    consumer,
+    claim_idle_ms,
+    max_attempts,
+    max_wait_ms,
+    maxlen,
+    delete_processed,
+    top_k,
+    min_score,
+    fmt,
+    mask_threshold,
+    mask_nth,
+    output_minrect,
+    fit_bbox_to_polygon,
+    bbox_as_fallback,
+    verbose,
+    quiet,
+    device,
+    precision,
+    batch_size,
+    mode,
+    backend,
+):
     """Predict images sent through Redis (the old predict_redis; --mode stream to scale out and lose nothing)."""
     from optik.services.loop import Stop
     from optik.services.redis_service import PubSubService, StreamOptions, StreamService, check_auth
 
-    connection = connect_options(redis_host, redis_port, redis_db, redis_username, redis_password, redis_password_env, redis_ssl, redis_ssl_ca)
+    connection = connect_options(
+        redis_host, redis_port, redis_db, redis_username, redis_password, redis_password_env, redis_ssl, redis_ssl_ca
+    )
     check_auth(connection)
-    outputs = dict(fmt=fmt, top_k=top_k, min_score=min_score, mask_threshold=mask_threshold, mask_nth=mask_nth, output_minrect=output_minrect,
-                   fit_bbox_to_polygon=fit_bbox_to_polygon, bbox_as_fallback=bbox_as_fallback)
+    outputs = dict(
+        fmt=fmt,
+        top_k=top_k,
+        min_score=min_score,
+        mask_threshold=mask_threshold,
+        mask_nth=mask_nth,
+        output_minrect=output_minrect,
+        fit_bbox_to_polygon=fit_bbox_to_polygon,
+        bbox_as_fallback=bbox_as_fallback,
+    )
     predictor, output = start_predictor(model, device, precision, batch_size, mode, backend, verbose, quiet, outputs)
     stop = Stop()
     if transport == "pubsub":
         service = PubSubService(predictor, output, connection, redis_in, redis_out, max_wait_ms, stop)
     else:
-        streams = StreamOptions(redis_in, redis_out, group, claim_idle_ms=claim_idle_ms, max_attempts=max_attempts, max_wait_ms=max_wait_ms, maxlen=maxlen, delete_processed=delete_processed)
+        streams = StreamOptions(
+            redis_in,
+            redis_out,
+            group,
+            claim_idle_ms=claim_idle_ms,
+            max_attempts=max_attempts,
+            max_wait_ms=max_wait_ms,
+            maxlen=maxlen,
+            delete_processed=delete_processed,
+        )
         if consumer:
             streams.consumer = consumer
         service = StreamService(predictor, output, connection, streams, stop)
@@ -153,13 +386,36 @@ def redis_group():
 @redis_group.command("send")
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @redis_options
-@click.option("--raw", is_flag=True, help="publish the bare image bytes (as srh-broadcast -b does) instead of a JSON envelope with an id (pubsub); replies then carry no file name")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True, help="seconds to wait for all replies")
-def redis_send(images, transport, redis_in, redis_out, redis_host, redis_port, redis_db, redis_username, redis_password, redis_password_env, redis_ssl, redis_ssl_ca, raw, timeout):
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="publish the bare image bytes (as srh-broadcast -b does) instead of a JSON envelope with an id (pubsub); replies then carry no file name",
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True, help="seconds to wait for all replies"
+)
+def redis_send(
+    images,
+    transport,
+    redis_in,
+    redis_out,
+    redis_host,
+    redis_port,
+    redis_db,
+    redis_username,
+    redis_password,
+    redis_password_env,
+    redis_ssl,
+    redis_ssl_ca,
+    raw,
+    timeout,
+):
     """Send IMAGES to a service and print each reply as a JSON line."""
-    from optik.services.redis_service import send_images
+    from optik.services.redis_client import send_images
 
-    connection = connect_options(redis_host, redis_port, redis_db, redis_username, redis_password, redis_password_env, redis_ssl, redis_ssl_ca)
+    connection = connect_options(
+        redis_host, redis_port, redis_db, redis_username, redis_password, redis_password_env, redis_ssl, redis_ssl_ca
+    )
     errors = 0
     for reply in send_images(connection, list(images), redis_in, redis_out, transport, raw, timeout):
         errors += isinstance(reply, dict) and "error" in reply

@@ -11,10 +11,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from optik.config.schema import TASK_SCHEMAS, ClassifyConfig, DetectConfig, Section
+from optik.config.schema import TASK_SCHEMAS, ClassifyConfig, DetectConfig, PretrainConfig, Section
 from optik.errors import ConfigError
 
-AnyConfig = ClassifyConfig | DetectConfig
+AnyConfig = ClassifyConfig | DetectConfig | PretrainConfig
 
 
 def preset_names() -> list[str]:
@@ -130,7 +130,9 @@ def describe_validation_error(exc: ValidationError, schema: type[BaseModel]) -> 
     for line in lines:  # one entry per key: union types report one failure per branch
         key, sep, rest = line.partition(": ")
         merged.setdefault(key if sep else line, []).append(rest if sep else "")
-    return "; ".join(f"{key}: {' or '.join(dict.fromkeys(parts))}" if parts[0] else key for key, parts in merged.items())
+    return "; ".join(
+        f"{key}: {' or '.join(dict.fromkeys(parts))}" if parts[0] else key for key, parts in merged.items()
+    )
 
 
 def _strip_union_suffix(key: str) -> str:

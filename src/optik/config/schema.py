@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -44,7 +44,9 @@ class DataConfig(Section):
     classes: list[str] | str | None = Field(None, description="class names, or a labels file")
     val_split: float = Field(0.2, gt=0, lt=1, description="share held out for val when there is no val folder")
     split_seed: int = 0
-    verify: Literal["full", "header"] = Field("full", description="decode every image before training, or only read headers")
+    verify: Literal["full", "header"] = Field(
+        "full", description="decode every image before training, or only read headers"
+    )
     skip_bad: bool = Field(False, description="leave unreadable images out (and report them) instead of failing")
     download: bool = Field(False, description="fetch cifar/mnist files when online")
     image_size: int = Field(224, ge=8, le=4096)
@@ -86,10 +88,13 @@ class BaseTrainConfig(Section):
     grad_clip: float | None = Field(None, gt=0)
     precision: Literal["32", "64", "bf16-mixed", "16-mixed", "bf16-true"] = "32"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    devices: Union[int, str, list[int]] = "auto"
+    devices: int | str | list[int] = "auto"
     num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
-    sync_batchnorm: bool = Field(False, description="under DDP on GPUs, batch norm statistics over every process's images (torch's SyncBatchNorm)")
+    sync_batchnorm: bool = Field(
+        False,
+        description="under DDP on GPUs, batch norm statistics over every process's images (torch's SyncBatchNorm)",
+    )
     seed: int = 0
     deterministic: bool = False
     validation: bool = Field(True, description="validate during training (false: model.pt comes from the last epoch)")
@@ -128,7 +133,7 @@ class ClassifyConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ClassifyConfig":
+    def _consistent(self) -> ClassifyConfig:
         if (self.train.mixup > 0 or self.train.cutmix > 0) and self.data.batch_size % 2:
             raise ValueError(f"train.mixup/cutmix need an even data.batch_size, got {self.data.batch_size}")
         if self.data.format == "list" and self.data.train_list is None:
@@ -144,7 +149,9 @@ class DetectAugmentConfig(Section):
 
     hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
     vflip: float = Field(0.0, ge=0, le=1, description="probability of a vertical flip")
-    scale: tuple[float, float] = Field((1.0, 1.0), description="random rescale range before the model's own resize (1, 1: off)")
+    scale: tuple[float, float] = Field(
+        (1.0, 1.0), description="random rescale range before the model's own resize (1, 1: off)"
+    )
     photometric: bool = Field(False, description="random brightness/contrast/saturation/hue changes")
 
     @field_validator("scale")
@@ -158,15 +165,27 @@ class DetectAugmentConfig(Section):
 class DetectDataConfig(Section):
     format: Literal["coco", "voc", "yolo"] = Field("coco", description="annotation format")
     root: Path | None = Field(None, description="dataset folder")
-    train: Path | None = Field(None, description="train split: COCO JSON file, or VOC/YOLO folder (default: found under root)")
-    val: Path | None = Field(None, description="val split, as train (default: found under root, else held out of train)")
+    train: Path | None = Field(
+        None, description="train split: COCO JSON file, or VOC/YOLO folder (default: found under root)"
+    )
+    val: Path | None = Field(
+        None, description="val split, as train (default: found under root, else held out of train)"
+    )
     test: Path | None = Field(None, description="test split, as train")
-    images: Path | None = Field(None, description="coco: folder the file_name entries are relative to (default: next to the JSON)")
-    classes: list[str] | str | None = Field(None, description="class names, or a labels file (default: COCO categories / VOC names / YOLO data.yaml)")
+    images: Path | None = Field(
+        None, description="coco: folder the file_name entries are relative to (default: next to the JSON)"
+    )
+    classes: list[str] | str | None = Field(
+        None, description="class names, or a labels file (default: COCO categories / VOC names / YOLO data.yaml)"
+    )
     val_split: float = Field(0.2, gt=0, lt=1, description="share held out for val when there is no val split")
     split_seed: int = 0
-    skip_bad: bool = Field(False, description="leave images that are missing or unreadable out (and report them) instead of failing")
-    image_size: int = Field(512, ge=32, le=4096, description="the longer image side the detector sees (the model resizes)")
+    skip_bad: bool = Field(
+        False, description="leave images that are missing or unreadable out (and report them) instead of failing"
+    )
+    image_size: int = Field(
+        512, ge=32, le=4096, description="the longer image side the detector sees (the model resizes)"
+    )
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     batch_size: int = Field(4, ge=1)
@@ -176,12 +195,18 @@ class DetectDataConfig(Section):
 
 class DetectModelConfig(Section):
     name: str = Field("fasterrcnn_mobilenet_v3_large_fpn", description="torchvision detector builder name")
-    backbone: str | None = Field(None, description="a timm architecture as the backbone (with an FPN) instead of the builder's own")
+    backbone: str | None = Field(
+        None, description="a timm architecture as the backbone (with an FPN) instead of the builder's own"
+    )
     pretrained: bool = Field(False, description="fetch torchvision's COCO weights for the detector (online)")
     pretrained_backbone: bool = Field(False, description="fetch ImageNet weights for the backbone (online)")
-    weights: Path | None = Field(None, description="initialise from a local weights file (full detector or backbone only)")
+    weights: Path | None = Field(
+        None, description="initialise from a local weights file (full detector or backbone only)"
+    )
     weights_prefix: str | None = Field(None, description="take only keys with this prefix and strip it")
-    trainable_backbone_layers: int | None = Field(None, ge=0, le=6, description="backbone stages trained (None: the builder's default)")
+    trainable_backbone_layers: int | None = Field(
+        None, ge=0, le=6, description="backbone stages trained (None: the builder's default)"
+    )
     score_threshold: float = Field(0.05, ge=0, le=1, description="detections scoring below this are dropped")
     nms_threshold: float = Field(0.5, gt=0, le=1, description="IoU above which overlapping boxes of a class are merged")
     detections_per_image: int = Field(100, ge=1)
@@ -212,13 +237,21 @@ SSL_METHODS = ("simclr", "moco_v2", "moco_v3", "byol", "simsiam", "swav", "barlo
 class PretrainDataConfig(Section):
     """Unlabelled images: every image below `root`, or the paths of list files (labels ignored)."""
 
-    format: Literal["folder", "list"] = Field("folder", description="folder: every image below root (sub-folders too); list: the paths of list files")
+    format: Literal["folder", "list"] = Field(
+        "folder", description="folder: every image below root (sub-folders too); list: the paths of list files"
+    )
     root: Path | None = Field(None, description="image folder (list format: the folder paths are relative to)")
-    lists: list[Path] = Field(default_factory=list, description="list format: files of 'path' or 'path label' lines (labels are ignored)")
-    verify: Literal["full", "header"] = Field("full", description="decode every image before training, or only read headers")
+    lists: list[Path] = Field(
+        default_factory=list, description="list format: files of 'path' or 'path label' lines (labels are ignored)"
+    )
+    verify: Literal["full", "header"] = Field(
+        "full", description="decode every image before training, or only read headers"
+    )
     skip_bad: bool = Field(False, description="leave unreadable images out (and report them) instead of failing")
     image_size: int = Field(224, ge=8, le=4096, description="size of the global views (and of the probe's input)")
-    crop_pct: float = Field(0.875, gt=0, le=1, description="backbone.pt's eval preprocessing: resize to image_size / crop_pct, center crop")
+    crop_pct: float = Field(
+        0.875, gt=0, le=1, description="backbone.pt's eval preprocessing: resize to image_size / crop_pct, center crop"
+    )
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -234,7 +267,9 @@ class ViewsConfig(Section):
     local_size: int | None = Field(None, ge=8, description="swav/dino: small crop size (default 3/7 of image_size)")
     hflip: float | None = Field(None, ge=0, le=1, description="probability of a horizontal flip")
     vflip: float | None = Field(None, ge=0, le=1, description="probability of a vertical flip")
-    rotate: float | None = Field(None, ge=0, le=1, description="probability of a random rotation (by rotate_degrees, else by 90 degrees)")
+    rotate: float | None = Field(
+        None, ge=0, le=1, description="probability of a random rotation (by rotate_degrees, else by 90 degrees)"
+    )
     rotate_degrees: float | None = Field(None, gt=0, le=180)
     color_jitter: float | None = Field(None, ge=0, le=1, description="probability of colour jitter")
     jitter_strength: float | None = Field(None, ge=0)
@@ -247,17 +282,43 @@ class SSLConfig(Section):
 
     method: Literal[SSL_METHODS] = "simclr"  # type: ignore[valid-type]
     hidden_dim: int = Field(2048, ge=8, description="hidden width of the projection (and prediction) heads")
-    out_dim: int | None = Field(None, ge=8, description="projection size (default: 128 simclr/moco_v2/swav, 256 moco_v3/byol, 2048 simsiam/barlow_twins/dino)")
-    temperature: float | None = Field(None, gt=0, description="contrastive temperature (default: 0.5 simclr, 0.2 moco, 0.1 swav)")
+    out_dim: int | None = Field(
+        None,
+        ge=8,
+        description="projection size (default: 128 simclr/moco_v2/swav, 256 moco_v3/byol, 2048 simsiam/barlow_twins/dino)",
+    )
+    temperature: float | None = Field(
+        None, gt=0, description="contrastive temperature (default: 0.5 simclr, 0.2 moco, 0.1 swav)"
+    )
     memory_bank_size: int = Field(4096, ge=0, description="moco_v2: negatives kept from earlier batches")
-    momentum: float = Field(0.99, ge=0, lt=1, description="moco/byol/dino: start of the momentum schedule, which rises to 1 by a cosine")
+    momentum: float = Field(
+        0.99, ge=0, lt=1, description="moco/byol/dino: start of the momentum schedule, which rises to 1 by a cosine"
+    )
     prototypes: int = Field(512, ge=2, description="swav: number of prototypes")
     freeze_prototypes_steps: int = Field(0, ge=0, description="swav: steps before the prototypes train")
-    bottleneck_dim: int = Field(64, ge=8, description="dino: width before the last (normalised) layer; narrow keeps the teacher sharp at the start")
-    teacher_temp: float = Field(0.02, gt=0, description="dino: teacher temperature after warm-up (paper: 0.04; 0.02 sharpens more, against a uniform teacher on small sets)")
-    warmup_teacher_temp_epochs: int = Field(0, ge=0, description="dino: epochs the teacher temperature rises from 0.04 (or teacher_temp, if lower)")
-    center_momentum: float = Field(0.99, ge=0, lt=1, description="dino: moving average of the teacher's centre (paper: 0.9 on ImageNet; 0.99 on small sets, where 0.9 turns the teacher uniform)")
-    head_batch_norm: bool | None = Field(None, description="dino: batch norm in the head's hidden layers (default: on when the backbone has batch norm, as ResNets; off otherwise, as ViTs)")
+    bottleneck_dim: int = Field(
+        64,
+        ge=8,
+        description="dino: width before the last (normalised) layer; narrow keeps the teacher sharp at the start",
+    )
+    teacher_temp: float = Field(
+        0.02,
+        gt=0,
+        description="dino: teacher temperature after warm-up (paper: 0.04; 0.02 sharpens more, against a uniform teacher on small sets)",
+    )
+    warmup_teacher_temp_epochs: int = Field(
+        0, ge=0, description="dino: epochs the teacher temperature rises from 0.04 (or teacher_temp, if lower)"
+    )
+    center_momentum: float = Field(
+        0.99,
+        ge=0,
+        lt=1,
+        description="dino: moving average of the teacher's centre (paper: 0.9 on ImageNet; 0.99 on small sets, where 0.9 turns the teacher uniform)",
+    )
+    head_batch_norm: bool | None = Field(
+        None,
+        description="dino: batch norm in the head's hidden layers (default: on when the backbone has batch norm, as ResNets; off otherwise, as ViTs)",
+    )
     freeze_last_layer_epochs: int = Field(1, ge=0, description="dino: epochs the last head layer is frozen")
     lambda_param: float = Field(5e-3, gt=0, description="barlow_twins: weight of the redundancy term")
     views: ViewsConfig = Field(default_factory=ViewsConfig)
@@ -290,14 +351,22 @@ class PretrainConfig(Section):
     train: PretrainTrainConfig = Field(default_factory=PretrainTrainConfig)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "PretrainConfig":
+    def _consistent(self) -> PretrainConfig:
         if self.data.format == "list" and not self.data.lists:
             raise ValueError("data.format 'list' needs data.lists (files of image paths)")
         if self.train.ema:
-            raise ValueError("train.ema is not used in pretraining: moco/byol/dino keep their own momentum copy (ssl.momentum)")
+            raise ValueError(
+                "train.ema is not used in pretraining: moco/byol/dino keep their own momentum copy (ssl.momentum)"
+            )
         if self.train.validation:
-            raise ValueError("train.validation must be false for pretraining (there are no labels); measure the backbone with `optik probe`")
+            raise ValueError(
+                "train.validation must be false for pretraining (there are no labels); measure the backbone with `optik probe`"
+            )
         return self
 
 
-TASK_SCHEMAS: dict[str, type[Section]] = {"classify": ClassifyConfig, "detect": DetectConfig, "pretrain": PretrainConfig}
+TASK_SCHEMAS: dict[str, type[Section]] = {
+    "classify": ClassifyConfig,
+    "detect": DetectConfig,
+    "pretrain": PretrainConfig,
+}

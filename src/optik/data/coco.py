@@ -9,13 +9,24 @@ from pathlib import Path
 
 from faster_coco_eval.core import mask as mask_api
 
-from optik.data.detection import SPLIT_FOLDERS, ClassNames, DetectionSet, RawObject, Segmentation, SetBuilder, probe_images, segmentation_rle
+from optik.data.detection_set import (
+    SPLIT_FOLDERS,
+    ClassNames,
+    DetectionSet,
+    RawObject,
+    Segmentation,
+    SetBuilder,
+    probe_images,
+    segmentation_rle,
+)
 from optik.errors import DataError
 
 LAYOUTS = "root/<split>/annotations.json (or the only .json file there) with its images, or root/annotations/instances_<split>*.json with images in root/<split>*"
 
 
-def read_coco(path: str | Path, names: ClassNames | None = None, images: str | Path | None = None, skip_bad: bool = False) -> DetectionSet:
+def read_coco(
+    path: str | Path, names: ClassNames | None = None, images: str | Path | None = None, skip_bad: bool = False
+) -> DetectionSet:
     """A COCO JSON file as a DetectionSet.
 
     Category ids may be any ints: labels index the categories in sorted-id order (or the named
@@ -30,7 +41,12 @@ def read_coco(path: str | Path, names: ClassNames | None = None, images: str | P
     label_of = {cid: classes.index(name) for cid, name in categories.items()}
     entries = image_entries(doc, path, image_folder(path, images))
     by_image = group_annotations(doc, path, categories, entries)
-    sizes, report = probe_images([file for file, _, _ in entries.values()], str(path), skip_bad, {file: (w, h) for file, w, h in entries.values()})
+    sizes, report = probe_images(
+        [file for file, _, _ in entries.values()],
+        str(path),
+        skip_bad,
+        {file: (w, h) for file, w, h in entries.values()},
+    )
     builder = SetBuilder(str(path))
     for image_id, (file, width, height) in entries.items():
         if file in sizes:
@@ -42,11 +58,15 @@ def read_coco(path: str | Path, names: ClassNames | None = None, images: str | P
 def load_json(path: Path) -> dict:
     """The parsed file, with the file and line named when it is not valid JSON."""
     if not path.is_file():
-        raise DataError(f"COCO annotation file not found: {path} (set data.train/val/test to the JSON files, or data.root to a folder laid out as {LAYOUTS})")
+        raise DataError(
+            f"COCO annotation file not found: {path} (set data.train/val/test to the JSON files, or data.root to a folder laid out as {LAYOUTS})"
+        )
     try:
         doc = json.loads(path.read_bytes())
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno}); fix the file") from None
+        raise DataError(
+            f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno}); fix the file"
+        ) from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a UTF-8 JSON file ({exc.reason} at byte {exc.start})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
@@ -83,7 +103,7 @@ def image_folder(path: Path, images: str | Path | None) -> Path:
             raise DataError(f"data.images folder not found: {folder}")
         return folder
     if path.parent.name == "annotations" and path.stem.startswith("instances_"):
-        candidate = path.parent.parent / path.stem[len("instances_"):]
+        candidate = path.parent.parent / path.stem[len("instances_") :]
         if candidate.is_dir():
             return candidate
     return path.parent
@@ -93,13 +113,19 @@ def image_entries(doc: dict, path: Path, folder: Path) -> dict[int, tuple[str, i
     """Image id -> (file path, width, height), in the JSON's order."""
     entries: dict[int, tuple[str, int, int]] = {}
     for image in doc["images"]:
-        if not isinstance(image, dict) or not isinstance(image.get("id"), int) or not isinstance(image.get("file_name"), str):
+        if (
+            not isinstance(image, dict)
+            or not isinstance(image.get("id"), int)
+            or not isinstance(image.get("file_name"), str)
+        ):
             raise DataError(f"{path}: every image needs an int 'id' and a 'file_name', got {str(image)[:200]}")
         if image["id"] in entries:
             raise DataError(f"{path}: image id {image['id']} appears twice")
         width, height = image.get("width"), image.get("height")
         if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
-            raise DataError(f"{path}: image {image['id']} ({image['file_name']}) needs positive int 'width' and 'height'")
+            raise DataError(
+                f"{path}: image {image['id']} ({image['file_name']}) needs positive int 'width' and 'height'"
+            )
         entries[image["id"]] = (os.path.normpath(folder / image["file_name"]), width, height)
     return entries
 
@@ -118,10 +144,14 @@ def group_annotations(doc: dict, path: Path, categories: dict[int, str], entries
         by_image.setdefault(ann["image_id"], []).append(ann)
     if unknown_cats:
         known = ", ".join(f"{cid} ({name})" for cid, name in sorted(categories.items()))
-        raise DataError(f"{path}: annotations use category ids {_listed(unknown_cats)} that are not in its categories (known: {known}); "
-                        "fix their category_id or add the categories")
+        raise DataError(
+            f"{path}: annotations use category ids {_listed(unknown_cats)} that are not in its categories (known: {known}); "
+            "fix their category_id or add the categories"
+        )
     if unknown_images:
-        raise DataError(f"{path}: annotations refer to image ids {_listed(unknown_images)} that are not in its images; fix their image_id or add the images")
+        raise DataError(
+            f"{path}: annotations refer to image ids {_listed(unknown_images)} that are not in its images; fix their image_id or add the images"
+        )
     return by_image
 
 
@@ -142,7 +172,9 @@ def coco_object(ann: dict, label_of: dict[int, int], path: Path, width: int, hei
     x, y, w, h = bbox
     area = ann.get("area")
     area = float(area) if isinstance(area, (int, float)) and math.isfinite(area) and area > 0 else None
-    return RawObject((x, y, x + w, y + h), label_of[ann["category_id"]], segmentation, bool(ann.get("iscrowd", 0)), area)
+    return RawObject(
+        (x, y, x + w, y + h), label_of[ann["category_id"]], segmentation, bool(ann.get("iscrowd", 0)), area
+    )
 
 
 def checked_segmentation(seg, where: str, width: int, height: int) -> Segmentation:
@@ -169,9 +201,15 @@ def find_splits(root: Path) -> dict[str, Path]:
                 found[split] = json_in(folder)
                 break
         else:
-            matches = sorted((root / "annotations").glob(f"instances_{split}*.json")) if (root / "annotations").is_dir() else []
+            matches = (
+                sorted((root / "annotations").glob(f"instances_{split}*.json"))
+                if (root / "annotations").is_dir()
+                else []
+            )
             if len(matches) > 1:
-                raise DataError(f"several {split} annotation files in {root / 'annotations'}: {[m.name for m in matches]}; set data.{split} to the one to use")
+                raise DataError(
+                    f"several {split} annotation files in {root / 'annotations'}: {[m.name for m in matches]}; set data.{split} to the one to use"
+                )
             if matches:
                 found[split] = matches[0]
     return found

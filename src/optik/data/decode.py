@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -35,7 +36,9 @@ def describe_source(source) -> str:
     return "<image>"
 
 
-def open_image(source: str | Path | bytes, name: str | None = None, draft_size: tuple[int, int] | None = None) -> Image.Image:
+def open_image(
+    source: str | Path | bytes, name: str | None = None, draft_size: tuple[int, int] | None = None
+) -> Image.Image:
     """Open and fully decode an image as RGB.
 
     Args:
@@ -51,29 +54,13 @@ def open_image(source: str | Path | bytes, name: str | None = None, draft_size: 
         fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
     except OSError as exc:
         raise ImageDecodeError(label, exc.strerror or str(exc)) from None
-    with fp:
-        if _is_empty(fp):
-            raise ImageDecodeError(label, "empty file (0 bytes)")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply MAX_PIXELS ourselves
-                image = Image.open(fp)
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise ImageDecodeError(label, f"image too large ({width}x{height} pixels, limit {MAX_PIXELS})")
-                if draft_size is not None and image.format == "JPEG":
-                    image.draft("RGB", draft_size)
-                image.load()
-                if image.format == "PNG" and not has_png_end(fp):
-                    raise ImageDecodeError(label, "truncated or corrupt (the PNG ends before its IEND chunk)")
-        except ImageDecodeError:
-            raise
-        except UnidentifiedImageError:
-            raise ImageDecodeError(label, "not an image (unknown or unsupported format)") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageDecodeError(label, "image too large (decompression bomb check)") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageDecodeError(label, f"truncated or corrupt ({exc})") from None
+    with fp, decode_errors(label):
+        image = _open_checked(fp, label)
+        if draft_size is not None and image.format == "JPEG":
+            image.draft("RGB", draft_size)
+        image.load()
+        if image.format == "PNG" and not has_png_end(fp):
+            raise ImageDecodeError(label, "truncated or corrupt (the PNG ends before its IEND chunk)")
     if image.mode != "RGB":
         image = image.convert("RGBA").convert("RGB") if "transparency" in image.info else image.convert("RGB")
     return image
@@ -92,21 +79,45 @@ def _is_empty(fp) -> bool:
     return not start
 
 
-def check_header(path: str | Path) -> None:
-    """Open only the header of an image file: fast, catches non-images, empty and oversized files."""
-    with open(path, "rb") as fp:
-        if _is_empty(fp):
-            raise ImageDecodeError(str(path), "empty file (0 bytes)")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(fp) as image:
-                    width, height = image.size
-        except UnidentifiedImageError:
-            raise ImageDecodeError(str(path), "not an image (unknown or unsupported format)") from None
-        except Image.DecompressionBombError:
-            raise ImageDecodeError(str(path), "image too large (decompression bomb check)") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageDecodeError(str(path), f"truncated or corrupt ({exc})") from None
+@contextmanager
+def decode_errors(label: str):
+    """Turn what Pillow raises on a bad file into an ImageDecodeError with a reason a user can act on."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply MAX_PIXELS ourselves
+            yield
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(label, "not an image (unknown or unsupported format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageDecodeError(label, "image too large (decompression bomb check)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(label, f"truncated or corrupt ({exc})") from None
+
+
+def _open_checked(fp, label: str) -> Image.Image:
+    """Pillow's lazy open (the header only), refusing empty files and images above MAX_PIXELS."""
+    if _is_empty(fp):
+        raise ImageDecodeError(label, "empty file (0 bytes)")
+    image = Image.open(fp)
+    width, height = image.size
     if width * height > MAX_PIXELS:
-        raise ImageDecodeError(str(path), f"image too large ({width}x{height} pixels, limit {MAX_PIXELS})")
+        raise ImageDecodeError(label, f"image too large ({width}x{height} pixels, limit {MAX_PIXELS})")
+    return image
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """An image file's (width, height) as its header states it, without decoding pixels (no EXIF rotation).
+
+    Raises:
+        ImageDecodeError: missing, empty, not an image, a header cut short, or too large.
+    """
+    label = str(path)
+    try:
+        with open(path, "rb") as fp, decode_errors(label), _open_checked(fp, label) as image:
+            return image.size
+    except FileNotFoundError:  # only `open` raises OSErrors here: decode_errors turns Pillow's into ImageDecodeErrors
+        raise ImageDecodeError(label, "file not found") from None
+    except OSError as exc:
+        raise ImageDecodeError(label, exc.strerror or str(exc)) from None

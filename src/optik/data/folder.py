@@ -99,7 +99,12 @@ def folder_splits(root: str | Path, named: list[str] | None, origin: str, val_sp
         if "train" not in per_split:
             raise DataError(f"{root} has {'/'.join(per_split)} folders but no train/ folder")
     found = sorted(per_split["train"])
-    classes = match_classes(named, origin, found, f"the class folders of {root / 'train' if len(per_split) > 1 or has_split_folders(root) else root}")
+    classes = match_classes(
+        named,
+        origin,
+        found,
+        f"the class folders of {root / 'train' if len(per_split) > 1 or has_split_folders(root) else root}",
+    )
     for name, images in per_split.items():
         unknown = sorted(set(images) - set(classes))
         if unknown:

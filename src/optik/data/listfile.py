@@ -8,7 +8,9 @@ from optik.data.folder import Sample
 from optik.errors import DataError
 
 
-def read_list(list_file: str | Path, root: str | Path | None, classes: list[str] | None) -> tuple[list[Sample], list[str]]:
+def read_list(
+    list_file: str | Path, root: str | Path | None, classes: list[str] | None
+) -> tuple[list[Sample], list[str]]:
     """Samples of a list file, and the class names (given, or discovered from name labels in sorted order)."""
     list_file, base = _locate(list_file, root)
     rows = []
@@ -39,7 +41,9 @@ def read_list(list_file: str | Path, root: str | Path | None, classes: list[str]
         if numeric:
             target = int(label)
             if not 0 <= target < len(classes):
-                raise DataError(f"{list_file}:{number}: label {target} is outside 0..{len(classes) - 1} ({len(classes)} classes)")
+                raise DataError(
+                    f"{list_file}:{number}: label {target} is outside 0..{len(classes) - 1} ({len(classes)} classes)"
+                )
         elif label in index:
             target = index[label]
         else:

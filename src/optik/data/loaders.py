@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +11,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from optik.data.classes import configured_classes, match_classes
-from optik.data.decode import check_header, open_image
+from optik.data.decode import open_image
 from optik.data.folder import Sample, Splits, complete_splits, find_images, folder_splits
+from optik.data.images import check_images, refuse_or_skip
 from optik.data.listfile import read_list, read_paths
 from optik.data.transforms import Preprocess, eval_transform, train_transform
-from optik.errors import DataError, ImageDecodeError
+from optik.errors import DataError
 
 TORCHVISION_SETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
@@ -142,36 +141,10 @@ def read_splits(data) -> Splits:
     return complete_splits(splits, data.val_split, data.split_seed)
 
 
-def check_images(paths: list[str], mode: str = "full", workers: int | None = None) -> dict[str, str]:
-    """Path -> reason for every image that cannot be read (`full` decodes, `header` only opens)."""
-
-    def problem(path: str) -> str | None:
-        try:
-            open_image(path) if mode == "full" else check_header(path)
-        except ImageDecodeError as exc:
-            return exc.reason
-        except OSError as exc:
-            return exc.strerror or str(exc)
-        return None
-
-    workers = workers or min(8, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(workers) as pool:
-        reasons = list(pool.map(problem, paths, chunksize=64))
-    return {path: reason for path, reason in zip(paths, reasons) if reason}
-
-
-def refuse_unreadable(bad: dict[str, str]) -> None:
-    listed = "; ".join(f"{path}: {reason}" for path, reason in list(bad.items())[:5])
-    more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-    raise DataError(f"{len(bad)} unreadable image(s): {listed}{more}. Remove or replace them, or set data.skip_bad: true to leave them out")
-
-
 def drop_bad(splits: Splits, mode: str, skip_bad: bool) -> list[str]:
     """Check every image once; fail listing the bad ones, or leave them out when skip_bad."""
     paths = sorted({path for name in ("train", "val", "test") for path, _ in splits.get(name)})
-    bad = check_images(paths, mode)
-    if bad and not skip_bad:
-        refuse_unreadable(bad)
+    bad = refuse_or_skip(check_images(paths, mode), skip_bad)
     for name in ("train", "val", "test"):
         setattr(splits, name, [s for s in splits.get(name) if s[0] not in bad])
     return sorted(bad)
@@ -197,18 +170,20 @@ def build_pretrain_data(data, transform, seed: int | None = None) -> tuple[Image
     image turned into its views by `transform`; and the unreadable images left out."""
     if data.format == "folder":
         if data.root is None or not Path(data.root).is_dir():
-            raise DataError(f"data.root is not an image folder: {data.root}; give the folder of unlabelled images (--set data.root=path)")
+            raise DataError(
+                f"data.root is not an image folder: {data.root}; give the folder of unlabelled images (--set data.root=path)"
+            )
         paths = [str(p) for p in find_images(data.root)]
         if not paths:
             raise DataError(f"no images found below {data.root}")
     else:
         paths = sorted({path for list_file in data.lists for path in read_paths(list_file, data.root)})
-    bad = check_images(paths, data.verify)
-    if bad and not data.skip_bad:
-        refuse_unreadable(bad)
+    bad = refuse_or_skip(check_images(paths, data.verify), data.skip_bad)
     samples = [(path, 0) for path in paths if path not in bad]
     if len(samples) < data.batch_size:
-        raise DataError(f"{len(samples)} images for a batch size of {data.batch_size}; pretraining needs at least one full batch (lower data.batch_size)")
+        raise DataError(
+            f"{len(samples)} images for a batch size of {data.batch_size}; pretraining needs at least one full batch (lower data.batch_size)"
+        )
     return ImageDataset(samples, transform, seed), sorted(bad)
 
 
@@ -222,18 +197,37 @@ def _torchvision_data(data, evaluation, seed: int | None) -> ClassifyData:
         train = cls(str(data.root), train=True, download=data.download)
         test = cls(str(data.root), train=False, download=data.download)
     except RuntimeError as exc:
-        raise DataError(f"{data.format} files not found under {data.root} ({exc}); set data.download: true to fetch them when online") from None
+        raise DataError(
+            f"{data.format} files not found under {data.root} ({exc}); set data.download: true to fetch them when online"
+        ) from None
     named, origin = configured_classes(data.classes)
-    classes = match_classes(named, origin, list(train.classes), f"the {data.format} classes") if named else list(train.classes)
+    classes = (
+        match_classes(named, origin, list(train.classes), f"the {data.format} classes")
+        if named
+        else list(train.classes)
+    )
     if named and classes != list(train.classes):
         raise DataError(f"{origin} must list the {data.format} classes in their standard order: {list(train.classes)}")
-    datasets = {"train": TorchvisionImages(train, train_transform(data), seed), "val": TorchvisionImages(test, evaluation), "test": TorchvisionImages(test, evaluation)}
+    datasets = {
+        "train": TorchvisionImages(train, train_transform(data), seed),
+        "val": TorchvisionImages(test, evaluation),
+        "test": TorchvisionImages(test, evaluation),
+    }
     where = str(Path(data.root))
-    return ClassifyData(classes, datasets, {"train": where, "val": f"{where} (test set)", "test": f"{where} (test set)"}, [])
+    return ClassifyData(
+        classes, datasets, {"train": where, "val": f"{where} (test set)", "test": f"{where} (test set)"}, []
+    )
 
 
-def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle_seed: int | None = None, drop_last: bool = False, start_epoch: int = 0,
-                collate_fn=None) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    shuffle_seed: int | None = None,
+    drop_last: bool = False,
+    start_epoch: int = 0,
+    collate_fn=None,
+) -> DataLoader:
     """A DataLoader; with `shuffle_seed` the order is reshuffled per epoch from (seed, epoch)."""
     sampler = EpochShuffleSampler(len(dataset), shuffle_seed, start_epoch) if shuffle_seed is not None else None
     return DataLoader(

@@ -19,7 +19,12 @@ import numpy as np
 
 from optik.errors import DataError
 
-MAPPING_FILES = ("folder_to_objectnet_label.json", "objectnet_to_imagenet_1k.json", "imagenet_to_label_2012_v2", "pytorch_to_imagenet_2012_id.json")
+MAPPING_FILES = (
+    "folder_to_objectnet_label.json",
+    "objectnet_to_imagenet_1k.json",
+    "imagenet_to_label_2012_v2",
+    "pytorch_to_imagenet_2012_id.json",
+)
 
 
 def objectnet_labels(mappings: str | Path) -> list[str]:
@@ -33,7 +38,9 @@ def pytorch_to_objectnet(mappings: str | Path, num_outputs: int = 1000) -> np.nd
     folder = Path(mappings)
     missing = [name for name in MAPPING_FILES if not (folder / name).is_file()]
     if missing:
-        raise DataError(f"--objectnet-mappings {folder}: missing {', '.join(missing)} (the ObjectNet dataset's mappings/ folder has them)")
+        raise DataError(
+            f"--objectnet-mappings {folder}: missing {', '.join(missing)} (the ObjectNet dataset's mappings/ folder has them)"
+        )
     label_id = {label: i for i, label in enumerate(objectnet_labels(folder))}
     imagenet_lines = (folder / "imagenet_to_label_2012_v2").read_text(encoding="utf-8").splitlines()
     imagenet_id = {line.strip(): i for i, line in enumerate(imagenet_lines) if line.strip()}
@@ -41,13 +48,19 @@ def pytorch_to_objectnet(mappings: str | Path, num_outputs: int = 1000) -> np.nd
     ids = np.full(num_outputs, -1, dtype=np.int64)
     for label, names in _read_json(folder, "objectnet_to_imagenet_1k.json").items():
         if label not in label_id:
-            raise DataError(f"objectnet_to_imagenet_1k.json names {label!r}, which folder_to_objectnet_label.json does not have")
+            raise DataError(
+                f"objectnet_to_imagenet_1k.json names {label!r}, which folder_to_objectnet_label.json does not have"
+            )
         for name in (n.strip() for n in names.split(";") if n.strip()):
             if name not in imagenet_id:
-                raise DataError(f"objectnet_to_imagenet_1k.json maps {label!r} to {name!r}, which is not a line of imagenet_to_label_2012_v2")
+                raise DataError(
+                    f"objectnet_to_imagenet_1k.json maps {label!r} to {name!r}, which is not a line of imagenet_to_label_2012_v2"
+                )
             index = pytorch_of.get(imagenet_id[name])
             if index is None or index >= num_outputs:
-                raise DataError(f"ImageNet class {name!r} (id {imagenet_id[name]}) has no PyTorch index below {num_outputs} in pytorch_to_imagenet_2012_id.json")
+                raise DataError(
+                    f"ImageNet class {name!r} (id {imagenet_id[name]}) has no PyTorch index below {num_outputs} in pytorch_to_imagenet_2012_id.json"
+                )
             ids[index] = label_id[label]
     return ids
 

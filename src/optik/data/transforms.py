@@ -30,7 +30,7 @@ class Preprocess:
     std: tuple[float, float, float]
 
     @classmethod
-    def from_data_config(cls, data) -> "Preprocess":
+    def from_data_config(cls, data) -> Preprocess:
         return cls(
             image_size=data.image_size,
             resize_size=int(math.floor(data.image_size / data.crop_pct)),
@@ -40,7 +40,7 @@ class Preprocess:
         )
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Preprocess":
+    def from_dict(cls, values: dict) -> Preprocess:
         return cls(**{**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])})
 
     def to_dict(self) -> dict:
@@ -68,7 +68,11 @@ def train_transform(data) -> v2.Compose:
     """Training augmentation from a DataConfig: random resized crop, flips, optional RandAugment/jitter."""
     aug = data.augment
     interpolation = INTERPOLATIONS[data.interpolation]
-    steps: list = [v2.RandomResizedCrop(data.image_size, scale=aug.scale, ratio=aug.ratio, interpolation=interpolation, antialias=True)]
+    steps: list = [
+        v2.RandomResizedCrop(
+            data.image_size, scale=aug.scale, ratio=aug.ratio, interpolation=interpolation, antialias=True
+        )
+    ]
     if aug.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(aug.hflip))
     if aug.vflip > 0:
@@ -90,4 +94,6 @@ def _rand_augment(spec: str, mean):
     try:
         return rand_augment_transform(spec, {"img_mean": fill})
     except Exception as exc:  # timm raises assorted errors for a malformed spec
-        raise ConfigError(f"data.augment.randaugment: invalid spec {spec!r} ({exc}); example: rand-m9-mstd0.5") from None
+        raise ConfigError(
+            f"data.augment.randaugment: invalid spec {spec!r} ({exc}); example: rand-m9-mstd0.5"
+        ) from None

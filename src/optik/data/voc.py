@@ -12,7 +12,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from optik.data.decode import IMAGE_EXTENSIONS
-from optik.data.detection import SPLIT_FOLDERS, ClassNames, DetectionSet, RawObject, SetBuilder, probe_images
+from optik.data.detection_set import SPLIT_FOLDERS, ClassNames, DetectionSet, RawObject, SetBuilder, probe_images
 from optik.data.folder import find_images
 from optik.errors import DataError
 
@@ -50,12 +50,19 @@ def read_voc(source: str | Path, names: ClassNames | None = None, skip_bad: bool
     found = sorted({obj.name for ann in parsed.values() for obj in ann.objects})
     classes = (names or ClassNames()).resolve(found, f"the object names of {source}")
     label_of = {name: i for i, name in enumerate(classes)}
-    expected = {str(image): (parsed[xml].width, parsed[xml].height) for image, xml in pairs if xml is not None and parsed[xml].width > 0 and parsed[xml].height > 0}
+    expected = {
+        str(image): (parsed[xml].width, parsed[xml].height)
+        for image, xml in pairs
+        if xml is not None and parsed[xml].width > 0 and parsed[xml].height > 0
+    }
     sizes, skipped = probe_images([str(image) for image, _ in pairs], str(source), skip_bad, expected)
     builder = SetBuilder(str(source))
     for image_id, (image, xml) in enumerate(pairs, start=1):
         if str(image) in sizes:
-            objects = [RawObject(obj.box, label_of[obj.name], iscrowd=obj.difficult) for obj in (parsed[xml].objects if xml is not None else [])]
+            objects = [
+                RawObject(obj.box, label_of[obj.name], iscrowd=obj.difficult)
+                for obj in (parsed[xml].objects if xml is not None else [])
+            ]
             builder.add(str(image), *sizes[str(image)], image_id, objects)
     return builder.build(classes, str(source), report + skipped)
 
@@ -63,7 +70,11 @@ def read_voc(source: str | Path, names: ClassNames | None = None, skip_bad: bool
 def voc_pairs(source: Path) -> tuple[list[tuple[Path, Path | None]], list[str]]:
     """(image, its XML or None) pairs of a VOC source, and report lines."""
     if source.is_file():
-        devkit = source.parents[2] if source.parent.name == "Main" and source.parent.parent.name == "ImageSets" else source.parent
+        devkit = (
+            source.parents[2]
+            if source.parent.name == "Main" and source.parent.parent.name == "ImageSets"
+            else source.parent
+        )
         return _devkit_pairs(devkit, _listed_ids(source), source), []
     if not source.is_dir():
         raise DataError(f"VOC folder not found: {source} (set data.root to a folder laid out as {LAYOUTS})")
@@ -81,8 +92,10 @@ def _listed_ids(list_file: Path) -> list[str]:
 def _devkit_pairs(devkit: Path, ids: list[str], where: Path) -> list[tuple[Path, Path | None]]:
     missing = [i for i in ids if not (devkit / "Annotations" / f"{i}.xml").is_file()]
     if missing:
-        raise DataError(f"{len(missing)} annotation file(s) listed in {where} not found in {devkit / 'Annotations'}: {missing[:10]}; "
-                        "fix the list or add the XML files")
+        raise DataError(
+            f"{len(missing)} annotation file(s) listed in {where} not found in {devkit / 'Annotations'}: {missing[:10]}; "
+            "fix the list or add the XML files"
+        )
     if not ids:
         raise DataError(f"{where} lists no images")
     pairs = []
@@ -98,7 +111,11 @@ def _folder_pairs(folder: Path) -> tuple[list[tuple[Path, Path | None]], list[st
         raise DataError(f"no VOC .xml annotation files in {folder}; expected {LAYOUTS}")
     pairs = {_image_for(xml, xml.parent): xml for xml in xmls}
     background = [image for image in find_images(folder) if image not in pairs]
-    report = [f"{folder}: {len(background)} image(s) without an .xml file kept as images without objects"] if background else []
+    report = (
+        [f"{folder}: {len(background)} image(s) without an .xml file kept as images without objects"]
+        if background
+        else []
+    )
     pairs.update({image: None for image in background})
     return sorted(pairs.items()), report
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from optik.data.detection import SPLIT_FOLDERS, ClassNames, DetectionSet, RawObject, SetBuilder, probe_images
+from optik.data.detection_set import SPLIT_FOLDERS, ClassNames, DetectionSet, RawObject, SetBuilder, probe_images
 from optik.data.folder import find_images
 from optik.errors import DataError
 
@@ -95,7 +95,9 @@ def _yaml_names(path: Path) -> list[str] | None:
         return None
     if isinstance(names, dict):
         if sorted(names) != list(range(len(names))):
-            raise DataError(f"{path}: 'names' keys must be the class indices 0..{len(names) - 1}, got {sorted(names, key=str)}")
+            raise DataError(
+                f"{path}: 'names' keys must be the class indices 0..{len(names) - 1}, got {sorted(names, key=str)}"
+            )
         names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names:
         raise DataError(f"{path}: 'names' must be a list of class names or a mapping index -> name")
@@ -119,18 +121,28 @@ def _parse_line(line: str, where: str, width: int, height: int, index_map: list[
     try:
         values = [float(v) for v in line.split()]
     except ValueError:
-        raise DataError(f"{where}: expected numbers 'class cx cy w h' (or 'class x1 y1 x2 y2 ...'), got {line.strip()!r}") from None
+        raise DataError(
+            f"{where}: expected numbers 'class cx cy w h' (or 'class x1 y1 x2 y2 ...'), got {line.strip()!r}"
+        ) from None
     if len(values) != 5 and (len(values) < 7 or len(values) % 2 == 0):
-        raise DataError(f"{where}: expected 5 numbers 'class cx cy w h' or a class and 3 or more 'x y' points, got {len(values)} numbers")
+        raise DataError(
+            f"{where}: expected 5 numbers 'class cx cy w h' or a class and 3 or more 'x y' points, got {len(values)} numbers"
+        )
     index = values[0]
     if not index.is_integer() or not 0 <= index < len(index_map):
-        raise DataError(f"{where}: class index {line.split()[0]} is out of range: there are {len(index_map)} classes (0..{len(index_map) - 1}: {classes}); "
-                        "fix the label or the class names")
+        raise DataError(
+            f"{where}: class index {line.split()[0]} is out of range: there are {len(index_map)} classes (0..{len(index_map) - 1}: {classes}); "
+            "fix the label or the class names"
+        )
     label = index_map[int(index)]
     if len(values) == 5:
         cx, cy, w, h = values[1:]
-        return RawObject(((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height), label)
-    polygon = [round(v * (width if i % 2 == 0 else height), 6) for i, v in enumerate(values[1:])]  # no float noise in the COCO written
+        return RawObject(
+            ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height), label
+        )
+    polygon = [
+        round(v * (width if i % 2 == 0 else height), 6) for i, v in enumerate(values[1:])
+    ]  # no float noise in the COCO written
     xs, ys = polygon[0::2], polygon[1::2]
     return RawObject((min(xs), min(ys), max(xs), max(ys)), label, segmentation=[polygon])
 

@@ -42,7 +42,14 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: Path, every: int, keep: int):
-        super().__init__(dirpath=dirpath, filename="last", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
+        super().__init__(
+            dirpath=dirpath,
+            filename="last",
+            save_top_k=1,
+            every_n_epochs=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
         self.every, self.keep = every, keep
 
     def on_train_epoch_end(self, trainer, pl_module):
@@ -58,7 +65,9 @@ class LastCheckpoint(ModelCheckpoint):
         except OSError:  # filesystems without hard links
             shutil.copyfile(folder / "last.ckpt", target)
         if self.keep > 0:
-            numbered = {int(p.stem.split("-")[1]): p for p in folder.glob("epoch-*.ckpt") if p.stem.split("-")[1].isdigit()}
+            numbered = {
+                int(p.stem.split("-")[1]): p for p in folder.glob("epoch-*.ckpt") if p.stem.split("-")[1].isdigit()
+            }
             saved = [numbered[n] for n in sorted(numbered) if n <= epoch]  # files of a longer earlier run stay
             for old in saved[: -self.keep]:
                 old.unlink(missing_ok=True)
@@ -89,8 +98,12 @@ class ProcessReport(L.Callback):
             return
         backend = getattr(trainer.strategy, "process_group_backend", None) or "-"
         batches = trainer.num_training_batches
-        print(f"process {trainer.global_rank} of {trainer.world_size} (node {trainer.node_rank}, {backend} on {pl_module.device}): "
-              f"{batches} batch{'es' if batches != 1 else ''} per epoch", file=sys.stdout, flush=True)
+        print(
+            f"process {trainer.global_rank} of {trainer.world_size} (node {trainer.node_rank}, {backend} on {pl_module.device}): "
+            f"{batches} batch{'es' if batches != 1 else ''} per epoch",
+            file=sys.stdout,
+            flush=True,
+        )
 
 
 class EpochLog(L.Callback):
@@ -106,9 +119,17 @@ class EpochLog(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.global_rank != 0 or trainer.sanity_checking:
             return
-        shown = {k: v for k, v in trainer.callback_metrics.items() if k.endswith(("_epoch", "acc1", "acc5", "mean_class_acc", "val/loss", "map", "map_50", "map_75"))}
+        shown = {
+            k: v
+            for k, v in trainer.callback_metrics.items()
+            if k.endswith(("_epoch", "acc1", "acc5", "mean_class_acc", "val/loss", "map", "map_50", "map_75"))
+        }
         metrics = "  ".join(f"{k.removesuffix('_epoch')} {float(v):.4f}" for k, v in sorted(shown.items()))
-        print(f"epoch {trainer.current_epoch + 1}/{self.epochs}  {metrics}  ({time.monotonic() - self.started:.1f}s)", file=sys.stdout, flush=True)
+        print(
+            f"epoch {trainer.current_epoch + 1}/{self.epochs}  {metrics}  ({time.monotonic() - self.started:.1f}s)",
+            file=sys.stdout,
+            flush=True,
+        )
 
 
 class KeepHistoryWriter(ExperimentWriter):

@@ -47,33 +47,39 @@ class ProbeReport:
         return asdict(self)
 
     def lines(self) -> list[str]:
-        out = [f"model: {self.model} ({self.feature_dim} features)",
-               f"data: train {self.images['train']} images ({self.data['train']}), test {self.images['test']} images ({self.data['test']})",
-               f"{'':24s} {'kNN':>8s} {'linear':>8s}",
-               f"{'accuracy':24s} {self.knn.accuracy:8.4f} {self.linear.accuracy:8.4f}",
-               f"{'mean class accuracy':24s} {self.knn.mean_class_accuracy:8.4f} {self.linear.mean_class_accuracy:8.4f}"]
-        out += [f"  {name[:22]:22s} {self.knn.per_class[name]:8.4f} {self.linear.per_class[name]:8.4f}" for name in self.classes]
+        out = [
+            f"model: {self.model} ({self.feature_dim} features)",
+            f"data: train {self.images['train']} images ({self.data['train']}), test {self.images['test']} images ({self.data['test']})",
+            f"{'':24s} {'kNN':>8s} {'linear':>8s}",
+            f"{'accuracy':24s} {self.knn.accuracy:8.4f} {self.linear.accuracy:8.4f}",
+            f"{'mean class accuracy':24s} {self.knn.mean_class_accuracy:8.4f} {self.linear.mean_class_accuracy:8.4f}",
+        ]
+        out += [
+            f"  {name[:22]:22s} {self.knn.per_class[name]:8.4f} {self.linear.per_class[name]:8.4f}"
+            for name in self.classes
+        ]
         return out
 
 
 def feature_extractor(model: str | Path, image_size: int | None = None) -> tuple[nn.Module, Preprocess, str]:
     """(pooled-feature network, its eval preprocessing, description) for a backbone.pt, model.pt or
     training checkpoint, or a timm architecture name (random init: the baseline a backbone must beat)."""
-    from optik.models.package import build_model, load_package
+    from optik.models.package import load_package
+    from optik.tasks import get_task
 
     path = Path(model)
     if path.exists():
         package = load_package(path)
-        if package.task == "detect":
-            raise ConfigError("optik probe measures classification features; give a backbone.pt, a classifier's model.pt or a timm name")
-        network = build_model(package)
-        if package.task == "classify":
-            if not hasattr(network, "reset_classifier"):
-                raise ModelError(f"{model}: a plug-in classifier has no known feature layer; probe its backbone.pt or a timm model")
-            network.reset_classifier(0)
+        network = get_task(package.task).feature_network(package, str(model))
         preprocess = Preprocess.from_dict(package.preprocess)
         if image_size is not None:
-            preprocess = Preprocess(image_size, round(image_size * preprocess.resize_size / preprocess.image_size), preprocess.interpolation, preprocess.mean, preprocess.std)
+            preprocess = Preprocess(
+                image_size,
+                round(image_size * preprocess.resize_size / preprocess.image_size),
+                preprocess.interpolation,
+                preprocess.mean,
+                preprocess.std,
+            )
         return network.eval(), preprocess, f"{path} ({package.config['model']['name']})"
     import timm
 
@@ -83,7 +89,11 @@ def feature_extractor(model: str | Path, image_size: int | None = None) -> tuple
     network = timm.create_model(str(model), pretrained=False, num_classes=0)
     from optik.config.schema import IMAGENET_MEAN, IMAGENET_STD
 
-    return network.eval(), Preprocess(size, round(size / 0.875), "bilinear", IMAGENET_MEAN, IMAGENET_STD), f"{model} (random init)"
+    return (
+        network.eval(),
+        Preprocess(size, round(size / 0.875), "bilinear", IMAGENET_MEAN, IMAGENET_STD),
+        f"{model} (random init)",
+    )
 
 
 def probe_samples(data: str | Path) -> tuple[dict[str, list[Sample]], dict[str, str], list[str]]:
@@ -97,10 +107,10 @@ def probe_samples(data: str | Path) -> tuple[dict[str, list[Sample]], dict[str, 
     if path.is_dir():
         data_cfg = DataConfig(root=path)
     elif path.is_file() and path.suffix in (".yaml", ".yml"):
+        from optik.tasks import get_task
+
         cfg = load_config(path)
-        if cfg.task != "classify":
-            raise ConfigError(f"{path} is a {cfg.task} config; give a classify config (its data section names the labelled set) or a folder")
-        data_cfg = cfg.data
+        data_cfg = get_task(cfg.task).labelled_data(cfg, str(path))
     else:
         raise DataError(f"data not found: {data} (give a folder of class sub-folders, or a classify config)")
     if data_cfg.format not in ("folder", "list"):
@@ -109,11 +119,22 @@ def probe_samples(data: str | Path) -> tuple[dict[str, list[Sample]], dict[str, 
     drop_bad(splits, "header", skip_bad=data_cfg.skip_bad)
     if splits.val_held_out and splits.origin["test"] != splits.origin["val"]:
         splits.train = splits.train + splits.val  # a real test split: the share held out for val goes back to train
-    return {"train": splits.train, "test": splits.test}, {"train": splits.origin["train"], "test": splits.origin["test"]}, splits.classes
+    return (
+        {"train": splits.train, "test": splits.test},
+        {"train": splits.origin["train"], "test": splits.origin["test"]},
+        splits.classes,
+    )
 
 
 @torch.inference_mode()
-def extract_features(network: nn.Module, samples: list[Sample], preprocess: Preprocess, batch_size: int, workers: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(
+    network: nn.Module,
+    samples: list[Sample],
+    preprocess: Preprocess,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
     loader = make_loader(ImageDataset(samples, eval_transform(preprocess)), batch_size, workers)
     network = network.to(device)
     features, labels = [], []
@@ -126,7 +147,14 @@ def extract_features(network: nn.Module, samples: list[Sample], preprocess: Prep
     return torch.cat(features).numpy(), torch.cat(labels).numpy()
 
 
-def knn_predict(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, num_classes: int, k: int = 20, temperature: float = 0.07) -> np.ndarray:
+def knn_predict(
+    train: np.ndarray,
+    train_labels: np.ndarray,
+    test: np.ndarray,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> np.ndarray:
     """Weighted kNN on cosine similarity (chunked, so big sets fit in memory)."""
     train_t = nn.functional.normalize(torch.from_numpy(train).float(), dim=1)
     labels = torch.from_numpy(train_labels).long()
@@ -150,13 +178,27 @@ def linear_predict(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray
 
 
 def scores(predicted: np.ndarray, truth: np.ndarray, classes: list[str]) -> ProbeScores:
-    per_class = {name: float((predicted[truth == i] == i).mean()) if (truth == i).any() else float("nan") for i, name in enumerate(classes)}
+    per_class = {
+        name: float((predicted[truth == i] == i).mean()) if (truth == i).any() else float("nan")
+        for i, name in enumerate(classes)
+    }
     present = [v for v in per_class.values() if v == v]
     return ProbeScores(float((predicted == truth).mean()), float(np.mean(present)), per_class)
 
 
-def probe(model: str | Path, data: str | Path, k: int = 20, temperature: float = 0.07, c: float = 1.0, image_size: int | None = None,
-          batch_size: int = 64, workers: int = 2, device: str = "auto", network: nn.Module | None = None, preprocess: Preprocess | None = None) -> ProbeReport:
+def probe(
+    model: str | Path,
+    data: str | Path,
+    k: int = 20,
+    temperature: float = 0.07,
+    c: float = 1.0,
+    image_size: int | None = None,
+    batch_size: int = 64,
+    workers: int = 2,
+    device: str = "auto",
+    network: nn.Module | None = None,
+    preprocess: Preprocess | None = None,
+) -> ProbeReport:
     """kNN and linear-probe scores of the frozen features of `model` (or of `network` with `preprocess`) on `data`."""
     from optik.inference.backends import pick_device
 
@@ -171,15 +213,24 @@ def probe(model: str | Path, data: str | Path, k: int = 20, temperature: float =
         if not samples[split]:
             raise DataError(f"no {split} images in {origin[split]}")
     if len({label for _, label in samples["train"]}) < 2:
-        raise DataError(f"the train split ({origin['train']}) has images of fewer than 2 classes; a probe needs at least 2")
+        raise DataError(
+            f"the train split ({origin['train']}) has images of fewer than 2 classes; a probe needs at least 2"
+        )
     chosen = pick_device(device)
     train, train_labels = extract_features(network, samples["train"], preprocess, batch_size, workers, chosen)
     test, test_labels = extract_features(network, samples["test"], preprocess, batch_size, workers, chosen)
     knn = knn_predict(train, train_labels, test, len(classes), k, temperature)
     linear = linear_predict(train, train_labels, test, c)
-    return ProbeReport(name, origin, {s: len(samples[s]) for s in PROBE_SPLITS}, classes, int(train.shape[1]),
-                       scores(knn, test_labels, classes), scores(linear, test_labels, classes),
-                       {"k": k, "temperature": temperature, "c": c, "image_size": preprocess.image_size})
+    return ProbeReport(
+        name,
+        origin,
+        {s: len(samples[s]) for s in PROBE_SPLITS},
+        classes,
+        int(train.shape[1]),
+        scores(knn, test_labels, classes),
+        scores(linear, test_labels, classes),
+        {"k": k, "temperature": temperature, "c": c, "image_size": preprocess.image_size},
+    )
 
 
 def write_report(report: ProbeReport, path: str | Path) -> Path:

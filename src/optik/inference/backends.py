@@ -36,7 +36,9 @@ COMPILE_MIN_IMAGES = 1000
 ONNX_MIN_IMAGES = 100
 
 
-def mode_for(images: int | None, device: torch.device | None = None, precision: str = "32", allow_onnx: bool = True) -> str:
+def mode_for(
+    images: int | None, device: torch.device | None = None, precision: str = "32", allow_onnx: bool = True
+) -> str:
     """The fastest exact mode for a job of `images` images (None: unknown, no set-up cost wanted;
     services pass COMPILE_MIN_IMAGES) on `device` (None: CPU) in `precision`; `allow_onnx` False
     keeps to PyTorch (`--backend torch`)."""
@@ -52,6 +54,7 @@ def onnxruntime_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,12 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
         names = list(parent._modules)
         for first, second in zip(names, names[1:]):
             conv, norm = parent._modules[first], parent._modules[second]
-            if type(conv) is nn.Conv2d and isinstance(norm, nn.BatchNorm2d) and conv.out_channels == norm.num_features and norm.track_running_stats:
+            if (
+                type(conv) is nn.Conv2d
+                and isinstance(norm, nn.BatchNorm2d)
+                and conv.out_channels == norm.num_features
+                and norm.track_running_stats
+            ):
                 parent._modules[first] = fuse_conv_bn_eval(conv, norm)
                 parent._modules[second] = _after_norm(norm)
     return model
@@ -109,7 +117,9 @@ class PaddedBatches(nn.Module):
             chunk = images[start : start + self.batch_size]
             short = self.batch_size - chunk.shape[0]
             if short:
-                chunk = torch.cat([chunk, chunk.new_zeros(short, *chunk.shape[1:])]).contiguous(memory_format=torch.channels_last)
+                chunk = torch.cat([chunk, chunk.new_zeros(short, *chunk.shape[1:])]).contiguous(
+                    memory_format=torch.channels_last
+                )
             outputs.append(self.model(chunk)[: self.batch_size - short])
         return torch.cat(outputs)
 
@@ -152,8 +162,16 @@ class TorchBackend:
             (False: raise ModelError; for a backend the user asked for by name).
     """
 
-    def __init__(self, model: nn.Module, device: str = "auto", precision: str = "32", mode: str = "fused", batch_size: int = 32, expected_images: int | None = None,
-                 fallback: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str = "auto",
+        precision: str = "32",
+        mode: str = "fused",
+        batch_size: int = 32,
+        expected_images: int | None = None,
+        fallback: bool = True,
+    ):
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if mode not in MODES and mode != "auto":
@@ -163,7 +181,9 @@ class TorchBackend:
         if mode == "auto":
             mode = mode_for(expected_images, self.device, precision)
         if mode == "onnx" and (self.device.type != "cpu" or precision != "32"):
-            raise ConfigError("the onnx mode runs fp32 on the CPU; use --optimize compiled for other devices and precisions")
+            raise ConfigError(
+                "the onnx mode runs fp32 on the CPU; use --optimize compiled for other devices and precisions"
+            )
         self.precision, self.requested, self.batch_size, self.fallback = precision, mode, batch_size, fallback
         self.eager = model.eval().to(self.device)
         self.mode = "eager"
@@ -197,14 +217,21 @@ class TorchBackend:
                     warnings.simplefilter("ignore")
                     output = model(probe.contiguous(memory_format=layout_of(mode)))
             except Exception as exc:  # a model the optimiser cannot handle still runs eagerly
-                log.warning("inference mode %s unavailable for this model (%s: %s); falling back", mode, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                log.warning(
+                    "inference mode %s unavailable for this model (%s: %s); falling back",
+                    mode,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                )
                 continue
             if _agrees(output, reference, self.precision):
                 self.model, self.mode, self.layout = model, mode, layout_of(mode)
                 break
             log.warning("inference mode %s changes this model's outputs; falling back", mode)
         if not self.fallback and self.mode != self.requested:
-            raise ModelError(f"this model cannot run as {self.requested} with outputs equal to PyTorch's (see the warning above); use the torch backend")
+            raise ModelError(
+                f"this model cannot run as {self.requested} with outputs equal to PyTorch's (see the warning above); use the torch backend"
+            )
         with self.autocast():
             return self.model(images.contiguous(memory_format=self.layout))
 

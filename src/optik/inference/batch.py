@@ -9,19 +9,18 @@ model runs, and the batch is normalised in one step, exactly as ToTensor + Norma
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from optik.config.schema import IMAGENET_MEAN, IMAGENET_STD
-from optik.data.decode import open_image
+from optik.data.decode import image_size, open_image
 from optik.data.folder import find_images
 from optik.data.transforms import INTERPOLATIONS, Preprocess
 from optik.errors import ConfigError, DataError, ImageDecodeError, ModelError
@@ -30,7 +29,9 @@ from optik.inference.backends import TorchBackend
 log = logging.getLogger(__name__)
 
 # Resize(224), CenterCrop(224), ImageNet mean/std: what plug-in models get unless --transform says otherwise.
-PLUGIN_PREPROCESS = Preprocess(image_size=224, resize_size=224, interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+PLUGIN_PREPROCESS = Preprocess(
+    image_size=224, resize_size=224, interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD
+)
 
 
 def find_flat_images(root: str | Path) -> list[Path]:
@@ -44,7 +45,9 @@ def find_flat_images(root: str | Path) -> list[Path]:
     seen: dict[str, Path] = {}
     for path in files:
         if path.name in seen:
-            raise DataError(f"two images share the base name {path.name!r} ({seen[path.name]} and {path}); the output is keyed by base name, so rename one")
+            raise DataError(
+                f"two images share the base name {path.name!r} ({seen[path.name]} and {path}); the output is keyed by base name, so rename one"
+            )
         seen[path.name] = path
     return sorted(files, key=lambda p: p.name)
 
@@ -59,47 +62,22 @@ class BatchModel:
     classes: list[str] | None = None
 
 
-def load_batch_model(model: str | None, model_class: str | None = None, checkpoint: str | None = None) -> BatchModel:
-    """MODEL as `optik batch-predict` takes it: a model package / optik checkpoint; a plug-in class or
-    factory (`file.py:Name`) with `checkpoint` weights; or a timm name with `checkpoint` weights."""
-    from optik.models.package import build_model, load_package
+def plugin_model(model_class: str, checkpoint: str | None) -> BatchModel:
+    """A plug-in class or factory (`file.py:Name`, called with no arguments) with `checkpoint` weights."""
+    from optik.models.classify import load_factory
     from optik.models.weights import extract_state_dict, read_checkpoint
 
-    if model_class is not None:
-        if model is not None:
-            raise ConfigError(f"give MODEL ({model}) or --model-class, not both")
-        if checkpoint is None:
-            raise ConfigError("--model-class needs --checkpoint WEIGHTS")
-        from optik.models.classify import load_factory
-
-        network = load_factory(model_class)()
-        if not isinstance(network, nn.Module):
-            raise ModelError(f"{model_class} made a {type(network).__name__}, expected a torch.nn.Module")
-        _load_state(network, extract_state_dict(read_checkpoint(checkpoint)), checkpoint)
-        return BatchModel(network.eval(), PLUGIN_PREPROCESS)
-    if model is None:
-        raise ConfigError("give MODEL (model.pt, an optik checkpoint or a timm name), or --model-class file.py:Name --checkpoint W")
-    if Path(model).is_file():
-        if checkpoint is not None:
-            raise ConfigError(f"{model} carries its own weights; --checkpoint is for --model-class or a timm name")
-        if model.endswith(".onnx"):
-            return _onnx_model(model)
-        package = load_package(model)
-        return BatchModel(build_model(package), Preprocess.from_dict(package.preprocess), classes=package.classes)
-    return _timm_model(model, checkpoint)
+    if checkpoint is None:
+        raise ConfigError("--model-class needs --checkpoint WEIGHTS")
+    network = load_factory(model_class)()
+    if not isinstance(network, nn.Module):
+        raise ModelError(f"{model_class} made a {type(network).__name__}, expected a torch.nn.Module")
+    _load_state(network, extract_state_dict(read_checkpoint(checkpoint)), checkpoint)
+    return BatchModel(network.eval(), PLUGIN_PREPROCESS)
 
 
-def _onnx_model(path: str) -> BatchModel:
-    """An `optik export`ed classifier, run by onnxruntime."""
-    from optik.inference.onnx import OnnxModel, read_metadata
-
-    meta = read_metadata(path)
-    if meta["task"] != "classify":
-        raise ConfigError(f"{path} is a {meta['task']} model; batch-predict writes one row of classes per image, for classifiers")
-    return BatchModel(OnnxModel(path), Preprocess.from_dict(meta["preprocess"]), classes=meta["classes"])
-
-
-def _timm_model(name: str, checkpoint: str | None) -> BatchModel:
+def timm_model(name: str, checkpoint: str | None) -> BatchModel:
+    """A timm architecture with `checkpoint` weights, prepared as timm's data config for it says."""
     import timm
     from timm.data import resolve_data_config
 
@@ -110,12 +88,20 @@ def _timm_model(name: str, checkpoint: str | None) -> BatchModel:
     if checkpoint is None:
         raise ConfigError("a timm name needs its weights: --checkpoint FILE (nothing is downloaded)")
     state = extract_state_dict(read_checkpoint(checkpoint))
-    head = [v for k, v in state.items() if k.endswith(("fc.weight", "head.weight", "classifier.weight", "head.fc.weight"))]
+    head = [
+        v for k, v in state.items() if k.endswith(("fc.weight", "head.weight", "classifier.weight", "head.fc.weight"))
+    ]
     network = timm.create_model(name, num_classes=head[-1].shape[0] if head else 1000)
     _load_state(network, state, checkpoint)
     cfg = resolve_data_config({}, model=network)
     size = cfg["input_size"][-1]
-    preprocess = Preprocess(size, int(size / cfg["crop_pct"]), cfg["interpolation"] if cfg["interpolation"] in INTERPOLATIONS else "bilinear", tuple(cfg["mean"]), tuple(cfg["std"]))
+    preprocess = Preprocess(
+        size,
+        int(size / cfg["crop_pct"]),
+        cfg["interpolation"] if cfg["interpolation"] in INTERPOLATIONS else "bilinear",
+        tuple(cfg["mean"]),
+        tuple(cfg["std"]),
+    )
     return BatchModel(network.eval(), preprocess)
 
 
@@ -157,7 +143,12 @@ class FlatImages(Dataset):
         self.files, self.preprocess, self.transform, self.border = files, preprocess, transform, border
         if transform is None:
             interpolation = INTERPOLATIONS[preprocess.interpolation]
-            self.resize = v2.Compose([v2.Resize(preprocess.resize_size, interpolation=interpolation, antialias=True), v2.CenterCrop(preprocess.image_size)])
+            self.resize = v2.Compose(
+                [
+                    v2.Resize(preprocess.resize_size, interpolation=interpolation, antialias=True),
+                    v2.CenterCrop(preprocess.image_size),
+                ]
+            )
 
     def __len__(self) -> int:
         return len(self.files)
@@ -170,7 +161,11 @@ class FlatImages(Dataset):
             return index, None, exc.reason
         if self.border:
             if min(image.size) <= 2 * self.border:
-                return index, None, f"image of {image.width}x{image.height} is too small for --border-crop {self.border}"
+                return (
+                    index,
+                    None,
+                    f"image of {image.width}x{image.height} is too small for --border-crop {self.border}",
+                )
             image = image.crop((self.border, self.border, image.width - self.border, image.height - self.border))
         if self.transform is None:
             return index, torch.from_numpy(np.asarray(self.resize(image), dtype=np.uint8).copy()).permute(2, 0, 1), None
@@ -186,9 +181,8 @@ class FlatImages(Dataset):
             return None  # a border is given in full-resolution pixels
         need = 2 * self.preprocess.resize_size
         try:
-            with Image.open(path) as probe:
-                return (need, need) if min(probe.size) >= 2 * need else None
-        except Exception:  # noqa: BLE001 - open_image reports what is wrong with the file
+            return (need, need) if min(image_size(path)) >= 2 * need else None
+        except ImageDecodeError:  # open_image reports what is wrong with the file
             return None
 
 
@@ -197,7 +191,9 @@ def collate(items):
     pictures = [picture for _, picture, _ in items if picture is not None]
     failures = [(i, error) for i, picture, error in items if picture is None]
     if len({tuple(p.shape) for p in pictures}) > 1:
-        raise ConfigError(f"the transform gave pictures of different shapes ({', '.join(sorted({str(tuple(p.shape)) for p in pictures}))}); end it with a fixed-size crop")
+        raise ConfigError(
+            f"the transform gave pictures of different shapes ({', '.join(sorted({str(tuple(p.shape)) for p in pictures}))}); end it with a fixed-size crop"
+        )
     return indices, (torch.stack(pictures) if pictures else None), failures
 
 
@@ -215,10 +211,27 @@ class Prediction:
     scores: list[float]
 
 
-def predict_folder(bundle: BatchModel, files: list[Path], backend: TorchBackend, batch_size: int, workers: int, top_k: int, softmax: bool, border: int = 0) -> Iterator[tuple[list[Prediction], list[tuple[int, str]]]]:
+def predict_folder(
+    bundle: BatchModel,
+    files: list[Path],
+    backend: TorchBackend,
+    batch_size: int,
+    workers: int,
+    top_k: int,
+    softmax: bool,
+    border: int = 0,
+) -> Iterator[tuple[list[Prediction], list[tuple[int, str]]]]:
     """(predictions, failures) per batch, in order; indices refer to `files`."""
     dataset = FlatImages(files, bundle.preprocess, bundle.transform, border)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=backend.device.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=backend.device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
     for indices, pictures, failures in loader:
         if pictures is None:
             yield [], failures
@@ -229,4 +242,10 @@ def predict_folder(bundle: BatchModel, files: list[Path], backend: TorchBackend,
         outputs = backend(pictures).float()
         outputs = outputs.softmax(dim=-1) if softmax else outputs
         scores, ids = outputs.topk(min(top_k, outputs.shape[-1]), dim=-1)
-        yield [Prediction(i, row_ids, row_scores) for i, row_ids, row_scores in zip(indices, ids.tolist(), scores.cpu().tolist())], failures
+        yield (
+            [
+                Prediction(i, row_ids, row_scores)
+                for i, row_ids, row_scores in zip(indices, ids.tolist(), scores.cpu().tolist())
+            ],
+            failures,
+        )

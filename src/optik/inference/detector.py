@@ -1,4 +1,4 @@
-"""`Detector`: load a detection model package once, then find objects in images, batch by batch.
+"""`Detector`: a detection model run over images, batch by batch.
 
 It has the `Predictor` interface (`predict`, `predict_stream`, `warmup`, `batch_size`), so the CLI
 and both services drive classifiers and detectors with the same code.
@@ -18,10 +18,8 @@ from optik.data.decode import open_image
 from optik.errors import ConfigError
 from optik.inference.backends import autocast_for, check_precision, fuse_conv_bn, pick_device
 from optik.inference.predictor import ImageSource, Predictor
-from optik.inference.results import Detection, ImageFailure, Result
-from optik.errors import ModelError
 from optik.models.detect import drop_background
-from optik.models.package import ModelPackage, build_model
+from optik.results import Detection, ImageFailure, Result
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +59,9 @@ class DetectBackend:
                 reference, output = self.eager(probe), fused(probe)
                 same_features = _same_features(self.eager, fused, probe)
         except Exception as exc:  # noqa: BLE001 - an unusual model still runs eagerly
-            log.warning("fused inference unavailable for this detector (%s: %s); running eagerly", type(exc).__name__, exc)
+            log.warning(
+                "fused inference unavailable for this detector (%s: %s); running eagerly", type(exc).__name__, exc
+            )
             return
         if same_features and all(_same_detections(a, b) for a, b in zip(output, reference)):
             self.model, self.mode = fused, "fused"
@@ -113,19 +113,29 @@ class Detector(Predictor):
         min_score: drop objects scoring below this before they reach any output.
     """
 
-    def __init__(self, model: nn.Module, classes: list[str], preprocess: dict, device: str = "auto", precision: str = "32", batch_size: int = 8,
-                 mode: str = "auto", expected_images: int | None = None, decode_workers: int = 2, min_score: float | None = None):
+    task = "detect"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        classes: list[str],
+        preprocess: dict,
+        device: str = "auto",
+        precision: str = "32",
+        batch_size: int = 8,
+        mode: str = "auto",
+        expected_images: int | None = None,
+        decode_workers: int = 2,
+        min_score: float | None = None,
+    ):
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         self.classes, self.preprocess, self.batch_size = classes, preprocess, batch_size
-        self.backend = DetectBackend(model, device=device, precision=precision, mode="eager" if mode == "eager" else "fused")
+        self.backend = DetectBackend(
+            model, device=device, precision=precision, mode="eager" if mode == "eager" else "fused"
+        )
         self.decode_workers = max(1, decode_workers)
         self.min_score = min_score
-
-    @classmethod
-    def from_package(cls, package: ModelPackage, device: str = "auto", precision: str = "32", batch_size: int = 8, mode: str = "auto",
-                     expected_images: int | None = None, min_score: float | None = None) -> "Detector":
-        return cls(build_model(package), package.classes, package.preprocess, device=device, precision=precision, batch_size=batch_size, mode=mode, min_score=min_score)
 
     def warmup(self) -> None:
         """One pass over a noise image, so the first request does not pay for set-up (or the fused check)."""
@@ -172,47 +182,13 @@ class Detector(Predictor):
         boxes = output["boxes"].float().cpu().numpy().astype(np.float32)
         np.clip(boxes, 0, [width, height, width, height], out=boxes)  # rescaling back can overshoot by a rounding error
         detection = Detection(
-            source, self.classes, width, height,
+            source,
+            self.classes,
+            width,
+            height,
             boxes=boxes,
             labels=(output["labels"].cpu().numpy() - 1).astype(np.int64),
             scores=output["scores"].float().cpu().numpy().astype(np.float32),
             masks=None if masks is None else masks[:, 0].float().cpu().numpy(),
         )
         return detection.above(self.min_score)
-
-
-BACKENDS = ("auto", "torch", "onnxruntime")
-
-
-def load_predictor(path, device: str = "auto", precision: str = "32", batch_size: int | None = None, mode: str = "auto",
-                   expected_images: int | None = None, backend: str = "auto") -> Predictor:
-    """A `Predictor` or a `Detector`, as the model's task says (batch size default: 32 / 8).
-
-    `path` is a model package or checkpoint, or an `optik export`ed .onnx file. `backend`:
-    "torch" (PyTorch, with `mode`'s speed-ups), "onnxruntime" (a package is exported in memory and
-    checked first; CPU, fp32), or "auto" (onnxruntime for an .onnx file, torch otherwise).
-    """
-    from optik.inference.backends import mode_for
-    from optik.inference.onnx import export_package, onnx_predictor, uses_onnxruntime
-    from optik.models.package import load_package
-
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    is_onnx = str(path).endswith(".onnx")
-    uses_onnxruntime(path, is_onnx, backend, device, precision, mode)
-    if is_onnx:
-        return onnx_predictor(path, device=device, batch_size=batch_size)
-    package = load_package(path)
-    if package.task == "pretrain":
-        raise ModelError(f"{path} is a pretrained backbone (no classes to predict); fine-tune it with model.weights in a classify config, or measure it with optik probe")
-    if backend == "onnxruntime":
-        exported = export_package(package)
-        if exported.task == "detect" and not exported.compared:
-            log.warning("the in-memory ONNX export was checked on synthetic pictures in which the detector found no object; "
-                        "`optik export MODEL --check-images DIR` checks it on your own pictures")
-        return onnx_predictor(exported.data, device=device, batch_size=batch_size)
-    if backend == "torch" and mode == "auto":  # PyTorch only: not the onnx mode that auto picks on a CPU
-        mode = mode_for(expected_images, pick_device(device), precision, allow_onnx=False)
-    if package.task == "detect":
-        return Detector.from_package(package, device=device, precision=precision, batch_size=batch_size or 8, mode=mode, expected_images=expected_images)
-    return Predictor.from_package(package, device=device, precision=precision, batch_size=batch_size or 32, mode=mode, expected_images=expected_images)

@@ -4,9 +4,9 @@
   mode exports in memory; `optik export` writes the file).
 - `export_detector` / `OnnxDetector`: a torchvision detector as a graph over one float image of
   any size; the graph resizes, normalises and scales the boxes back itself, as the model does.
-- `export_package`: either, with the package's task, class names and preprocessing in the ONNX
-  metadata (`optik` key, JSON), checked against PyTorch before it is returned.
-- `onnx_predictor`: a `Predictor` or `Detector` over an exported file (or its bytes).
+- `classifier_export` / `detector_export`: either, with the package's task, class names and
+  preprocessing in the ONNX metadata (`optik` key, JSON), checked against PyTorch before it is
+  returned (the task of a package calls the one that fits it).
 """
 
 from __future__ import annotations
@@ -85,7 +85,13 @@ class OnnxDetector(nn.Module):
             resized = image
             if self.resize is not None:
                 fixed = self.resize["fixed_size"]
-                resized = _resize_image_and_masks(image, float(self.resize["min_size"]), float(self.resize["max_size"]), None, tuple(fixed) if fixed else None)[0]
+                resized = _resize_image_and_masks(
+                    image,
+                    float(self.resize["min_size"]),
+                    float(self.resize["max_size"]),
+                    None,
+                    tuple(fixed) if fixed else None,
+                )[0]
             arrays = self.session.run(None, {self.input: resized.contiguous().numpy()})
             output = {name: torch.from_numpy(array) for name, array in zip(self.outputs, arrays)}
             if resized.shape != image.shape:
@@ -98,13 +104,23 @@ def resize_of(model: nn.Module) -> dict | None:
     """What `OnnxDetector` needs to resize as the model does; None for mask models (their masks are
     pasted at the graph's input size, so the graph must see the original image)."""
     transform = getattr(model, "transform", None)
-    if transform is None or getattr(model, "roi_heads", None) is not None and getattr(model.roi_heads, "has_mask", lambda: False)():
+    if (
+        transform is None
+        or getattr(model, "roi_heads", None) is not None
+        and getattr(model.roi_heads, "has_mask", lambda: False)()
+    ):
         return None
     fixed = getattr(transform, "fixed_size", None)
-    return {"min_size": int(transform.min_size[-1]), "max_size": int(transform.max_size), "fixed_size": list(fixed) if fixed else None}
+    return {
+        "min_size": int(transform.min_size[-1]),
+        "max_size": int(transform.max_size),
+        "fixed_size": list(fixed) if fixed else None,
+    }
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, target=None, dynamic_batch: bool = True, names=("images", "outputs")):
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, target=None, dynamic_batch: bool = True, names=("images", "outputs")
+):
     """Exports a classifier (eval) for inputs shaped like `example` to `target` (a path or file-like;
     None: returns the bytes). The batch axis is dynamic unless `dynamic_batch` is False."""
     buffer = io.BytesIO() if target is None else target
@@ -112,8 +128,16 @@ def export_onnx(model: nn.Module, example: torch.Tensor, target=None, dynamic_ba
     with _exporting():
         # a value turned into Python (an `if` on a tensor) would be frozen into the graph: refuse the export
         warnings.simplefilter("error", torch.jit.TracerWarning)
-        torch.onnx.export(copy.deepcopy(model).eval().cpu(), (example.detach().clone().cpu().contiguous(),), buffer,
-                          input_names=[names[0]], output_names=[names[1]], dynamic_axes=axes, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            copy.deepcopy(model).eval().cpu(),
+            (example.detach().clone().cpu().contiguous(),),
+            buffer,
+            input_names=[names[0]],
+            output_names=[names[1]],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
     return buffer.getvalue() if target is None else None
 
 
@@ -124,7 +148,7 @@ def export_detector(model: nn.Module, example: torch.Tensor, resize_outside: boo
     `resize_outside`: the graph leaves the image at its size (the caller resizes, as
     `OnnxDetector` does, and scales the boxes back). torchvision writes its detectors for tracing
     (its resize and box code take the traced path), so its TracerWarnings are expected here;
-    outputs are checked by `export_package`.
+    outputs are checked by `detector_export`.
     """
     model = copy.deepcopy(model).eval().cpu()
     if resize_outside:
@@ -134,8 +158,16 @@ def export_detector(model: nn.Module, example: torch.Tensor, resize_outside: boo
     buffer = io.BytesIO()
     axes = {"image": {1: "height", 2: "width"}, **{name: {0: "objects"} for name in names}}
     with _exporting():
-        torch.onnx.export(model, ([example.detach().clone().cpu()],), buffer, input_names=["image"], output_names=names, dynamic_axes=axes,
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model,
+            ([example.detach().clone().cpu()],),
+            buffer,
+            input_names=["image"],
+            output_names=names,
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
     return buffer.getvalue()
 
 
@@ -179,13 +211,17 @@ class OnnxExport:
     compared: int  # images (classifier) or objects (detector) compared
     max_diff: float  # probabilities (classifier) or scores (detector)
     max_box_diff: float = 0.0  # pixels (detector)
+    summary: str = ""  # how it was checked, in one line
+    unchecked: bool = False  # a detector that found no object in the check images: nothing was compared
 
 
 def uses_onnxruntime(model: str | Path, exported: bool, backend: str, device: str, precision: str, mode: str) -> bool:
     """Whether onnxruntime runs `model` (an exported file, or `--backend onnxruntime`); the options
     it cannot honour are errors here, before anything is loaded or exported."""
     if exported and backend == "torch":
-        raise ConfigError(f"{model} is an ONNX file: it runs with --backend onnxruntime; for the torch backend give the model.pt it was exported from")
+        raise ConfigError(
+            f"{model} is an ONNX file: it runs with --backend onnxruntime; for the torch backend give the model.pt it was exported from"
+        )
     if not exported and backend != "onnxruntime":
         return False
     check_runtime_options(device, precision, mode)
@@ -196,36 +232,36 @@ def check_runtime_options(device: str, precision: str, mode: str) -> None:
     """onnxruntime runs the exported graph on the CPU in fp32: other choices are errors, found
     before anything is exported."""
     if device not in ("auto", "cpu"):
-        raise ConfigError(f"the onnxruntime backend runs on the CPU here; drop --device {device}, or use --backend torch with the model.pt")
+        raise ConfigError(
+            f"the onnxruntime backend runs on the CPU here; drop --device {device}, or use --backend torch with the model.pt"
+        )
     if precision != "32":
-        raise ConfigError(f"the onnxruntime backend runs fp32; drop --precision {precision}, or use --backend torch with the model.pt")
+        raise ConfigError(
+            f"the onnxruntime backend runs fp32; drop --precision {precision}, or use --backend torch with the model.pt"
+        )
     if mode not in ("auto", "onnx"):
         raise ConfigError(f"--optimize {mode} is for the torch backend; onnxruntime runs the exported graph as it is")
 
 
-def export_package(package, check_images: list[Image.Image] | None = None, dynamic_batch: bool = True) -> OnnxExport:
-    """A classifier or detector package as ONNX bytes with its metadata, checked: raises ModelError
-    when onnxruntime and PyTorch disagree (top-1 or labels differ, probabilities or scores beyond
-    1e-3, boxes beyond 1 px), or when the model cannot be exported."""
-    from optik.models.package import build_model
-
-    if package.task not in ("classify", "detect"):
-        raise ConfigError(f"ONNX export covers classifiers and detectors; this is a {package.task} model")
-    model = build_model(package).eval()
-    meta = {"task": package.task, "classes": package.classes, "preprocess": package.preprocess, "model": package.config["model"]["name"]}
+@contextlib.contextmanager
+def export_errors():
+    """Turns a failed export (an operator without an ONNX form, a traced branch...) into a ModelError that says what to do."""
     try:
-        if package.task == "classify":
-            return _export_classifier(model, package.preprocess, meta, dynamic_batch)
-        limits = {key: package.config["model"].get(key) for key in ("score_threshold", "detections_per_image")}
-        return _export_detector(model, package.preprocess, meta, check_images, limits)
+        yield
     except ModelError:
         raise
-    except Exception as exc:  # noqa: BLE001 - an operator without an ONNX form, a traced branch...
+    except Exception as exc:  # noqa: BLE001 - whatever the exporter raises, the user's answer is the torch backend
         reason = str(exc).splitlines()[0] if str(exc) else ""
-        raise ModelError(f"this model cannot be exported to ONNX ({type(exc).__name__}: {reason[:300]}); run it with the torch backend") from None
+        raise ModelError(
+            f"this model cannot be exported to ONNX ({type(exc).__name__}: {reason[:300]}); run it with the torch backend"
+        ) from None
 
 
-def _export_classifier(model: nn.Module, preprocess: dict, meta: dict, dynamic_batch: bool, count: int = 16) -> OnnxExport:
+def classifier_export(
+    model: nn.Module, preprocess: dict, meta: dict, dynamic_batch: bool = True, count: int = 16
+) -> OnnxExport:
+    """A classifier as ONNX bytes with `meta`, checked on `count` random inputs: raises ModelError when
+    onnxruntime and PyTorch disagree (top-1 differs, or probabilities beyond 1e-3)."""
     size = int(preprocess["image_size"])
     images = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(0))
     meta = {**meta, "batch": None if dynamic_batch else count}
@@ -235,11 +271,25 @@ def _export_classifier(model: nn.Module, preprocess: dict, meta: dict, dynamic_b
     got = OnnxModel(data)(images).softmax(-1).numpy()
     diff, same = float(np.abs(got - expected).max()), int((got.argmax(1) == expected.argmax(1)).sum())
     if diff > TOLERANCE or same != count:
-        raise ModelError(f"the ONNX export does not match PyTorch (top-1 {same}/{count}, probabilities differ by {diff:.2e})")
-    return OnnxExport(data, "classify", count, count, diff)
+        raise ModelError(
+            f"the ONNX export does not match PyTorch (top-1 {same}/{count}, probabilities differ by {diff:.2e})"
+        )
+    return OnnxExport(
+        data,
+        "classify",
+        count,
+        count,
+        diff,
+        summary=f"onnxruntime matches PyTorch on {count} inputs (same top-1, probabilities within {diff:.1e})",
+    )
 
 
-def _export_detector(model: nn.Module, preprocess: dict, meta: dict, check_images: list[Image.Image] | None, limits: dict) -> OnnxExport:
+def detector_export(
+    model: nn.Module, preprocess: dict, meta: dict, check_images: list[Image.Image] | None, limits: dict
+) -> OnnxExport:
+    """A detector as ONNX bytes with `meta`, checked on `check_images` (default: synthetic pictures):
+    raises ModelError when an object of one has no match in the other (same label, box within 1 px,
+    score within 1e-3)."""
     size = int(preprocess.get("image_size") or 320)
     pictures = check_images or check_pictures(size)
     tensors = [torch.from_numpy(np.array(p.convert("RGB"))).permute(2, 0, 1).float().div(255) for p in pictures]
@@ -251,18 +301,30 @@ def _export_detector(model: nn.Module, preprocess: dict, meta: dict, check_image
         with torch.no_grad():
             expected = model([tensor])[0]
         got = runtime([tensor])[0]
-        pairs, missing = match_detections(got, expected, floor=limits["score_threshold"] or 0.05, cap=limits["detections_per_image"] or 100)
+        pairs, missing = match_detections(
+            got, expected, floor=limits["score_threshold"] or 0.05, cap=limits["detections_per_image"] or 100
+        )
         if missing:
-            raise ModelError(f"the ONNX export does not match PyTorch: {missing} object(s) of one have no match in the other "
-                             f"(same label, box within {BOX_TOLERANCE:g} px, score within {TOLERANCE:g})")
+            raise ModelError(
+                f"the ONNX export does not match PyTorch: {missing} object(s) of one have no match in the other "
+                f"(same label, box within {BOX_TOLERANCE:g} px, score within {TOLERANCE:g})"
+            )
         compared += len(pairs)
         for i, j in pairs:
             score_diff = max(score_diff, float((got["scores"][i] - expected["scores"][j]).abs()))
             box_diff = max(box_diff, float((got["boxes"][i] - expected["boxes"][j]).abs().max()))
-    return OnnxExport(data, "detect", len(tensors), compared, score_diff, box_diff)
+    summary = (
+        f"onnxruntime matches PyTorch on {len(tensors)} images, {compared} objects (same labels, "
+        f"boxes within {box_diff:.2g} px, scores within {score_diff:.1e})"
+    )
+    return OnnxExport(
+        data, "detect", len(tensors), compared, score_diff, box_diff, summary=summary, unchecked=not compared
+    )
 
 
-def match_detections(got: dict, expected: dict, floor: float = 0.05, cap: int = 100) -> tuple[list[tuple[int, int]], int]:
+def match_detections(
+    got: dict, expected: dict, floor: float = 0.05, cap: int = 100
+) -> tuple[list[tuple[int, int]], int]:
     """Pairs (got index, expected index) of the same label with boxes within BOX_TOLERANCE px and
     scores within TOLERANCE, each object in at most one pair, and how many objects found no partner.
 
@@ -270,14 +332,18 @@ def match_detections(got: dict, expected: dict, floor: float = 0.05, cap: int = 
     kept its maximum of `cap` objects, above the lowest kept score must find a partner: a score on
     the edge may fall either side of it.
     """
+
     def must_match(output: dict) -> torch.Tensor:
         scores = output["scores"].float()
         edge = max(floor, float(scores.min()) if len(scores) >= cap else 0.0)
         return scores > edge + TOLERANCE
 
     def near(a: dict, i: int, b: dict) -> torch.Tensor:
-        return ((b["labels"] == a["labels"][i]) & ((b["boxes"].float() - a["boxes"][i].float()).abs().amax(dim=1) <= BOX_TOLERANCE)
-                & ((b["scores"].float() - a["scores"][i].float()).abs() <= TOLERANCE))
+        return (
+            (b["labels"] == a["labels"][i])
+            & ((b["boxes"].float() - a["boxes"][i].float()).abs().amax(dim=1) <= BOX_TOLERANCE)
+            & ((b["scores"].float() - a["scores"][i].float()).abs() <= TOLERANCE)
+        )
 
     pairs, missing, taken = [], 0, set()
     for i in torch.nonzero(must_match(got)).flatten().tolist():
@@ -330,39 +396,30 @@ def read_metadata(model: str | Path | bytes) -> dict:
 
     name = "the exported model" if isinstance(model, bytes) else str(model)
     try:
-        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model), load_external_data=False)
+        proto = (
+            onnx.load_from_string(model)
+            if isinstance(model, bytes)
+            else onnx.load(str(model), load_external_data=False)
+        )
     except Exception as exc:  # noqa: BLE001 - any parse failure means: not an ONNX file
         raise ModelError(f"cannot read {name} as an ONNX model: {type(exc).__name__}") from None
     for entry in proto.metadata_props:
         if entry.key == METADATA_KEY:
             return json.loads(entry.value)
-    raise ModelError(f"{name} was not exported by optik (no class names or preprocessing in it); export with `optik export model.pt --format onnx`")
+    raise ModelError(
+        f"{name} was not exported by optik (no class names or preprocessing in it); export with `optik export model.pt --format onnx`"
+    )
 
 
-def onnx_predictor(model: str | Path | bytes, device: str = "auto", batch_size: int | None = None, min_score: float | None = None):
-    """A `Predictor` (classifier) or `Detector` running an exported model with onnxruntime (CPU, fp32)."""
-    from optik.data.transforms import Preprocess
-    from optik.inference.detector import Detector
-    from optik.inference.predictor import Predictor
+def read_check_images(folder: Path, limit: int = 8) -> list[Image.Image]:
+    """Up to `limit` pictures of `folder` (sorted) to check a detector's export on."""
+    from optik.data.decode import open_image
+    from optik.data.folder import find_images
+    from optik.errors import DataError
 
-    check_runtime_options(device, "32", "auto")
-    meta = read_metadata(model)
-    source = model if isinstance(model, bytes) else str(model)
-    if meta["task"] == "detect":
-        predictor = Detector(OnnxDetector(source, resize=meta.get("resize")), meta["classes"], meta["preprocess"], device="cpu", batch_size=batch_size or 8, mode="eager", min_score=min_score)
-    else:
-        predictor = Predictor(classifier_session(source, meta), meta["classes"], Preprocess.from_dict(meta["preprocess"]), device="cpu", batch_size=batch_size or 32,
-                              mode="eager")
-    predictor.backend.mode = "onnxruntime"  # what logs and reports name (the torch-side mode is plain: the session does the work)
-    return predictor
-
-
-def classifier_session(source: bytes | str, meta: dict) -> nn.Module:
-    """The classifier's session; one exported for a fixed batch (`--static-batch`) gets every batch
-    padded to that size."""
-    model = OnnxModel(source)
-    if meta.get("batch"):
-        from optik.inference.backends import PaddedBatches
-
-        return PaddedBatches(model, int(meta["batch"]))
-    return model
+    if not folder.is_dir():
+        raise DataError(f"--check-images: no folder {folder}")
+    paths = sorted(find_images(folder))[:limit]
+    if not paths:
+        raise DataError(f"--check-images: no images in {folder}")
+    return [open_image(path) for path in paths]

@@ -1,11 +1,11 @@
-"""`Predictor`: load a model package once, then classify images in batches, fast and exact by default."""
+"""`Predictor`: a classifier run over images in batches, fast and exact by default (`optik.tasks.loading.load_predictor` makes one from a model file)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -16,10 +16,9 @@ from optik.data.decode import describe_source, open_image
 from optik.data.transforms import Preprocess, eval_transform
 from optik.errors import ConfigError, ImageDecodeError
 from optik.inference.backends import TorchBackend
-from optik.inference.results import Classification, ImageFailure, Result
-from optik.models.package import ModelPackage, build_model, load_package
+from optik.results import Classification, ImageFailure, Result
 
-ImageSource = Union[str, Path, bytes, Image.Image]
+ImageSource = str | Path | bytes | Image.Image
 
 
 class Predictor:
@@ -38,25 +37,30 @@ class Predictor:
         decode_workers: threads that decode and preprocess the next batch during the forward pass.
     """
 
-    def __init__(self, model: nn.Module, classes: list[str], preprocess: Preprocess, device: str = "auto", precision: str = "32", batch_size: int = 32, mode: str = "auto", expected_images: int | None = None, decode_workers: int = 2):
+    task = "classify"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        classes: list[str],
+        preprocess: Preprocess,
+        device: str = "auto",
+        precision: str = "32",
+        batch_size: int = 32,
+        mode: str = "auto",
+        expected_images: int | None = None,
+        decode_workers: int = 2,
+    ):
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         self.classes = classes
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.transform = eval_transform(preprocess)
-        self.backend = TorchBackend(model, device=device, precision=precision, mode=mode, batch_size=batch_size, expected_images=expected_images)
+        self.backend = TorchBackend(
+            model, device=device, precision=precision, mode=mode, batch_size=batch_size, expected_images=expected_images
+        )
         self.decode_workers = max(1, decode_workers)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", precision: str = "32", batch_size: int = 32, mode: str = "auto", expected_images: int | None = None) -> "Predictor":
-        """A predictor for a model package (`model.pt`) or an optik training checkpoint."""
-        return cls.from_package(load_package(path), device=device, precision=precision, batch_size=batch_size, mode=mode, expected_images=expected_images)
-
-    @classmethod
-    def from_package(cls, package: ModelPackage, device: str = "auto", precision: str = "32", batch_size: int = 32, mode: str = "auto", expected_images: int | None = None) -> "Predictor":
-        preprocess = Preprocess.from_dict(package.preprocess)
-        return cls(build_model(package), package.classes, preprocess, device=device, precision=precision, batch_size=batch_size, mode=mode, expected_images=expected_images)
 
     @property
     def device(self) -> torch.device:
@@ -117,4 +121,3 @@ class Predictor:
             else:
                 results.append(ImageFailure(label, tensor))
         return results
-

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -56,15 +56,26 @@ def build_plugin(spec: str, num_classes: int | None) -> nn.Module:
     return model
 
 
-def build_timm(name: str, num_classes: int, image_size: int, pretrained: bool, drop_rate: float, drop_path_rate: float,
-               any_size: bool = False) -> nn.Module:
+def build_timm(
+    name: str,
+    num_classes: int,
+    image_size: int,
+    pretrained: bool,
+    drop_rate: float,
+    drop_path_rate: float,
+    any_size: bool = False,
+) -> nn.Module:
     """A timm model; `any_size`: a transformer also takes inputs of other sizes than `image_size` (its position
     embedding is interpolated), as the small crops of multi-crop pretraining need."""
     import timm
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
-        raise ConfigError(f"model.name: unknown timm architecture {name!r}" + (f"; similar: {', '.join(close)}" if close else "") + " (or give path/to/file.py:factory)")
+        raise ConfigError(
+            f"model.name: unknown timm architecture {name!r}"
+            + (f"; similar: {', '.join(close)}" if close else "")
+            + " (or give path/to/file.py:factory)"
+        )
     kwargs = dict(pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
@@ -94,7 +105,9 @@ def build_classifier(model_cfg, num_classes: int, image_size: int) -> nn.Module:
         model = build_plugin(model_cfg.name, num_classes)
         check_outputs(model, num_classes, image_size, model_cfg.name)
         return model
-    return build_timm(model_cfg.name, num_classes, image_size, model_cfg.pretrained, model_cfg.drop_rate, model_cfg.drop_path_rate)
+    return build_timm(
+        model_cfg.name, num_classes, image_size, model_cfg.pretrained, model_cfg.drop_rate, model_cfg.drop_path_rate
+    )
 
 
 def check_outputs(model: nn.Module, num_classes: int, image_size: int, name: str) -> None:
@@ -106,7 +119,9 @@ def check_outputs(model: nn.Module, num_classes: int, image_size: int, name: str
         with torch.no_grad():
             out = model(probe)
     except Exception as exc:
-        raise ModelError(f"{name} fails on a (1, 3, {image_size}, {image_size}) image batch: {type(exc).__name__}: {exc}") from exc
+        raise ModelError(
+            f"{name} fails on a (1, 3, {image_size}, {image_size}) image batch: {type(exc).__name__}: {exc}"
+        ) from exc
     finally:
         model.train(was_training)
     width = out.shape[-1] if isinstance(out, torch.Tensor) else None
@@ -115,4 +130,6 @@ def check_outputs(model: nn.Module, num_classes: int, image_size: int, name: str
     if hasattr(model, "reset_classifier"):
         model.reset_classifier(num_classes)
         return
-    raise ModelError(f"{name} outputs {tuple(out.shape) if width else type(out).__name__} but the data has {num_classes} classes; make the factory accept num_classes")
+    raise ModelError(
+        f"{name} outputs {tuple(out.shape) if width else type(out).__name__} but the data has {num_classes} classes; make the factory accept num_classes"
+    )

@@ -8,7 +8,7 @@ shifts labels by one on the way in and out; `drop_background` removes label-0 ou
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -44,9 +44,19 @@ def detector_kwargs(family: str, model_cfg, data_cfg) -> dict:
     size = data_cfg.image_size
     common = {"image_mean": list(data_cfg.mean), "image_std": list(data_cfg.std)}
     if family == "rcnn":
-        return {**common, "min_size": size, "max_size": size, "box_score_thresh": model_cfg.score_threshold,
-                "box_nms_thresh": model_cfg.nms_threshold, "box_detections_per_img": model_cfg.detections_per_image}
-    post = {"score_thresh": model_cfg.score_threshold, "nms_thresh": model_cfg.nms_threshold, "detections_per_img": model_cfg.detections_per_image}
+        return {
+            **common,
+            "min_size": size,
+            "max_size": size,
+            "box_score_thresh": model_cfg.score_threshold,
+            "box_nms_thresh": model_cfg.nms_threshold,
+            "box_detections_per_img": model_cfg.detections_per_image,
+        }
+    post = {
+        "score_thresh": model_cfg.score_threshold,
+        "nms_thresh": model_cfg.nms_threshold,
+        "detections_per_img": model_cfg.detections_per_image,
+    }
     if family == "dense":
         return {**common, **post, "min_size": size, "max_size": size}
     return {**common, **post}  # SSD resizes to its own fixed square
@@ -74,7 +84,7 @@ class TimmFPN(nn.Module):
         self.fpn = FeaturePyramidNetwork(channels, out_channels, extra_blocks=blocks)
         self.out_channels = out_channels
 
-    def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         features = self.body(images)
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
 
@@ -85,9 +95,17 @@ def build_timm_detector(model_cfg, num_outputs: int, kwargs: dict) -> nn.Module:
     head = model_cfg.name.split("_")[0]
     if head not in TIMM_HEADS:
         raise ConfigError(f"model.backbone works with {', '.join(TIMM_HEADS)} detectors, not {model_cfg.name!r}")
-    classes: dict[str, Callable[..., nn.Module]] = {"fasterrcnn": detection.FasterRCNN, "maskrcnn": detection.MaskRCNN,
-                                                     "retinanet": detection.RetinaNet, "fcos": detection.FCOS}
-    backbone = TimmFPN(model_cfg.backbone, model_cfg.pretrained_backbone, extra="pool" if head in ("fasterrcnn", "maskrcnn") else "p6p7")
+    classes: dict[str, Callable[..., nn.Module]] = {
+        "fasterrcnn": detection.FasterRCNN,
+        "maskrcnn": detection.MaskRCNN,
+        "retinanet": detection.RetinaNet,
+        "fcos": detection.FCOS,
+    }
+    backbone = TimmFPN(
+        model_cfg.backbone,
+        model_cfg.pretrained_backbone,
+        extra="pool" if head in ("fasterrcnn", "maskrcnn") else "p6p7",
+    )
     return classes[head](backbone, num_classes=num_outputs, **kwargs)
 
 
@@ -104,8 +122,11 @@ def build_detector(model_cfg, data_cfg, num_classes: int) -> nn.Module:
         import difflib
 
         close = difflib.get_close_matches(model_cfg.name, list(DETECTORS), n=1)
-        raise ConfigError(f"model.name: unknown detector {model_cfg.name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                          + f"; choose one of {', '.join(DETECTORS)}")
+        raise ConfigError(
+            f"model.name: unknown detector {model_cfg.name!r}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f"; choose one of {', '.join(DETECTORS)}"
+        )
     kwargs = detector_kwargs(family, model_cfg, data_cfg)
     if model_cfg.backbone:
         return build_timm_detector(model_cfg, num_classes + 1, kwargs)
@@ -116,7 +137,11 @@ def build_detector(model_cfg, data_cfg, num_classes: int) -> nn.Module:
     model = builder(weights=None, weights_backbone=backbone_weights, num_classes=num_classes + 1, **kwargs)
     if model_cfg.pretrained:
         coco = builder(weights="DEFAULT", **kwargs)
-        fits = {k: v for k, v in coco.state_dict().items() if k in model.state_dict() and model.state_dict()[k].shape == v.shape}
+        fits = {
+            k: v
+            for k, v in coco.state_dict().items()
+            if k in model.state_dict() and model.state_dict()[k].shape == v.shape
+        }
         model.load_state_dict(fits, strict=False)
     return model
 

@@ -20,9 +20,17 @@ import warnings
 import torch
 from torch import nn
 
-
 # Projection sizes and temperatures of each method's paper.
-OUT_DIMS = {"simclr": 128, "moco_v2": 128, "moco_v3": 256, "byol": 256, "simsiam": 2048, "swav": 128, "barlow_twins": 2048, "dino": 2048}
+OUT_DIMS = {
+    "simclr": 128,
+    "moco_v2": 128,
+    "moco_v3": 256,
+    "byol": 256,
+    "simsiam": 2048,
+    "swav": 128,
+    "barlow_twins": 2048,
+    "dino": 2048,
+}
 TEMPERATURES = {"simclr": 0.5, "moco_v2": 0.2, "moco_v3": 0.2, "swav": 0.1}
 
 
@@ -51,6 +59,7 @@ class SSLMethod(nn.Module):
     """Base: the backbone, the momentum schedule, and the hooks the training module calls."""
 
     momentum_pairs: tuple[tuple[str, str], ...] = ()  # (online, momentum copy) attribute names
+    backbone_prefix = "backbone."  # the keys of `export_backbone()` in this module's state_dict
 
     def __init__(self, backbone: nn.Module, cfg):
         super().__init__()
@@ -182,10 +191,14 @@ class SwaV(SSLMethod):
         super().__init__(backbone, cfg)
         self.head = SwaVProjectionHead(self.dim, cfg.hidden_dim, out_dim)
         self.prototypes = SwaVPrototypes(out_dim, cfg.prototypes, n_steps_frozen_prototypes=cfg.freeze_prototypes_steps)
-        for layer in self.prototypes.heads:  # prototypes are unit vectors (the paper's); an offset would grow unchecked, and exp() overflow
+        for layer in (
+            self.prototypes.heads
+        ):  # prototypes are unit vectors (the paper's); an offset would grow unchecked, and exp() overflow
             layer.register_parameter("bias", None)
         self.criterion = SwaVLoss(temperature=temperature, sinkhorn_gather_distributed=True)
-        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # in checkpoints: a resumed run keeps its count
+        self.register_buffer(
+            "steps_done", torch.zeros((), dtype=torch.long)
+        )  # in checkpoints: a resumed run keeps its count
 
     def loss(self, views, epoch, progress):
         self.prototypes.normalize()
@@ -245,6 +258,7 @@ class DINO(SSLMethod):
     global views only, the student every view."""
 
     momentum_pairs = (("backbone", "teacher_backbone"), ("head", "teacher_head"))
+    backbone_prefix = "teacher_backbone."
 
     def __init__(self, backbone, cfg, out_dim, temperature):
         from lightly.loss import DINOLoss
@@ -255,7 +269,13 @@ class DINO(SSLMethod):
         batch_norm = cfg.head_batch_norm
         if batch_norm is None:
             batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
-        head = dict(input_dim=self.dim, hidden_dim=cfg.hidden_dim, bottleneck_dim=cfg.bottleneck_dim, output_dim=out_dim, batch_norm=batch_norm)
+        head = dict(
+            input_dim=self.dim,
+            hidden_dim=cfg.hidden_dim,
+            bottleneck_dim=cfg.bottleneck_dim,
+            output_dim=out_dim,
+            batch_norm=batch_norm,
+        )
         with warnings.catch_warnings():  # lightly's head uses torch's older weight_norm, which warns of its deprecation
             warnings.simplefilter("ignore", FutureWarning)
             self.head = DINOProjectionHead(**head, freeze_last_layer=cfg.freeze_last_layer_epochs)
@@ -263,8 +283,13 @@ class DINO(SSLMethod):
         self.teacher_backbone = frozen_copy(self.backbone)
         self.teacher_head.load_state_dict(self.head.state_dict())
         self.teacher_head.requires_grad_(False)
-        self.criterion = DINOLoss(output_dim=out_dim, warmup_teacher_temp=min(0.04, cfg.teacher_temp), teacher_temp=cfg.teacher_temp,
-                                  warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs, center_momentum=cfg.center_momentum)
+        self.criterion = DINOLoss(
+            output_dim=out_dim,
+            warmup_teacher_temp=min(0.04, cfg.teacher_temp),
+            teacher_temp=cfg.teacher_temp,
+            warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs,
+            center_momentum=cfg.center_momentum,
+        )
 
     def loss(self, views, epoch, progress):
         with torch.no_grad():
@@ -279,8 +304,16 @@ class DINO(SSLMethod):
         return self.teacher_backbone
 
 
-METHODS: dict[str, type[SSLMethod]] = {"simclr": SimCLR, "moco_v2": MoCoV2, "moco_v3": MoCoV3, "byol": BYOL, "simsiam": SimSiam,
-                                       "swav": SwaV, "barlow_twins": BarlowTwins, "dino": DINO}
+METHODS: dict[str, type[SSLMethod]] = {
+    "simclr": SimCLR,
+    "moco_v2": MoCoV2,
+    "moco_v3": MoCoV3,
+    "byol": BYOL,
+    "simsiam": SimSiam,
+    "swav": SwaV,
+    "barlow_twins": BarlowTwins,
+    "dino": DINO,
+}
 
 
 def build_ssl(cfg, backbone: nn.Module) -> SSLMethod:
@@ -292,20 +325,12 @@ def build_ssl(cfg, backbone: nn.Module) -> SSLMethod:
     return METHODS[ssl.method](backbone, ssl, out_dim, temperature)
 
 
-def backbone_package(package):
-    """The backbone of a pretraining run's package (`backbone.pt`): keys as timm names them, so a
-    classify config loads it with `model.weights` (the classifier head is left as initialised)."""
-    from optik.models.package import ModelPackage
-
-    prefix = "teacher_backbone." if package.config["ssl"]["method"] == "dino" else "backbone."
-    state = {key[len(prefix):]: value for key, value in package.state_dict.items() if key.startswith(prefix)}
-    return ModelPackage("pretrain", package.config, [], package.preprocess, state)
-
-
 def local_crops(cfg) -> tuple[int, int]:
     """swav/dino: how many small crops, and their size (default 6 of 3/7 the image size)."""
     views = cfg.ssl.views
-    return (6 if views.local_views is None else views.local_views), views.local_size or max(8, round(cfg.data.image_size * 3 / 7))
+    return (6 if views.local_views is None else views.local_views), views.local_size or max(
+        8, round(cfg.data.image_size * 3 / 7)
+    )
 
 
 def check_small_crops(cfg, backbone: nn.Module) -> None:
@@ -322,23 +347,40 @@ def check_small_crops(cfg, backbone: nn.Module) -> None:
     except (RuntimeError, AssertionError, ValueError) as exc:
         from optik.errors import ConfigError
 
-        raise ConfigError(f"{cfg.ssl.method}'s small crops ({count} of {size} px) do not go through {cfg.model.name} "
-                          f"({str(exc).splitlines()[0].rstrip('.')}). Set ssl.views.local_views=0, a larger ssl.views.local_size, or a backbone "
-                          "that takes any size (most convolutional networks; ViT, DeiT, EVA or Swin transformers)") from None
+        raise ConfigError(
+            f"{cfg.ssl.method}'s small crops ({count} of {size} px) do not go through {cfg.model.name} "
+            f"({str(exc).splitlines()[0].rstrip('.')}). Set ssl.views.local_views=0, a larger ssl.views.local_size, or a backbone "
+            "that takes any size (most convolutional networks; ViT, DeiT, EVA or Swin transformers)"
+        ) from None
     finally:
         backbone.train(training)
 
 
 def view_transform(cfg):
     """lightly's multi-view transform of the method, with the config's augmentation choices."""
-    from lightly.transforms import (BYOLTransform, BYOLView1Transform, BYOLView2Transform, DINOTransform, MoCoV2Transform,
-                                    SimCLRTransform, SimSiamTransform, SwaVTransform)
+    from lightly.transforms import (
+        BYOLTransform,
+        BYOLView1Transform,
+        BYOLView2Transform,
+        DINOTransform,
+        MoCoV2Transform,
+        SimCLRTransform,
+        SimSiamTransform,
+        SwaVTransform,
+    )
 
     data, method, views = cfg.data, cfg.ssl.method, cfg.ssl.views
     size = data.image_size
     common = {"normalize": {"mean": list(data.mean), "std": list(data.std)}}
-    for ours, theirs in (("hflip", "hf_prob"), ("vflip", "vf_prob"), ("rotate", "rr_prob"), ("rotate_degrees", "rr_degrees"),
-                         ("color_jitter", "cj_prob"), ("jitter_strength", "cj_strength"), ("grayscale", "random_gray_scale")):
+    for ours, theirs in (
+        ("hflip", "hf_prob"),
+        ("vflip", "vf_prob"),
+        ("rotate", "rr_prob"),
+        ("rotate_degrees", "rr_degrees"),
+        ("color_jitter", "cj_prob"),
+        ("jitter_strength", "cj_strength"),
+        ("grayscale", "random_gray_scale"),
+    ):
         if getattr(views, ours) is not None:
             common[theirs] = getattr(views, ours)
     local_views, local_size = local_crops(cfg)
@@ -351,13 +393,28 @@ def view_transform(cfg):
     if method == "simsiam":
         return SimSiamTransform(input_size=size, **scale, **blur, **common)
     if method in ("byol", "moco_v3", "barlow_twins"):  # the asymmetric BYOL views, as in their papers
-        return BYOLTransform(BYOLView1Transform(input_size=size, **scale, **blur, **common),
-                             BYOLView2Transform(input_size=size, **scale, **blur, **common))
+        return BYOLTransform(
+            BYOLView1Transform(input_size=size, **scale, **blur, **common),
+            BYOLView2Transform(input_size=size, **scale, **blur, **common),
+        )
     if method == "swav":
         low = views.min_scale or 0.14
-        return SwaVTransform(crop_sizes=(size, local_size), crop_counts=(2, local_views), crop_min_scales=(low, 0.05), crop_max_scales=(1.0, low),
-                             **blur, **common)
+        return SwaVTransform(
+            crop_sizes=(size, local_size),
+            crop_counts=(2, local_views),
+            crop_min_scales=(low, 0.05),
+            crop_max_scales=(1.0, low),
+            **blur,
+            **common,
+        )
     global_scale = (views.min_scale or 0.4, 1.0)
     dino_blur = {} if views.blur is None else {"gaussian_blur": (views.blur, views.blur, views.blur)}
-    return DINOTransform(global_crop_size=size, global_crop_scale=global_scale, local_crop_size=local_size,
-                         local_crop_scale=(0.05, global_scale[0]), n_local_views=local_views, **dino_blur, **common)
+    return DINOTransform(
+        global_crop_size=size,
+        global_crop_scale=global_scale,
+        local_crop_size=local_size,
+        local_crop_scale=(0.05, global_scale[0]),
+        n_local_views=local_views,
+        **dino_blur,
+        **common,
+    )

@@ -30,8 +30,14 @@ def read_checkpoint(path: str | Path) -> dict:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         unsafe = "Weights only load failed" in str(exc)
-        reason = "it holds Python objects that are not safe to load (only tensors and plain values are)" if unsafe else "it is not a PyTorch weights file"
-        raise ModelError(f"cannot load {path}: {reason}; give a model.pt, a .ckpt, a state_dict .pth or a .safetensors file") from None
+        reason = (
+            "it holds Python objects that are not safe to load (only tensors and plain values are)"
+            if unsafe
+            else "it is not a PyTorch weights file"
+        )
+        raise ModelError(
+            f"cannot load {path}: {reason}; give a model.pt, a .ckpt, a state_dict .pth or a .safetensors file"
+        ) from None
     if not isinstance(content, dict):
         raise ModelError(f"{path} holds a {type(content).__name__}, not a state_dict or checkpoint")
     return content
@@ -63,8 +69,16 @@ class KeyReport:
 
     def lines(self, limit: int = 8) -> list[str]:
         total = self.total
-        out = [f"weights {self.source}" + (f" (prefix {self.prefix!r} stripped)" if self.prefix else "") + f": {len(self.matched)}/{total} model keys matched"]
-        for label, keys in (("missing (left as initialised)", self.missing), ("unexpected (ignored)", self.unexpected), ("shape mismatch (left as initialised)", self.mismatched)):
+        out = [
+            f"weights {self.source}"
+            + (f" (prefix {self.prefix!r} stripped)" if self.prefix else "")
+            + f": {len(self.matched)}/{total} model keys matched"
+        ]
+        for label, keys in (
+            ("missing (left as initialised)", self.missing),
+            ("unexpected (ignored)", self.unexpected),
+            ("shape mismatch (left as initialised)", self.mismatched),
+        ):
             if keys:
                 shown = ", ".join(keys[:limit]) + (f", ... {len(keys) - limit} more" if len(keys) > limit else "")
                 out.append(f"  {label}: {len(keys)}: {shown}")
@@ -83,16 +97,20 @@ def candidate_prefixes(keys: list[str]) -> list[str]:
     return list(dict.fromkeys(["", *KNOWN_PREFIXES, *shared]))
 
 
-def select_prefix(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], prefix: str | None) -> tuple[str, dict[str, torch.Tensor]]:
+def select_prefix(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], prefix: str | None
+) -> tuple[str, dict[str, torch.Tensor]]:
     """Strip the given prefix, or the one under which most keys match the model's."""
 
     def stripped(p: str) -> dict[str, torch.Tensor]:
-        return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+        return {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
 
     if prefix is not None:
         chosen = stripped(prefix)
         if not chosen:
-            raise ModelError(f"no key starts with model.weights_prefix {prefix!r} (keys look like {next(iter(state))!r})")
+            raise ModelError(
+                f"no key starts with model.weights_prefix {prefix!r} (keys look like {next(iter(state))!r})"
+            )
         return prefix, chosen
     best = max(candidate_prefixes(list(state)), key=lambda p: sum(1 for k in stripped(p) if k in target))
     return best, stripped(best)
@@ -127,8 +145,12 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, pr
         else:
             loadable[key] = value
             report.matched.append(key)
-    report.missing = [k for k in target if k not in loadable and not any(m.startswith(k + " ") for m in report.mismatched)]
+    report.missing = [
+        k for k in target if k not in loadable and not any(m.startswith(k + " ") for m in report.mismatched)
+    ]
     if not loadable:
-        raise ModelError(f"no key of {source} matches the model (file keys look like {next(iter(state))!r}, model keys like {next(iter(target))!r}); set model.weights_prefix")
+        raise ModelError(
+            f"no key of {source} matches the model (file keys look like {next(iter(state))!r}, model keys like {next(iter(target))!r}); set model.weights_prefix"
+        )
     model.load_state_dict(loadable, strict=False)
     return report

@@ -14,9 +14,9 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from optik.files import write_atomic
 
@@ -34,7 +34,11 @@ class Row:
 def header(fmt: str, k: int, labels: bool) -> str | None:
     if fmt != "csv":
         return None
-    columns = ["filename"] + [f"{kind}{i}" for i in range(1, k + 1) for kind in ("p", "c")] + ([f"label{i}" for i in range(1, k + 1)] if labels else [])
+    columns = (
+        ["filename"]
+        + [f"{kind}{i}" for i in range(1, k + 1) for kind in ("p", "c")]
+        + ([f"label{i}" for i in range(1, k + 1)] if labels else [])
+    )
     return ",".join(columns) + "\n"
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from opex import BBox, ObjectPrediction, ObjectPredictions, Polygon
 
 from optik.files import write_atomic
-from optik.inference.results import Detection
 from optik.outputs.polygons import DetectionOptions, ObjectShape
+from optik.results import Detection
 
 
 @dataclass(frozen=True)
@@ -56,4 +56,10 @@ def _prediction(label: str, score: float, shape: ObjectShape) -> ObjectPredictio
     meta = None
     if shape.minrect is not None:
         meta = {"minrect_w": str(round(shape.minrect[0], 6)), "minrect_h": str(round(shape.minrect[1], 6))}
-    return ObjectPrediction(score=score, label=label, bbox=BBox(left=x0, top=y0, right=x1, bottom=y1), polygon=Polygon(points=points), meta=meta)
+    return ObjectPrediction(
+        score=score,
+        label=label,
+        bbox=BBox(left=x0, top=y0, right=x1, bottom=y1),
+        polygon=Polygon(points=points),
+        meta=meta,
+    )

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from optik.errors import OptikError
-from optik.inference.results import Detection
+from optik.results import Detection
 
 
 def mask_polygon(mask: np.ndarray, threshold: float = 0.1, nth: int = 1) -> np.ndarray | None:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from optik.files import write_atomic
-from optik.inference.results import Detection
 from optik.outputs.polygons import DetectionOptions, ObjectShape
+from optik.results import Detection
 
 BOX_COLUMNS = ("file", "x0", "y0", "x1", "y1", "x0n", "y0n", "x1n", "y1n", "label", "label_str", "score")
 POLYGON_COLUMNS = ("poly_x", "poly_y", "poly_xn", "poly_yn")
@@ -73,13 +73,28 @@ class RoiCsvFormat(DetectionOptions):
 def _row(result: Detection, label: int, score: float, shape: ObjectShape) -> dict:
     width, height = float(result.width), float(result.height)
     x0, y0, x1, y1 = (float(v) for v in shape.box)
-    row = {"file": Path(result.source).name, "x0": _pixels(x0), "y0": _pixels(y0), "x1": _pixels(x1), "y1": _pixels(y1),
-           "x0n": _fraction(x0 / width), "y0n": _fraction(y0 / height), "x1n": _fraction(x1 / width), "y1n": _fraction(y1 / height),
-           "label": label, "label_str": result.classes[label], "score": _fraction(score)}
+    row = {
+        "file": Path(result.source).name,
+        "x0": _pixels(x0),
+        "y0": _pixels(y0),
+        "x1": _pixels(x1),
+        "y1": _pixels(y1),
+        "x0n": _fraction(x0 / width),
+        "y0n": _fraction(y0 / height),
+        "x1n": _fraction(x1 / width),
+        "y1n": _fraction(y1 / height),
+        "label": label,
+        "label_str": result.classes[label],
+        "score": _fraction(score),
+    }
     if shape.polygon is not None:
         xs, ys = shape.polygon[:, 0], shape.polygon[:, 1]
-        row.update(poly_x=[_pixels(x) for x in xs], poly_y=[_pixels(y) for y in ys],
-                   poly_xn=[_fraction(x / width) for x in xs], poly_yn=[_fraction(y / height) for y in ys])
+        row.update(
+            poly_x=[_pixels(x) for x in xs],
+            poly_y=[_pixels(y) for y in ys],
+            poly_xn=[_fraction(x / width) for x in xs],
+            poly_yn=[_fraction(y / height) for y in ys],
+        )
     if shape.minrect is not None:
         row.update(minrect_w=_pixels(shape.minrect[0]), minrect_h=_pixels(shape.minrect[1]))
     return row

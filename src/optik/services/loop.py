@@ -6,10 +6,10 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
-from optik.inference.predictor import ImageFailure
+from optik.results import ImageFailure
 
 log = logging.getLogger("optik.services")
 
@@ -33,7 +33,7 @@ class Stop:
         return self._event.wait(max(0.0, seconds))
 
     @contextmanager
-    def on_signals(self) -> Iterator["Stop"]:
+    def on_signals(self) -> Iterator[Stop]:
         """Install the SIGTERM/SIGINT handlers for the duration (main thread only)."""
         if threading.current_thread() is not threading.main_thread():
             yield self
@@ -107,11 +107,16 @@ def predict_batches(predictor, sources: Sequence, names: Sequence[str]) -> Itera
                     start, batch = start + len(batch), []
             return
         except Exception as exc:  # noqa: BLE001 - a service outlives a failing forward pass
-            log.warning("prediction failed for a batch (%s: %s); trying its images one at a time", type(exc).__name__, exc)
+            log.warning(
+                "prediction failed for a batch (%s: %s); trying its images one at a time", type(exc).__name__, exc
+            )
         finally:
             stream.close()
         end = min(start + size, len(sources))
-        batch += [_predict_one(predictor, source, name) for source, name in zip(sources[start + len(batch) : end], names[start + len(batch) : end])]
+        batch += [
+            _predict_one(predictor, source, name)
+            for source, name in zip(sources[start + len(batch) : end], names[start + len(batch) : end])
+        ]
         yield batch
         start = end
 

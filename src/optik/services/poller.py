@@ -96,7 +96,9 @@ class PollOptions:
         if self.delete_input and self.done_dir is not None:
             raise ConfigError("give --done DIR or --delete-input, not both")
         if self.continuous and self.watch:
-            raise ConfigError("give --continuous (look every --poll-wait s) or --watch (react to file events), not both")
+            raise ConfigError(
+                "give --continuous (look every --poll-wait s) or --watch (react to file events), not both"
+            )
         if not self.in_dir.is_dir():
             raise ConfigError(f"input folder not found: {self.in_dir}")
         if self.poll_wait < 0 or self.watch_interval <= 0 or self.settle < 0:
@@ -107,7 +109,9 @@ class PollOptions:
         for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
         if self.tmp_dir is not None and os.stat(self.tmp_dir).st_dev != os.stat(self.out_dir).st_dev:
-            raise ConfigError(f"--tmp {self.tmp_dir} must be on the same filesystem as --out {self.out_dir} (outputs are renamed from it)")
+            raise ConfigError(
+                f"--tmp {self.tmp_dir} must be on the same filesystem as --out {self.out_dir} (outputs are renamed from it)"
+            )
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,10 @@ class FilePoller:
         self.rate = Rate()
         self.complete = Completeness(options.settle)
         self.stems: dict[str, str] = {}
-        self.journal = options.out_dir / f".optik-poll-{hashlib.sha1(str(options.in_dir.resolve()).encode()).hexdigest()[:10]}.journal"
+        self.journal = (
+            options.out_dir
+            / f".optik-poll-{hashlib.sha1(str(options.in_dir.resolve()).encode()).hexdigest()[:10]}.journal"
+        )
         self._wake = threading.Event()
 
     def run(self, locked: bool = False) -> Rate:
@@ -187,7 +194,11 @@ class FilePoller:
         present.sort(key=lambda item: (item[0].st_mtime_ns, item[1]))
         self.complete.forget({name for _, name in present})
         self._name_outputs([name for _, name in present])
-        ready = [Drop(self.options.in_dir / name, self.stems[name], identity(stat)) for stat, name in present if self.complete(self.options.in_dir / name, stat)]
+        ready = [
+            Drop(self.options.in_dir / name, self.stems[name], identity(stat))
+            for stat, name in present
+            if self.complete(self.options.in_dir / name, stat)
+        ]
         return ready, len(present) - len(ready)
 
     def _name_outputs(self, names: list[str]) -> None:
@@ -215,13 +226,24 @@ class FilePoller:
     def commit(self, batch: list) -> None:
         """Journal, outputs, then inputs moved on (see the class docstring)."""
         batch = [(drop, result) for drop, result in batch if self._unchanged(drop)]
-        plan = [{"name": d.path.name, "identity": list(d.identity), "output": self._target(d, r).name, "before": _inode(self._target(d, r)), "ok": r.ok} for d, r in batch]
+        plan = [
+            {
+                "name": d.path.name,
+                "identity": list(d.identity),
+                "output": self._target(d, r).name,
+                "before": _inode(self._target(d, r)),
+                "ok": r.ok,
+            }
+            for d, r in batch
+        ]
         write_atomic(self.journal, "\n".join(json.dumps(entry) for entry in plan))
         for drop, result in batch:
             if result.ok:
                 self.output.write(result, self._target(drop, result), self.options.tmp_dir)
             else:
-                log.warning("cannot predict %s: %s (moved to %s)", drop.path.name, result.reason, self.options.failed_dir)
+                log.warning(
+                    "cannot predict %s: %s (moved to %s)", drop.path.name, result.reason, self.options.failed_dir
+                )
                 write_error(drop.path.name, result.reason, self._target(drop, result), self.options.tmp_dir)
             self._dispose(drop.path, result.ok)
         self.journal.unlink(missing_ok=True)

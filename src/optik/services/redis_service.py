@@ -23,15 +23,13 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from optik.errors import ConfigError, OptikError
-from optik.inference.predictor import ImageFailure
+from optik.errors import ConfigError
+from optik.results import ImageFailure
 from optik.services.loop import Backoff, ModelFailure, Rate, Stop, log, predict_batches
 
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
@@ -51,9 +49,18 @@ class RedisOptions:
 
     def client(self) -> redis.Redis:
         return redis.Redis(
-            host=self.host, port=self.port, db=self.db, username=self.username, password=self.password,
-            ssl=self.ssl, ssl_ca_certs=self.ssl_ca_certs, socket_connect_timeout=5, socket_timeout=30,
-            socket_keepalive=True, health_check_interval=15, protocol=2,
+            host=self.host,
+            port=self.port,
+            db=self.db,
+            username=self.username,
+            password=self.password,
+            ssl=self.ssl,
+            ssl_ca_certs=self.ssl_ca_certs,
+            socket_connect_timeout=5,
+            socket_timeout=30,
+            socket_keepalive=True,
+            health_check_interval=15,
+            protocol=2,
             retry=Retry(NoBackoff(), 0),  # the services reconnect themselves (logged, with backoff, forever)
         )
 
@@ -67,15 +74,28 @@ def check_auth(options: RedisOptions) -> None:
     try:
         client.ping()
     except (redis.AuthenticationError, redis.ResponseError) as exc:
-        if not isinstance(exc, redis.AuthenticationError) and not any(code in str(exc) for code in ("NOAUTH", "WRONGPASS")):
+        if not isinstance(exc, redis.AuthenticationError) and not any(
+            code in str(exc) for code in ("NOAUTH", "WRONGPASS")
+        ):
             raise
         if options.password is None:
-            raise ConfigError(f"Redis at {options.where()} needs a password ({exc}); give --redis-password-env VAR or --redis-password") from None
-        raise ConfigError(f"Redis at {options.where()} refused the login ({exc}); check --redis-password / --redis-password-env") from None
+            raise ConfigError(
+                f"Redis at {options.where()} needs a password ({exc}); give --redis-password-env VAR or --redis-password"
+            ) from None
+        raise ConfigError(
+            f"Redis at {options.where()} refused the login ({exc}); check --redis-password / --redis-password-env"
+        ) from None
     except REDIS_ERRORS as exc:
-        if any(sign in str(exc) for sign in ("SSL", "certificate", "Name or service not known", "name resolution", "nodename nor servname")):
-            raise ConfigError(f"cannot connect to Redis at {options.where()}: {_first_line(exc)}; check --redis-host and the TLS options") from None
-        log.warning("Redis at %s is not reachable yet (%s); the service keeps trying", options.where(), _first_line(exc))
+        if any(
+            sign in str(exc)
+            for sign in ("SSL", "certificate", "Name or service not known", "name resolution", "nodename nor servname")
+        ):
+            raise ConfigError(
+                f"cannot connect to Redis at {options.where()}: {_first_line(exc)}; check --redis-host and the TLS options"
+            ) from None
+        log.warning(
+            "Redis at %s is not reachable yet (%s); the service keeps trying", options.where(), _first_line(exc)
+        )
     finally:
         client.close()
 
@@ -97,17 +117,17 @@ def parse_message(data: bytes) -> Request:
     try:
         envelope = json.loads(data)
     except ValueError:
-        return Request(None, error="message is neither image bytes nor a JSON envelope {\"id\": ..., \"image\": base64}")
+        return Request(None, error='message is neither image bytes nor a JSON envelope {"id": ..., "image": base64}')
     if not isinstance(envelope, dict):
-        return Request(None, error="a JSON message must be an object {\"id\": ..., \"image\": base64}")
+        return Request(None, error='a JSON message must be an object {"id": ..., "image": base64}')
     request = Request(None, envelope.get("id"), envelope=True)
     if not isinstance(envelope.get("image"), str):
-        request.error = "the JSON envelope has no \"image\" field (base64 of the encoded image)"
+        request.error = 'the JSON envelope has no "image" field (base64 of the encoded image)'
         return request
     try:
         request.image = base64.b64decode(envelope["image"], validate=True)
     except (binascii.Error, ValueError):
-        request.error = "the envelope's \"image\" is not valid base64"
+        request.error = 'the envelope\'s "image" is not valid base64'
     return request
 
 
@@ -115,7 +135,9 @@ def predict_requests(predictor, requests: list[Request]) -> list:
     """A result per request (an `ImageFailure` for those that are not images), in micro-batches."""
     todo = [r for r in requests if r.error is None]
     names = [str(r.id) if r.id is not None else "message" for r in todo]
-    predicted = iter([result for batch in predict_batches(predictor, [r.image for r in todo], names) for result in batch])
+    predicted = iter(
+        [result for batch in predict_batches(predictor, [r.image for r in todo], names) for result in batch]
+    )
     return [next(predicted) if r.error is None else ImageFailure(str(r.id), r.error) for r in requests]
 
 
@@ -137,8 +159,12 @@ class RedisService:
                 self._retry(f"Redis at {self.options.where()} unavailable ({_first_line(exc)})")
             except redis.ResponseError as exc:
                 if str(exc).startswith("WRONGTYPE"):
-                    raise ConfigError(f"a key this service uses on {self.options.where()} holds another type ({exc}); pick other --redis-in / --redis-out names") from None
-                self._retry(f"Redis at {self.options.where()} answered {_first_line(exc)!r}")  # OOM, READONLY, LOADING, NOGROUP...
+                    raise ConfigError(
+                        f"a key this service uses on {self.options.where()} holds another type ({exc}); pick other --redis-in / --redis-out names"
+                    ) from None
+                self._retry(
+                    f"Redis at {self.options.where()} answered {_first_line(exc)!r}"
+                )  # OOM, READONLY, LOADING, NOGROUP...
             finally:
                 client.close()
         log.info("redis: %s", self.rate.summary())
@@ -161,17 +187,30 @@ class RedisService:
 class PubSubService(RedisService):
     """Pattern-subscribes to `channel_in`, publishes each prediction to `channel_out`."""
 
-    def __init__(self, predictor, output, options: RedisOptions, channel_in: str, channel_out: str, max_wait_ms: float = 10, stop: Stop | None = None):
+    def __init__(
+        self,
+        predictor,
+        output,
+        options: RedisOptions,
+        channel_in: str,
+        channel_out: str,
+        max_wait_ms: float = 10,
+        stop: Stop | None = None,
+    ):
         super().__init__(predictor, output, options, stop)
         if fnmatch.fnmatchcase(channel_out, channel_in):
-            raise ConfigError(f"the output channel {channel_out!r} matches the input pattern {channel_in!r}: the service would answer its own replies")
+            raise ConfigError(
+                f"the output channel {channel_out!r} matches the input pattern {channel_in!r}: the service would answer its own replies"
+            )
         self.channel_in, self.channel_out, self.max_wait = channel_in, channel_out, max_wait_ms / 1000
 
     def serve(self, client: redis.Redis) -> None:
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.psubscribe(self.channel_in)
-            log.info("listening on %s channel %r, replying on %r", self.options.where(), self.channel_in, self.channel_out)
+            log.info(
+                "listening on %s channel %r, replying on %r", self.options.where(), self.channel_in, self.channel_out
+            )
             self.backoff.reset()
             while not self.stop:
                 messages = self._collect(pubsub)
@@ -199,7 +238,11 @@ class PubSubService(RedisService):
         pipe = client.pipeline(transaction=False)
         for request, result in zip(requests, results):
             if not result.ok:
-                log.warning("cannot predict message %s: %s", request.id if request.id is not None else "(raw bytes)", result.reason)
+                log.warning(
+                    "cannot predict message %s: %s",
+                    request.id if request.id is not None else "(raw bytes)",
+                    result.reason,
+                )
                 reply = {"error": result.reason, "id": request.id}
             else:
                 payload = self.output.payload(result)
@@ -247,7 +290,14 @@ class StreamService(RedisService):
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        log.info("worker %r of group %r on %s: %r -> %r", s.consumer, s.group, self.options.where(), s.stream_in, s.stream_out)
+        log.info(
+            "worker %r of group %r on %s: %r -> %r",
+            s.consumer,
+            s.group,
+            self.options.where(),
+            s.stream_in,
+            s.stream_out,
+        )
         self.backoff.reset()
         self._take_pending(client, consumer=s.consumer, idle=None)  # what this worker name held before a restart
         while not self.stop:
@@ -261,13 +311,17 @@ class StreamService(RedisService):
     def _read(self, client: redis.Redis) -> list:
         """Up to a batch of new entries: what is there within 1 s, then what else arrives within `max_wait_ms`."""
         s, size = self.streams, self.predictor.batch_size
-        entries = _entries(client.xreadgroup(s.group, s.consumer, {s.stream_in: ">"}, count=size, block=1000))
+        entries = entries_of(client.xreadgroup(s.group, s.consumer, {s.stream_in: ">"}, count=size, block=1000))
         deadline = time.monotonic() + s.max_wait_ms / 1000
         while entries and len(entries) < size:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms < 1:  # BLOCK 0 would wait forever
                 break
-            more = _entries(client.xreadgroup(s.group, s.consumer, {s.stream_in: ">"}, count=size - len(entries), block=remaining_ms))
+            more = entries_of(
+                client.xreadgroup(
+                    s.group, s.consumer, {s.stream_in: ">"}, count=size - len(entries), block=remaining_ms
+                )
+            )
             if not more:
                 break
             entries += more
@@ -278,7 +332,9 @@ class StreamService(RedisService):
         those already delivered `max_attempts` times go to the dead-letter stream instead."""
         s, seen = self.streams, set()
         while not self.stop:
-            pending = client.xpending_range(s.stream_in, s.group, "-", "+", count=self.predictor.batch_size, consumername=consumer, idle=idle)
+            pending = client.xpending_range(
+                s.stream_in, s.group, "-", "+", count=self.predictor.batch_size, consumername=consumer, idle=idle
+            )
             attempts = {p["message_id"]: p["times_delivered"] for p in pending if p["message_id"] not in seen}
             if not attempts:
                 return
@@ -289,20 +345,27 @@ class StreamService(RedisService):
             log.info("took over %d unacknowledged entr%s", len(claimed), "y" if len(claimed) == 1 else "ies")
             dead = [(i, f) for i, f in claimed if attempts[i] >= s.max_attempts]
             if dead:
-                failures = [ModelFailure(str(i), f"failed {attempts[i]} times (its workers crashed, or the model raised)") for i, _ in dead]
+                failures = [
+                    ModelFailure(str(i), f"failed {attempts[i]} times (its workers crashed, or the model raised)")
+                    for i, _ in dead
+                ]
                 self._finish(client, dead, failures, attempts)
             self._handle(client, [(i, f) for i, f in claimed if attempts[i] < s.max_attempts], attempts)
 
     def _handle(self, client: redis.Redis, entries: list, attempts: dict | None = None) -> None:
         if entries:
-            self._finish(client, entries, predict_requests(self.predictor, [self._request(i, f) for i, f in entries]), attempts)
+            self._finish(
+                client, entries, predict_requests(self.predictor, [self._request(i, f) for i, f in entries]), attempts
+            )
 
     def _request(self, entry_id: bytes, fields: dict | None) -> Request:
         fields = fields or {}
         given = fields.get(b"id")
-        request = Request(fields.get(b"image"), given.decode(errors="replace") if given is not None else entry_id.decode())
+        request = Request(
+            fields.get(b"image"), given.decode(errors="replace") if given is not None else entry_id.decode()
+        )
         if not request.image:
-            request.error = "the entry has no \"image\" field (the encoded image bytes)"
+            request.error = 'the entry has no "image" field (the encoded image bytes)'
         return request
 
     def _finish(self, client: redis.Redis, entries: list, results: list, attempts: dict | None = None) -> None:
@@ -324,7 +387,17 @@ class StreamService(RedisService):
                 log.warning("entry %s (id %s) goes to %s: %s", entry_id.decode(), request_id, s.dead, result.reason)
                 pipe.xadd(s.stream_out, {"id": request_id, "error": result.reason}, **trim)
                 original = {k.decode(errors="replace"): v for k, v in (fields or {}).items() if k != b"id"}
-                pipe.xadd(s.dead, {**original, "id": request_id, "entry": entry_id, "error": result.reason, "attempts": tries, "consumer": s.consumer})
+                pipe.xadd(
+                    s.dead,
+                    {
+                        **original,
+                        "id": request_id,
+                        "entry": entry_id,
+                        "error": result.reason,
+                        "attempts": tries,
+                        "consumer": s.consumer,
+                    },
+                )
             done.append(entry_id)
         if done:
             pipe.xack(s.stream_in, s.group, *done)
@@ -338,113 +411,10 @@ def _first_line(exc: Exception) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def _entries(response) -> list:
+def entries_of(response) -> list:
     """The (id, fields) entries of an XREAD/XREADGROUP reply for one stream."""
     if not response:
         return []
     if isinstance(response, dict):
         return list(next(iter(response.values()))[0] if response else [])
     return list(response[0][1])
-
-
-# ----------------------------------------------------------------------------- client
-
-
-def send_images(options: RedisOptions, paths: list[Path], channel_in: str, channel_out: str, mode: str = "pubsub", raw: bool = False, timeout: float = 30.0) -> Iterator[dict]:
-    """Send images to a running service and yield its replies as they come (for trying a service).
-
-    Raises OptikError when nobody listens (pub/sub) or replies are missing after `timeout` seconds.
-    """
-    client = options.client()
-    try:
-        client.ping()
-    except REDIS_ERRORS as exc:
-        raise OptikError(f"cannot reach Redis at {options.where()}: {str(exc).splitlines()[0]}") from None
-    try:
-        if mode == "pubsub":
-            yield from _send_pubsub(client, paths, channel_in, channel_out, raw, timeout)
-        else:
-            yield from _send_stream(client, paths, channel_in, channel_out, timeout)
-    finally:
-        client.close()
-
-
-def _send_pubsub(client, paths, channel_in, channel_out, raw, timeout) -> Iterator[dict]:
-    pubsub = client.pubsub()
-    try:
-        pubsub.subscribe(channel_out)
-        deadline = time.monotonic() + 10
-        while (message := pubsub.get_message(timeout=1)) is None or message["type"] != "subscribe":
-            if time.monotonic() > deadline:  # replies may only be published once the subscription is in place
-                raise OptikError(f"could not subscribe to {channel_out!r} on Redis")
-        ids = _unique_ids(paths)
-        for path, request_id in zip(paths, ids):
-            data = path.read_bytes()
-            payload = data if raw else json.dumps({"id": request_id, "image": base64.b64encode(data).decode()})
-            if client.publish(channel_in, payload) == 0:
-                raise OptikError(f"nobody listens on channel {channel_in!r}; start `optik serve redis MODEL --redis-in {channel_in} --redis-out {channel_out}` first")
-        wanted = None if raw else set(ids)  # raw bytes carry no id: count the replies instead
-
-        def replies(wait: float) -> list[dict]:
-            message = pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
-            if message is None:
-                return []
-            reply = json.loads(message["data"])
-            if wanted is None:
-                return [reply]
-            if isinstance(reply, dict) and reply.get("id") in wanted:  # other clients' replies share the channel
-                wanted.discard(reply["id"])
-                return [reply]
-            return []
-
-        yield from _gather(replies, len(paths), timeout)
-    finally:
-        pubsub.close()
-
-
-def _unique_ids(paths: list[Path]) -> list[str]:
-    """The file path as the id, with `#2`, `#3`... when a path is given more than once."""
-    counts: dict[str, int] = {}
-    ids = []
-    for path in paths:
-        counts[str(path)] = counts.get(str(path), 0) + 1
-        ids.append(str(path) if counts[str(path)] == 1 else f"{path}#{counts[str(path)]}")
-    return ids
-
-
-def _send_stream(client, paths, stream_in, stream_out, timeout) -> Iterator[dict]:
-    try:
-        last = client.xinfo_stream(stream_out)["last-generated-id"]
-    except redis.ResponseError:  # no such stream yet
-        last = b"0-0"
-    ids = _unique_ids(paths)
-    pipe = client.pipeline(transaction=False)
-    for path, request_id in zip(paths, ids):
-        pipe.xadd(stream_in, {"image": path.read_bytes(), "id": request_id})
-    pipe.execute()
-    wanted, position = set(ids), {"last": last}
-
-    def replies(wait: float) -> list[dict]:
-        found = []
-        for entry_id, fields in _entries(client.xread({stream_out: position["last"]}, count=100, block=max(1, int(wait * 1000)))):
-            position["last"] = entry_id
-            reply = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
-            if reply.get("id") in wanted:
-                wanted.discard(reply["id"])  # at-least-once: keep the first result per id
-                if "result" in reply:
-                    reply["result"] = json.loads(reply["result"])
-                found.append(reply)
-        return found
-
-    yield from _gather(replies, len(paths), timeout)
-
-
-def _gather(poll, expected: int, timeout: float) -> Iterator[dict]:
-    deadline, received = time.monotonic() + timeout, 0
-    while received < expected:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise OptikError(f"{expected - received} of {expected} image(s) got no reply within {timeout:g} s; is `optik serve redis` running with these channels?")
-        for reply in poll(min(remaining, 1.0)):
-            received += 1
-            yield reply

@@ -1,73 +1,260 @@
-"""Image classification as a LightningModule: cross-entropy (with smoothing / mixup), EMA, top-k metrics."""
+"""Image classification: a timm network (or a plug-in) over class folders or list files, trained with
+cross-entropy, evaluated with top-k and per-class metrics, predicted as class scores."""
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
+
+import numpy as np
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
 
-from optik.config.schema import TrainConfig
-from optik.tasks.common import TrainingModule
+from optik.config import parse_config
+from optik.data.classes import match_classes
+from optik.data.folder import Sample, class_folders, has_split_folders, samples_from
+from optik.data.listfile import read_list
+from optik.data.loaders import build_classify_data, make_loader, read_splits
+from optik.data.transforms import Preprocess
+from optik.errors import ConfigError, DataError, ModelError
+from optik.metrics.classification import classification_metrics
+from optik.metrics.evaluation import EvalResult
+from optik.models.classify import build_classifier
+from optik.models.package import ModelPackage, load_network
+from optik.tasks.base import Resume, Task, TrainingRun, onnx_metadata, say, untrained
 
 
-class ClassifyModule(TrainingModule):
-    """Trains `model` on (image, label) batches; validates the EMA copy when there is one.
+class ClassifyTask(Task):
+    name = "classify"
 
-    Args:
-        model: a network mapping (N, 3, H, W) images to (N, num_classes) logits.
-        config: the resolved run config (plain dict), kept in checkpoints.
-        classes: class names, index = label.
-        preprocess: eval preprocessing (`Preprocess.to_dict()`), kept in checkpoints.
+    def prepare(self, cfg, resume: Resume) -> TrainingRun:
+        """The classifier's module and loaders."""
+        from optik.config.load import config_to_dict
+        from optik.models.weights import load_weights
+        from optik.tasks.training.classify import ClassifyModule
+
+        data = build_classify_data(cfg.data, seed=cfg.train.seed)
+        if len(data.classes) < 2:
+            raise DataError(f"a classifier needs at least 2 classes, found {len(data.classes)}: {data.classes}")
+        resume.check(cfg, data.classes)
+        log_data_summary(data)
+        model = build_classifier(cfg.model, len(data.classes), cfg.data.image_size)
+        if cfg.model.weights is not None and resume.path is None:
+            for line in load_weights(model, cfg.model.weights, cfg.model.weights_prefix).lines():
+                say(line)
+        preprocess = Preprocess.from_data_config(cfg.data).to_dict()
+        module = ClassifyModule(model, config_to_dict(cfg), data.classes, preprocess)
+        workers = cfg.data.num_workers
+        # a last batch of one image breaks batch norm, and mixup needs full batches: drop the remainder
+        train_set = data.datasets["train"]
+        train_loader = make_loader(
+            train_set,
+            cfg.data.batch_size,
+            workers,
+            shuffle_seed=cfg.train.seed,
+            drop_last=len(train_set) > cfg.data.batch_size,
+            start_epoch=resume.epochs_done,
+        )
+        val_loader = make_loader(data.datasets["val"], cfg.data.batch_size, workers) if cfg.train.validation else None
+        return TrainingRun(module, train_loader, val_loader)
+
+    def network(self, package: ModelPackage) -> nn.Module:
+        config = parse_config(package.config)
+        return load_network(
+            build_classifier(untrained(config.model), len(package.classes), package.preprocess["image_size"]), package
+        )
+
+    def network_from_config(self, cfg, num_classes: int | None = None) -> nn.Module:
+        classes = cfg.data.classes if isinstance(cfg.data.classes, list) else None
+        n = num_classes or (len(classes) if classes else 1000)
+        return build_classifier(untrained(cfg.model), n, cfg.data.image_size).eval()
+
+    def predictor(
+        self, package, source, device="auto", precision="32", batch_size=None, mode="auto", expected_images=None
+    ):
+        from optik.inference.predictor import Predictor
+
+        return Predictor(
+            self.network(package),
+            package.classes,
+            Preprocess.from_dict(package.preprocess),
+            device=device,
+            precision=precision,
+            batch_size=batch_size or 32,
+            mode=mode,
+            expected_images=expected_images,
+        )
+
+    def onnx_predictor(self, model, meta, batch_size=None):
+        from optik.inference.predictor import Predictor
+
+        return Predictor(
+            classifier_session(model, meta),
+            meta["classes"],
+            Preprocess.from_dict(meta["preprocess"]),
+            device="cpu",
+            batch_size=batch_size or 32,
+            mode="eager",
+        )
+
+    def evaluate(
+        self,
+        package,
+        source,
+        data,
+        split,
+        batch_size=None,
+        device="auto",
+        precision="32",
+        mode="auto",
+        with_curves=False,
+    ) -> EvalResult:
+        return evaluate_classifier(
+            package, data, split, batch_size or 32, device=device, precision=precision, mode=mode
+        )
+
+    def output_format(self, fmt=None, top_k=None, min_score=None, **detection_options):
+        from optik.outputs.classification import ClassificationFormat
+
+        if fmt not in (None, "json"):
+            raise ConfigError(f"--format {fmt} is for detectors; this model is a classifier (its output is JSON)")
+        return ClassificationFormat(top_k, min_score)
+
+    def export_onnx(self, package, check_images=None, dynamic_batch=True):
+        from optik.inference.onnx import classifier_export, export_errors
+
+        if check_images is not None:
+            raise ConfigError(
+                "--check-images is for detectors; a classifier's export is checked on 16 generated inputs, logit by logit"
+            )
+        model = self.network(package)
+        with export_errors():
+            return classifier_export(model, package.preprocess, onnx_metadata(package), dynamic_batch)
+
+    def feature_network(self, package, source):
+        network = self.network(package)
+        if not hasattr(network, "reset_classifier"):
+            raise ModelError(
+                f"{source}: a plug-in classifier has no known feature layer; probe its backbone.pt or a timm model"
+            )
+        network.reset_classifier(0)
+        return network
+
+    def labelled_data(self, cfg, source):
+        return cfg.data
+
+    def batch_model(self, package, source):
+        from optik.inference.batch import BatchModel
+
+        return BatchModel(self.network(package), Preprocess.from_dict(package.preprocess), classes=package.classes)
+
+    def onnx_batch_model(self, model, meta):
+        from optik.inference.batch import BatchModel
+        from optik.inference.onnx import OnnxModel
+
+        return BatchModel(OnnxModel(model), Preprocess.from_dict(meta["preprocess"]), classes=meta["classes"])
+
+
+def log_data_summary(data) -> None:
+    counts = ", ".join(f"{name} {len(ds)}" for name, ds in data.datasets.items())
+    say(
+        f"data: {len(data.classes)} classes; {counts} images"
+        + (f"; {len(data.skipped)} unreadable image(s) left out" if data.skipped else "")
+    )
+    for path in data.skipped[:10]:
+        say(f"  left out: {path}")
+
+
+def classifier_session(source: bytes | str, meta: dict) -> nn.Module:
+    """The classifier's onnxruntime session; one exported for a fixed batch (`--static-batch`) gets
+    every batch padded to that size."""
+    from optik.inference.backends import PaddedBatches
+    from optik.inference.onnx import OnnxModel
+
+    model = OnnxModel(source)
+    return PaddedBatches(model, int(meta["batch"])) if meta.get("batch") else model
+
+
+def test_samples(
+    package_config: dict, classes: list[str], data: str | Path | None, split: str
+) -> tuple[list[Sample], str]:
+    """Labelled samples to evaluate on, and where they came from.
+
+    `data` may be a folder with `<split>/<class>/` or `<class>/` sub-folders, or a list file;
+    without it, the run's own data config and split are used (the same seeded split as training).
     """
-
-    def __init__(self, model: nn.Module, config: dict, classes: list[str], preprocess: dict):
-        super().__init__()
-        self.save_hyperparameters({"config": config, "classes": classes, "preprocess": preprocess})
-        self.model = model
-        self.train_cfg = TrainConfig.model_validate(config["train"])
-        n = len(classes)
-        self.mixup = build_mixup(self.train_cfg, n)
-        if self.mixup is not None:
-            from timm.loss import SoftTargetCrossEntropy
-
-            self.train_loss = SoftTargetCrossEntropy()
-        else:
-            self.train_loss = nn.CrossEntropyLoss(label_smoothing=self.train_cfg.label_smoothing)
-        self.eval_loss = nn.CrossEntropyLoss()
-        self.setup_ema()
-        self.val_acc1 = MulticlassAccuracy(n, top_k=1, average="micro")
-        self.val_acc5 = MulticlassAccuracy(n, top_k=min(5, n), average="micro")
-        self.val_mean_class_acc = MulticlassAccuracy(n, top_k=1, average="macro")
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.eval_model()(images)
-
-    def training_step(self, batch, batch_idx):
-        images, labels = batch
-        targets = labels
-        if self.mixup is not None:
-            images, targets = self.mixup(images, labels)
-        loss = self.train_loss(self.model(images), targets)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        images, labels = batch
-        logits = self.eval_model()(images)
-        self.log("val/loss", self.eval_loss(logits.float(), labels), on_epoch=True, sync_dist=True, batch_size=len(labels))
-        for name, metric in (("acc1", self.val_acc1), ("acc5", self.val_acc5), ("mean_class_acc", self.val_mean_class_acc)):
-            metric(logits, labels)
-            self.log(f"val/{name}", metric, on_epoch=True, prog_bar=name == "acc1", batch_size=len(labels))
-
-    def predict_step(self, batch, batch_idx):
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self.eval_model()(images).float().softmax(dim=-1)
+    if data is None:
+        cfg = parse_config(package_config)
+        if cfg.data.format not in ("folder", "list"):
+            raise DataError(
+                f"this run trained on {cfg.data.format}; give DATA (a folder of class sub-folders or a list file) to evaluate on"
+            )
+        data_cfg = cfg.data.model_copy(update={"classes": classes})
+        splits = read_splits(data_cfg)
+        return splits.get(split), splits.origin[split]
+    data = Path(data)
+    if data.is_file():  # paths relative to the run's data.root, as in training, else to the list's folder
+        root = package_config.get("data", {}).get("root")
+        base = Path(root) if root and Path(root).is_dir() else data.parent
+        samples, _ = read_list(data, base, classes)
+        return samples, str(data)
+    if not data.is_dir():
+        raise DataError(f"data not found: {data} (give a folder of class sub-folders or a list file)")
+    folder = data / split if has_split_folders(data) else data
+    if split == "test" and not folder.is_dir() and (data / "val").is_dir():
+        folder = data / "val"  # as in training: without a test split, val serves as test
+    if not folder.is_dir():
+        raise DataError(
+            f"{data} has no {split}/ folder; choose --split among {[p.name for p in data.iterdir() if p.is_dir()]}"
+        )
+    images = class_folders(folder)
+    unknown = sorted(set(images) - set(classes))
+    if unknown:
+        match_classes(classes, "the model", sorted(images), f"the class folders of {folder}")
+    return samples_from(images, classes), str(folder)
 
 
-def build_mixup(cfg: TrainConfig, num_classes: int):
-    """timm's Mixup/CutMix (with label smoothing folded into the soft targets), or None."""
-    if cfg.mixup <= 0 and cfg.cutmix <= 0:
-        return None
-    from timm.data import Mixup
+def evaluate_classifier(
+    package: ModelPackage,
+    data: str | Path | None,
+    split: str,
+    batch_size: int,
+    device: str = "auto",
+    precision: str = "32",
+    mode: str = "auto",
+) -> EvalResult:
+    """Classify every image of the split; top-k, per-class and macro metrics, and the confusion matrix."""
+    samples, origin = test_samples(package.config, package.classes, data, split)
+    if not samples:
+        raise DataError(f"no images to evaluate in {origin}")
+    predictor = CLASSIFY.predictor(
+        package,
+        origin,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        mode=mode,
+        expected_images=len(samples),
+    )
+    labels, probs, items, failures = [], [], [], []
+    for (path, label), result in zip(samples, predictor.predict_stream(path for path, _ in samples)):
+        if not result.ok:
+            failures.append({"file": path, "error": result.reason})
+            continue
+        labels.append(label)
+        probs.append(result.probs)
+        items.append(
+            {
+                "file": path,
+                "label": predictor.classes[label],
+                "pred": result.label,
+                "score": result.score,
+                "probs": result.probs.tolist(),
+            }
+        )
+    if not labels:
+        raise DataError(f"none of the {len(samples)} images in {origin} could be read")
+    metrics = classification_metrics(np.stack(probs), np.array(labels), predictor.classes)
+    metrics.update({"images": len(labels), "unreadable": len(failures), "data": origin, "split": split})
+    return EvalResult(metrics, predictor.classes, items, failures)
 
-    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+
+CLASSIFY = ClassifyTask()

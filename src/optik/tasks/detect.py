@@ -1,159 +1,241 @@
-"""Object detection as a LightningModule (torchvision detectors), and COCO mAP for validation and tests.
-
-COCO metrics come from faster-coco-eval (the pycocotools algorithm, faster): the ground truth is
-the data's own COCO form (`DetectionSet.to_coco()`, category id = class index + 1, which is also
-the detector's label since torchvision keeps index 0 for the background).
-"""
+"""Object detection: torchvision detectors over COCO, VOC or YOLO data, validated and tested with COCO
+mAP (boxes, and masks for mask models), predicted as OPEX JSON or ROI CSV."""
 
 from __future__ import annotations
 
-import lightning as L
-import numpy as np
-import torch
+from pathlib import Path
+
 from torch import nn
 
-from optik.config.schema import DetectTrainConfig
-from optik.models.detect import drop_background, has_masks
-from optik.tasks.common import TrainingModule
-
-# faster-coco-eval's stats order for bbox and segm
-COCO_STATS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
-
-
-def as_inputs(images) -> list[torch.Tensor]:
-    """uint8 (3, H, W) images (tv_tensors or plain) as the float [0, 1] tensors detectors take."""
-    return [image.as_subclass(torch.Tensor).float().div_(255) if image.dtype == torch.uint8 else image.as_subclass(torch.Tensor) for image in images]
+from optik.config import parse_config
+from optik.errors import ConfigError, DataError
+from optik.metrics.coco import coco_metrics, detection_records, precision_curves
+from optik.metrics.evaluation import DetectionResult
+from optik.models.detect import build_detector, has_masks
+from optik.models.package import ModelPackage, load_network
+from optik.tasks.base import Resume, Task, TrainingRun, onnx_metadata, say, untrained
 
 
-def as_targets(targets: list[dict], with_masks: bool) -> list[dict]:
-    """Data targets (0-based labels) as torchvision's training targets (1-based labels, plain tensors)."""
-    out = []
-    for target in targets:
-        item = {"boxes": target["boxes"].as_subclass(torch.Tensor).float(), "labels": target["labels"] + 1}
-        if with_masks:
-            item["masks"] = target["masks"].as_subclass(torch.Tensor)
-        out.append(item)
-    return out
+class DetectTask(Task):
+    name = "detect"
+
+    def prepare(self, cfg, resume: Resume) -> TrainingRun:
+        """The detector's module and loaders; the val split's COCO form is the validation ground truth."""
+        from optik.config.load import config_to_dict
+        from optik.data.detection import build_detect_data, detect_datasets, make_detect_loader
+        from optik.models.detect import load_detector_weights
+        from optik.tasks.training.detect import DetectModule
+
+        with_masks = has_masks(cfg.model.name)
+        classes, sets = build_detect_data(cfg.data, with_masks=with_masks)
+        resume.check(cfg, classes)
+        counts = ", ".join(f"{name} {len(part)} images ({part.num_objects} objects)" for name, part in sets.items())
+        say(f"data: {len(classes)} classes {classes}; {counts}")
+        for part in sets.values():
+            for line in part.report:
+                say(f"  {line}")
+        model = build_detector(cfg.model, cfg.data, len(classes))
+        if cfg.model.weights is not None and resume.path is None:
+            for line in load_detector_weights(model, cfg.model.weights, cfg.model.weights_prefix).lines():
+                say(line)
+        preprocess = {
+            "task": "detect",
+            "image_size": cfg.data.image_size,
+            "mean": list(cfg.data.mean),
+            "std": list(cfg.data.std),
+        }
+        truth = sets["val"].to_coco() if cfg.train.validation else None
+        module = DetectModule(model, config_to_dict(cfg), classes, preprocess, val_ground_truth=truth)
+        datasets = detect_datasets(sets, cfg.data.augment, with_masks, seed=cfg.train.seed)
+        size, workers = cfg.data.batch_size, cfg.data.num_workers
+        train_loader = make_detect_loader(
+            datasets["train"],
+            size,
+            workers,
+            shuffle_seed=cfg.train.seed,
+            drop_last=len(datasets["train"]) > size,
+            start_epoch=resume.epochs_done,
+        )
+        val_loader = make_detect_loader(datasets["val"], size, workers) if cfg.train.validation else None
+        return TrainingRun(module, train_loader, val_loader)
+
+    def network(self, package: ModelPackage) -> nn.Module:
+        config = parse_config(package.config)
+        model_cfg = untrained(config.model).model_copy(update={"pretrained_backbone": False})
+        return load_network(build_detector(model_cfg, config.data, len(package.classes)), package)
+
+    def network_from_config(self, cfg, num_classes: int | None = None) -> nn.Module:
+        classes = cfg.data.classes if isinstance(cfg.data.classes, list) else None
+        n = num_classes or (len(classes) if classes else 91)
+        return build_detector(
+            untrained(cfg.model).model_copy(update={"pretrained_backbone": False}), cfg.data, n
+        ).eval()
+
+    def predictor(
+        self, package, source, device="auto", precision="32", batch_size=None, mode="auto", expected_images=None
+    ):
+        from optik.inference.detector import Detector
+
+        return Detector(
+            self.network(package),
+            package.classes,
+            package.preprocess,
+            device=device,
+            precision=precision,
+            batch_size=batch_size or 8,
+            mode=mode,
+        )
+
+    def onnx_predictor(self, model, meta, batch_size=None):
+        from optik.inference.detector import Detector
+        from optik.inference.onnx import OnnxDetector
+
+        return Detector(
+            OnnxDetector(model, resize=meta.get("resize")),
+            meta["classes"],
+            meta["preprocess"],
+            device="cpu",
+            batch_size=batch_size or 8,
+            mode="eager",
+        )
+
+    def evaluate(
+        self,
+        package,
+        source,
+        data,
+        split,
+        batch_size=None,
+        device="auto",
+        precision="32",
+        mode="auto",
+        with_curves=False,
+    ):
+        return evaluate_detector(
+            package,
+            data,
+            split,
+            batch_size=batch_size or 8,
+            device=device,
+            precision=precision,
+            mode=mode,
+            with_curves=with_curves,
+        )
+
+    def output_format(self, fmt=None, top_k=None, min_score=None, **detection_options):
+        from optik.outputs.detection import detection_format
+
+        if top_k is not None:
+            raise ConfigError(
+                "--top-k applies to classifiers; for a detector use --score to keep the confident objects"
+            )
+        if fmt == "json":
+            raise ConfigError(
+                "--format json is for classifiers; a detector writes opex (<stem>.json) or roi (<stem>-rois.csv)"
+            )
+        return detection_format(fmt or "opex", min_score=min_score, **detection_options)
+
+    def export_onnx(self, package, check_images=None, dynamic_batch=True):
+        from optik.inference.onnx import detector_export, export_errors, read_check_images
+
+        pictures = read_check_images(Path(check_images)) if check_images is not None else None
+        model = self.network(package)
+        limits = {key: package.config["model"].get(key) for key in ("score_threshold", "detections_per_image")}
+        with export_errors():
+            return detector_export(model, package.preprocess, onnx_metadata(package), pictures, limits)
 
 
-def coco_entries(image_id: int, boxes: np.ndarray, scores: np.ndarray, category_ids: np.ndarray, masks: np.ndarray | None = None) -> list[dict]:
-    """COCO result entries of one image: bbox as xywh, and an RLE segmentation per binary (N, H, W) mask."""
-    rles = None
-    if masks is not None and len(boxes):
-        from faster_coco_eval.core import mask as mask_util
+def detect_test_set(package: ModelPackage, data: str | Path | None, split: str):
+    """The labelled images to score: DATA (a COCO JSON, or a dataset folder in the run's format), or the run's own split."""
+    from optik.data import coco, voc, yolo
+    from optik.data.detection import build_detect_data, read_split
+    from optik.data.detection_set import ClassNames
 
-        rles = mask_util.encode(np.asfortranarray(masks.astype(np.uint8).transpose(1, 2, 0)))
-    entries = []
-    for i, (box, score, category) in enumerate(zip(boxes, scores, category_ids)):
-        x0, y0, x1, y1 = (float(v) for v in box)
-        entry = {"image_id": int(image_id), "category_id": int(category), "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)}
-        if rles is not None:
-            counts = rles[i]["counts"]
-            entry["segmentation"] = {"size": [int(v) for v in rles[i]["size"]], "counts": counts.decode() if isinstance(counts, bytes) else counts}
-        entries.append(entry)
-    return entries
-
-
-def coco_records(image_id: int, output: dict, mask_threshold: float = 0.5) -> list[dict]:
-    """A torchvision detector output (labels = category ids) as COCO result entries."""
-    masks = (output["masks"][:, 0] >= mask_threshold).cpu().numpy() if "masks" in output else None
-    return coco_entries(image_id, output["boxes"].detach().float().cpu().numpy(), output["scores"].detach().float().cpu().numpy(), output["labels"].cpu().numpy(), masks)
-
-
-def detection_records(image_id: int, detection, mask_threshold: float = 0.5) -> list[dict]:
-    """A `Detection` (0-based labels) as COCO result entries (category id = label + 1)."""
-    masks = None if detection.masks is None else detection.masks >= mask_threshold
-    return coco_entries(image_id, detection.boxes, detection.scores, detection.labels + 1, masks)
-
-
-def coco_metrics(ground_truth: dict, results: list[dict], iou_type: str = "bbox") -> dict:
-    """COCO mAP (and the other 11 summary numbers) plus per-class AP, for `bbox` or `segm`.
-
-    An empty result list scores 0 everywhere (faster-coco-eval refuses to load one).
-    """
-    from faster_coco_eval import COCO, COCOeval_faster
-
-    names = {c["id"]: c["name"] for c in ground_truth["categories"]}
-    if not results:
-        return {**{key: 0.0 for key in COCO_STATS}, "per_class": {name: 0.0 for name in names.values()}}
-    gt = COCO(ground_truth)
-    evaluator = COCOeval_faster(gt, gt.loadRes(results), iou_type, print_function=lambda *a, **k: None)
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    metrics = {key: max(0.0, float(value)) for key, value in zip(COCO_STATS, evaluator.stats)}
-    precision = evaluator.eval["precision"]  # [iou thresholds, recall points, classes, areas, max dets]
-    per_class = {}
-    for k, cat_id in enumerate(evaluator.params.catIds):
-        values = precision[:, :, k, 0, -1]
-        values = values[values > -1]
-        per_class[names[cat_id]] = float(values.mean()) if values.size else 0.0
-    metrics["per_class"] = per_class
-    return metrics
+    cfg = parse_config(package.config)
+    names = ClassNames(package.classes, "the model", subset=True)
+    if data is None:
+        if cfg.data.root is None and cfg.data.train is None:
+            raise DataError("this model's run config names no data; give DATA (a COCO JSON or a dataset folder)")
+        _, sets = build_detect_data(cfg.data.model_copy(update={"classes": package.classes}), with_masks=False)
+        chosen = split if split in sets else "val"
+        return sets[chosen]
+    data = Path(data)
+    if data.is_file():
+        if data.suffix.lower() != ".json":
+            raise DataError(f"{data}: give a COCO JSON file or a dataset folder")
+        return coco.read_coco(data, names)
+    if not data.is_dir():
+        raise DataError(f"data not found: {data} (give a COCO JSON file or a dataset folder)")
+    module = {"coco": coco, "voc": voc, "yolo": yolo}[cfg.data.format]
+    sources = module.find_splits(data)
+    source = sources.get(split) or (sources.get("val") if split == "test" else None)
+    if source is None and sources:
+        raise DataError(f"{data} has no {split} split (found: {', '.join(sorted(sources))}); choose one with --split")
+    if source is None:  # DATA is itself one split's folder
+        source = coco.json_in(data) if cfg.data.format == "coco" else data
+    return read_split(cfg.data.model_copy(update={"root": data}), source, names)
 
 
-def gather_results(module: L.LightningModule, records: list[dict]) -> list[dict]:
-    """Every rank's COCO results (validation runs sharded under DDP)."""
-    if module.trainer is None or module.trainer.world_size == 1:
-        return records
-    import torch.distributed as dist
+def evaluate_detector(
+    package: ModelPackage,
+    data,
+    split: str,
+    batch_size: int = 8,
+    device: str = "auto",
+    precision: str = "32",
+    mode: str = "auto",
+    with_curves: bool = False,
+) -> DetectionResult:
+    """Detect objects in every image of the split; COCO metrics as `metrics`, and with `with_curves`
+    the precision-recall curves as `curves` (a second COCO evaluation: for plots only)."""
+    test_set = detect_test_set(package, data, split)
+    if not len(test_set):
+        raise DataError(f"no images to evaluate in {test_set.origin}")
+    detector = DETECT.predictor(
+        package, test_set.origin, device=device, precision=precision, batch_size=batch_size, mode=mode
+    )
+    records = test_set.records
+    results, items, failures, failed_ids = [], [], [], set()
+    for record, result in zip(records, detector.predict_stream(r.path for r in records)):
+        if not result.ok:
+            failures.append({"file": record.path, "error": result.reason})
+            failed_ids.add(record.image_id)
+            continue
+        results.extend(detection_records(record.image_id, result))
+        items.append(
+            {
+                "file": record.path,
+                "objects": [
+                    {"label": name, "score": float(score), "bbox": [float(v) for v in box]}
+                    for name, score, box in zip(result.label_names(), result.scores, result.boxes)
+                ],
+            }
+        )
+    if not items:
+        raise DataError(f"none of the {len(records)} images in {test_set.origin} could be read")
+    truth = test_set.to_coco()
+    if failed_ids:  # an unreadable image is reported, not scored as all misses
+        truth["images"] = [image for image in truth["images"] if image["id"] not in failed_ids]
+        truth["annotations"] = [a for a in truth["annotations"] if a["image_id"] not in failed_ids]
+    scored = {"bbox": [{k: v for k, v in r.items() if k != "segmentation"} for r in results]}
+    if has_masks(package.config["model"]["name"]):
+        scored["segm"] = results
+    metrics: dict = {iou_type: coco_metrics(truth, entries, iou_type) for iou_type, entries in scored.items()}
+    curves = (
+        {iou_type: precision_curves(truth, entries, iou_type) for iou_type, entries in scored.items()}
+        if with_curves
+        else {}
+    )
+    metrics.update(
+        {
+            "images": len(items),
+            "objects": test_set.num_objects,
+            "unreadable": len(failures),
+            "data": test_set.origin,
+            "split": split,
+        }
+    )
+    return DetectionResult(metrics, package.classes, items, failures, curves)
 
-    everything: list = [None] * dist.get_world_size()
-    dist.all_gather_object(everything, records)
-    return [record for part in everything for record in part]
 
-
-class DetectModule(TrainingModule):
-    """Trains a torchvision detector on (images, targets) batches; validates with COCO mAP.
-
-    Args:
-        model: a torchvision detector with `len(classes) + 1` outputs.
-        config: the resolved run config (plain dict), kept in checkpoints.
-        classes: class names, index = label.
-        preprocess: eval preprocessing (`{"task": "detect", "image_size", "mean", "std"}`).
-        val_ground_truth: the validation split as a COCO dict (not stored in checkpoints).
-    """
-
-    def __init__(self, model: nn.Module, config: dict, classes: list[str], preprocess: dict, val_ground_truth: dict | None = None):
-        super().__init__()
-        self.save_hyperparameters({"config": config, "classes": classes, "preprocess": preprocess})
-        self.model = model
-        self.train_cfg = DetectTrainConfig.model_validate(config["train"])
-        self.with_masks = has_masks(config["model"]["name"])
-        self.setup_ema()
-        self.val_ground_truth = val_ground_truth
-        self._results: dict[str, list[dict]] = {"bbox": [], "segm": []}
-
-    def forward(self, images):
-        return self.eval_model()(as_inputs(images))
-
-    def training_step(self, batch, batch_idx):
-        images, targets = batch
-        losses = self.model(as_inputs(images), as_targets(targets, self.with_masks))
-        loss = sum(losses.values())
-        n = len(images)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
-        for name, value in losses.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        images, targets = batch
-        outputs = self.eval_model()(as_inputs(images))
-        for target, output in zip(targets, outputs):
-            records = coco_records(int(target["image_id"]), drop_background(output))
-            self._results["bbox"].extend({k: v for k, v in r.items() if k != "segmentation"} for r in records)
-            if self.with_masks:
-                self._results["segm"].extend(records)
-
-    def on_validation_epoch_end(self):
-        results, self._results = self._results, {"bbox": [], "segm": []}
-        if self.val_ground_truth is None or self.trainer.sanity_checking:
-            return
-        for iou_type in ("bbox", "segm") if self.with_masks else ("bbox",):
-            gathered = gather_results(self, results[iou_type])
-            metrics = coco_metrics(self.val_ground_truth, gathered, iou_type) if self.trainer.is_global_zero else {key: 0.0 for key in COCO_STATS}
-            prefix = "val/" if iou_type == "bbox" else "val/segm_"
-            for key in ("map", "map_50", "map_75"):
-                value = torch.tensor(metrics[key], device=self.device)
-                self.log(f"{prefix}{key}", value, prog_bar=key == "map_50" and iou_type == "bbox", sync_dist=True, reduce_fx="max")
+DETECT = DetectTask()

@@ -1,55 +1,89 @@
-"""Self-supervised pretraining as a LightningModule: the method's loss over multi-view batches, its
-momentum schedule per step, and LARS (lightly's) with no weight decay or adaptation on biases and norms."""
+"""Self-supervised pretraining: a method from lightly's parts over a timm backbone, trained on unlabelled
+images; its package is the backbone (`backbone.pt`), which a classify run loads with `model.weights`
+and `optik probe` measures. It has no classes, so it neither predicts nor is tested."""
 
 from __future__ import annotations
 
-import torch
+from torch import nn
 
-from optik.config.schema import PretrainTrainConfig
-from optik.models.ssl import SSLMethod
-from optik.tasks.common import TrainingModule
+from optik.config import parse_config
+from optik.data.transforms import Preprocess
+from optik.errors import ModelError
+from optik.models.package import ModelPackage, load_network
+from optik.models.ssl import build_backbone
+from optik.tasks.base import Resume, Task, TrainingRun, say, untrained
+
+NO_CLASSES = "fine-tune it with model.weights in a classify config, or measure it with optik probe"
 
 
-class PretrainModule(TrainingModule):
-    """Trains an `SSLMethod` on batches of views (a list of (N, 3, H, W) tensors, one per view).
+class PretrainTask(Task):
+    name = "pretrain"
+    package_file = "backbone.pt"
+    package_label = "backbone"
 
-    Args:
-        method: the method around its backbone (`optik.models.ssl.build_ssl`).
-        config: the resolved run config (plain dict), kept in checkpoints.
-        preprocess: eval preprocessing of the backbone (`Preprocess.to_dict()`), kept in checkpoints.
-    """
+    def prepare(self, cfg, resume: Resume) -> TrainingRun:
+        """The self-supervised method's module and the loader of multi-view batches (no validation)."""
+        from optik.config.load import config_to_dict
+        from optik.data.loaders import build_pretrain_data, make_loader
+        from optik.models.ssl import build_ssl, view_transform
+        from optik.tasks.training.pretrain import PretrainModule
 
-    def __init__(self, method: SSLMethod, config: dict, preprocess: dict):
-        super().__init__()
-        self.save_hyperparameters({"config": config, "classes": [], "preprocess": preprocess})
-        self.model = method
-        self.train_cfg = PretrainTrainConfig.model_validate(config["train"])
-        self.setup_ema()
+        resume.check(cfg, [])
+        dataset, skipped = build_pretrain_data(cfg.data, view_transform(cfg), seed=cfg.train.seed)
+        say(
+            f"data: {len(dataset)} unlabelled images"
+            + (f"; {len(skipped)} unreadable image(s) left out" if skipped else "")
+        )
+        if cfg.ssl.method == "moco_v2" and cfg.ssl.memory_bank_size >= len(dataset):
+            say(
+                f"note: ssl.memory_bank_size {cfg.ssl.memory_bank_size} >= {len(dataset)} images: the bank will hold older keys of each "
+                f"query's own image as negatives; set it to {max(cfg.data.batch_size, len(dataset) // 2)} or less"
+            )
+        backbone = build_backbone(cfg.model if resume.path is None else untrained(cfg.model), cfg.data.image_size)
+        preprocess = Preprocess.from_data_config(cfg.data).to_dict()
+        module = PretrainModule(build_ssl(cfg, backbone), config_to_dict(cfg), preprocess)
+        # every step sees a full batch: contrastive losses and batch norm in the heads need it
+        loader = make_loader(
+            dataset,
+            cfg.data.batch_size,
+            cfg.data.num_workers,
+            shuffle_seed=cfg.train.seed,
+            drop_last=True,
+            start_epoch=resume.epochs_done,
+        )
+        return TrainingRun(module, loader, None)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.eval_model().export_backbone()(images)
+    def network(self, package: ModelPackage) -> nn.Module:
+        config = parse_config(package.config)
+        return load_network(build_backbone(untrained(config.model), package.preprocess["image_size"]), package)
 
-    def progress(self) -> float:
-        return min(1.0, self.global_step / max(1, self.trainer.estimated_stepping_batches))
+    def network_from_config(self, cfg, num_classes: int | None = None) -> nn.Module:
+        return build_backbone(untrained(cfg.model), cfg.data.image_size).eval()
 
-    def on_train_batch_start(self, batch, batch_idx):
-        self.model.step_momentum(self.progress())
+    def check_predicts(self, source):
+        raise ModelError(f"{source} is a pretrained backbone (no classes to predict); {NO_CLASSES}")
 
-    def training_step(self, batch, batch_idx):
-        views, _ = batch
-        loss = self.model.loss(views, self.current_epoch, self.progress())
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(views[0]), sync_dist=True)
-        return loss
+    def predictor(
+        self, package, source, device="auto", precision="32", batch_size=None, mode="auto", expected_images=None
+    ):
+        self.check_predicts(source)
 
-    def on_after_backward(self):
-        self.model.after_backward(self.current_epoch)
+    def evaluate(
+        self,
+        package,
+        source,
+        data,
+        split,
+        batch_size=None,
+        device="auto",
+        precision="32",
+        mode="auto",
+        with_curves=False,
+    ):
+        raise ModelError(f"{source} is a pretrained backbone (no classes); {NO_CLASSES}")
 
-    def build_optimizer(self):
-        if self.train_cfg.optimizer != "lars":
-            return None
-        from lightly.utils.lars import LARS
-        from timm.optim import param_groups_weight_decay
+    def feature_network(self, package, source):
+        return self.network(package)
 
-        cfg = self.train_cfg
-        groups = param_groups_weight_decay(self.model, weight_decay=cfg.weight_decay)  # biases and norms: no decay, no LARS scaling
-        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+PRETRAIN = PretrainTask()

@@ -15,11 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from optik.data.decode import is_image_file
 from optik.data.folder import SPLIT_NAMES, find_images, has_split_folders
-from optik.data.loaders import check_images
+from optik.data.images import check_images, header_sizes
 from optik.errors import DataError
 
 # Upper bounds of the shorter-side bins, in pixels.
@@ -46,15 +44,21 @@ class CheckReport:
         return {**asdict(self), "problems": self.problems}
 
     def lines(self) -> list[str]:
-        out = [f"{self.root}: {self.images} images" + (f", {len(self.not_images)} other files" if self.not_images else "")]
+        out = [
+            f"{self.root}: {self.images} images" + (f", {len(self.not_images)} other files" if self.not_images else "")
+        ]
         for split, counts in self.classes.items():
             total = sum(counts.values())
             shares = ", ".join(f"{name} {n}" for name, n in counts.items())
             out.append(f"classes{f' ({split})' if split else ''}: {len(counts)}, {total} images: {shares}")
             if counts and max(counts.values()) >= 10 * max(1, min(counts.values())):
-                out.append(f"  imbalance: the largest class has {max(counts.values()) // max(1, min(counts.values()))}x the images of the smallest")
+                out.append(
+                    f"  imbalance: the largest class has {max(counts.values()) // max(1, min(counts.values()))}x the images of the smallest"
+                )
         if self.sizes:
-            out.append(f"sizes (w x h): smallest {self.smallest[0]}x{self.smallest[1]}, largest {self.largest[0]}x{self.largest[1]}; shorter side:")
+            out.append(
+                f"sizes (w x h): smallest {self.smallest[0]}x{self.smallest[1]}, largest {self.largest[0]}x{self.largest[1]}; shorter side:"
+            )
             out += [f"  {label:>11s}: {n}" for label, n in self.sizes.items() if n]
         out.append(f"unreadable: {len(self.unreadable)}")
         out += [f"  {path}: {reason}" for path, reason in self.unreadable.items()]
@@ -72,14 +76,6 @@ def _digest(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             sha.update(block)
     return sha.hexdigest()
-
-
-def _size(path: Path) -> tuple[int, int] | None:
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except Exception:  # noqa: BLE001 - unreadable files are reported by check_images
-        return None
 
 
 def _class_counts(root: Path, images: list[Path]) -> dict[str, dict[str, int]]:
@@ -100,25 +96,38 @@ def check_folder(root: str | Path, workers: int | None = None) -> CheckReport:
     if not root.is_dir():
         raise DataError(f"folder not found: {root}")
     images = find_images(root)
-    others = sorted(str(p) for p in root.rglob("*") if p.is_file() and not is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    others = sorted(
+        str(p)
+        for p in root.rglob("*")
+        if p.is_file() and not is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
     if not images:
         raise DataError(f"no images found below {root}" + (f" ({len(others)} other files)" if others else ""))
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     unreadable = check_images([str(p) for p in images], "full", workers)
+    sizes, _ = header_sizes([str(p) for p in images if str(p) not in unreadable], workers)
     with ThreadPoolExecutor(workers) as pool:
         digests = list(pool.map(_digest, images))
-        sizes = list(pool.map(_size, images))
     groups: dict[str, list[str]] = defaultdict(list)
     for path, digest in zip(images, digests):
         if str(path) not in unreadable:
             groups[digest].append(str(path))
     duplicates = sorted(group for group in groups.values() if len(group) > 1)
-    good = [size for path, size in zip(images, sizes) if size is not None and str(path) not in unreadable]
+    good = [sizes[str(path)] for path in images if str(path) in sizes]
     bins = {f"< {b}": 0 for b in SIZE_BINS} | {f">= {SIZE_BINS[-1]}": 0}
     for w, h in good:
         short = min(w, h)
         label = next((f"< {b}" for b in SIZE_BINS if short < b), f">= {SIZE_BINS[-1]}")
         bins[label] += 1
     by_area = sorted(good, key=lambda s: s[0] * s[1])
-    return CheckReport(str(root), len(images), dict(sorted(unreadable.items())), duplicates, others, _class_counts(root, images),
-                       bins if good else {}, by_area[0] if good else None, by_area[-1] if good else None)
+    return CheckReport(
+        str(root),
+        len(images),
+        dict(sorted(unreadable.items())),
+        duplicates,
+        others,
+        _class_counts(root, images),
+        bins if good else {},
+        by_area[0] if good else None,
+        by_area[-1] if good else None,
+    )

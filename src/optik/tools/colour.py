@@ -12,10 +12,9 @@ from PIL import Image
 
 from optik.data.decode import IMAGE_EXTENSIONS, is_image_file, open_image
 from optik.data.folder import find_images
+from optik.data.images import refuse_or_skip
 from optik.errors import ConfigError, DataError, ImageDecodeError
 from optik.files import write_atomic
-
-MAX_LISTED = 10  # broken files named in one message
 
 # Lossy formats are written near their best quality so the correction, not the re-encoding, is what changes;
 # JPEG keeps full colour resolution (4:4:4), as colour is what this tool is about.
@@ -66,7 +65,9 @@ def shades_of_gray(image: np.ndarray, p: float = 6) -> np.ndarray:
         The corrected uint8 image, shape (H, W, 3).
     """
     if image.ndim != 3 or image.shape[2] != 3:
-        raise DataError(f"expected an RGB image of shape (height, width, 3), got shape {image.shape}; convert it to RGB first")
+        raise DataError(
+            f"expected an RGB image of shape (height, width, 3), got shape {image.shape}; convert it to RGB first"
+        )
     check_p(p)
     channels = [image[..., c] / 255.0 for c in range(3)]
     illuminant = np.array([c.max() if np.isinf(p) else np.mean(c**p) ** (1 / p) for c in channels])
@@ -98,7 +99,12 @@ def color_constancy(src: Path, dst: Path, p: float = 6, skip_bad: bool = False) 
         reasons = list(pool.map(lambda image, target: correct_file(image, target, p), images, targets))
     broken = {str(image): reason for image, reason in zip(images, reasons) if reason}
     report = ColourReport(out=dst, written=len(images) - len(broken), broken=broken)
-    check_broken(broken, skip_bad, f"the other {report.written} were written to {dst}")
+    refuse_or_skip(
+        broken,
+        skip_bad,
+        f"image(s) cannot be read (the other {report.written} were written to {dst})",
+        "pass --skip-bad",
+    )
     return report
 
 
@@ -110,7 +116,10 @@ def correct_file(source: Path, target: Path, p: float) -> str | None:
         return exc.reason
     corrected = Image.fromarray(shades_of_gray(np.asarray(image), p))
     fmt = Image.registered_extensions()[target.suffix.lower()]
-    options = {**SAVE_OPTIONS.get(fmt, {}), **({"exif": image.info["exif"]} if "exif" in image.info else {})}  # keeps the orientation
+    options = {
+        **SAVE_OPTIONS.get(fmt, {}),
+        **({"exif": image.info["exif"]} if "exif" in image.info else {}),
+    }  # keeps the orientation
     # No fsync: safe against a killed run, and a big folder of images is not slowed to the disk's pace.
     write_atomic(target, lambda fh: corrected.save(fh, format=fmt, **options), durable=False)
     return None
@@ -135,10 +144,12 @@ def channel_stats(src: Path, skip_bad: bool = False, size: int | None = None) ->
                 broken[str(image)] = result
             else:
                 counts += result
-    check_broken(broken, skip_bad, "the statistics would leave them out")
+    refuse_or_skip(broken, skip_bad, "image(s) cannot be read (the statistics would leave them out)", "pass --skip-bad")
     pixels = int(counts[0].sum())
     if pixels == 0:
-        raise DataError(f"none of the {len(images)} image(s) under {src} could be read; fix them or point at another folder")
+        raise DataError(
+            f"none of the {len(images)} image(s) under {src} could be read; fix them or point at another folder"
+        )
     values = np.arange(256, dtype=np.int64)
     sums = [int(n) for n in counts @ values]
     squares = [int(n) for n in counts @ values**2]
@@ -179,12 +190,6 @@ def refuse_overwrite(src: Path, dst: Path) -> None:
     """The output goes elsewhere: into the input folder it would replace originals or be read back on the next run."""
     source, out = src.resolve(), dst.resolve()
     if src.is_dir() and (out == source or source in out.parents) or src.is_file() and out in (source, source.parent):
-        raise ConfigError(f"the output {dst} would overwrite or mix with the originals ({src}); choose another output folder")
-
-
-def check_broken(broken: dict[str, str], skip_bad: bool, done: str) -> None:
-    if not broken or skip_bad:
-        return
-    listed = "; ".join(f"{path}: {reason}" for path, reason in list(broken.items())[:MAX_LISTED])
-    more = f" (and {len(broken) - MAX_LISTED} more)" if len(broken) > MAX_LISTED else ""
-    raise DataError(f"{len(broken)} image(s) cannot be read ({done}): {listed}{more}. Fix or remove them, or pass --skip-bad to leave them out")
+        raise ConfigError(
+            f"the output {dst} would overwrite or mix with the originals ({src}); choose another output folder"
+        )

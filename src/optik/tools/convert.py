@@ -19,18 +19,25 @@ from typing import TYPE_CHECKING
 from optik.data.classes import configured_classes, match_classes, read_labels_file
 from optik.data.decode import is_image_file
 from optik.data.folder import SPLIT_NAMES, class_folders, has_split_folders
+from optik.data.images import check_images, left_out_note, refuse_or_skip
 from optik.data.listfile import read_list
 from optik.errors import ConfigError, DataError
 from optik.files import write_atomic
 
 if TYPE_CHECKING:
-    from optik.data.detection import DetectionSet
+    from optik.data.detection_set import DetectionSet
 
 FORMATS = ("voc", "yolo")
 
 
-def convert_to_coco(fmt: str, source: str | Path, out_json: str | Path, classes: list[str] | str | None = None, copy_images: bool = False,
-                    skip_bad: bool = False) -> dict:
+def convert_to_coco(
+    fmt: str,
+    source: str | Path,
+    out_json: str | Path,
+    classes: list[str] | str | None = None,
+    copy_images: bool = False,
+    skip_bad: bool = False,
+) -> dict:
     """Read a VOC or YOLO source and write it as one COCO JSON; returns a summary.
 
     Args:
@@ -44,7 +51,7 @@ def convert_to_coco(fmt: str, source: str | Path, out_json: str | Path, classes:
     Returns:
         {"images": count, "objects": count, "classes": names, "report": lines, "json": path}.
     """
-    from optik.data.detection import ClassNames  # torch and torchvision: loaded for the annotation forms only
+    from optik.data.detection_set import ClassNames  # numpy and COCO masks: loaded for the annotation forms only
     from optik.data.voc import read_voc
     from optik.data.yolo import read_yolo
 
@@ -57,12 +64,18 @@ def convert_to_coco(fmt: str, source: str | Path, out_json: str | Path, classes:
     if copy_images:
         data = copy_images_into(data, out_json.parent / "images")
     write_atomic(out_json, json.dumps(data.to_coco(relative_to=out_json.parent)))
-    return {"images": len(data), "objects": data.num_objects, "classes": data.classes, "report": data.report, "json": str(out_json)}
+    return {
+        "images": len(data),
+        "objects": data.num_objects,
+        "classes": data.classes,
+        "report": data.report,
+        "json": str(out_json),
+    }
 
 
 def copy_images_into(data: DetectionSet, folder: Path) -> DetectionSet:
     """Copy every image under `folder` (paths below their common folder kept); the set with the new paths."""
-    from optik.data.detection import with_paths
+    from optik.data.detection_set import with_paths
 
     paths = [record.path for record in data.records]
     if not paths:
@@ -107,7 +120,9 @@ def check_ratios(ratios: tuple[float, float, float]) -> tuple[float, float, floa
     """Train, val and test shares: none negative, train above 0, adding up to 1."""
     train, val, test = (float(r) for r in ratios)
     if min(train, val, test) < 0 or train <= 0 or abs(train + val + test - 1) > 1e-3:
-        raise ConfigError(f"--ratios {train:g} {val:g} {test:g}: give the train, val and test shares, train above 0, adding up to 1 (e.g. 0.8 0.1 0.1)")
+        raise ConfigError(
+            f"--ratios {train:g} {val:g} {test:g}: give the train, val and test shares, train above 0, adding up to 1 (e.g. 0.8 0.1 0.1)"
+        )
     return train, val, test
 
 
@@ -125,7 +140,9 @@ def split_sizes(count: int, ratios: tuple[float, float, float]) -> tuple[int, in
     return sizes[0], sizes[1], sizes[2]
 
 
-def stratified_splits(images: dict[str, list[Path]], ratios: tuple[float, float, float], seed: int) -> tuple[dict[str, dict[str, list[Path]]], list[str]]:
+def stratified_splits(
+    images: dict[str, list[Path]], ratios: tuple[float, float, float], seed: int
+) -> tuple[dict[str, dict[str, list[Path]]], list[str]]:
     """Split each class apart (seeded by `seed` and the class name); the splits and notes on classes too small for every split."""
     splits: dict[str, dict[str, list[Path]]] = {name: {} for name in SPLIT_NAMES}
     notes = []
@@ -133,7 +150,11 @@ def stratified_splits(images: dict[str, list[Path]], ratios: tuple[float, float,
         group = sorted(files)
         random.Random(f"{seed}/{name}").shuffle(group)  # a string seed hashes the same in every process
         n_train, n_val, _ = split_sizes(len(group), ratios)
-        parts = {"val": group[:n_val], "test": group[n_val : len(group) - n_train], "train": group[len(group) - n_train :]}
+        parts = {
+            "val": group[:n_val],
+            "test": group[n_val : len(group) - n_train],
+            "train": group[len(group) - n_train :],
+        }
         for split, part in parts.items():
             splits[split][name] = sorted(part)
         empty = [split for split, share in zip(("val", "test"), ratios[1:]) if share > 0 and not parts[split]]
@@ -153,33 +174,42 @@ def read_class_images(root: Path, check: bool, skip_bad: bool) -> tuple[dict[str
     else:
         per_split = {"": class_folders(root)}
     notes = not_image_notes([root / split / name for split, images in per_split.items() for name in images])
-    bad = find_unreadable([p for images in per_split.values() for files in images.values() for p in files], check or skip_bad, skip_bad)
+    bad = find_unreadable(
+        [p for images in per_split.values() for files in images.values() for p in files], check or skip_bad, skip_bad
+    )
     if bad:
-        notes.append(f"left out {len(bad)} unreadable image(s): {', '.join(sorted(bad)[:5])}" + (" ..." if len(bad) > 5 else ""))
-        per_split = {s: {c: [p for p in files if str(p) not in bad] for c, files in images.items()} for s, images in per_split.items()}
+        notes.append(left_out_note(bad))
+        per_split = {
+            s: {c: [p for p in files if str(p) not in bad] for c, files in images.items()}
+            for s, images in per_split.items()
+        }
     return per_split, notes
 
 
 def not_image_notes(folders: list[Path]) -> list[str]:
     """A note naming the files in class folders that optik's loaders skip because their extension is not an image's."""
-    others = sorted(str(p) for folder in folders for p in folder.rglob("*")
-                    if p.is_file() and not is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    others = sorted(
+        str(p)
+        for folder in folders
+        for p in folder.rglob("*")
+        if p.is_file()
+        and not is_image_file(p)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
     if not others:
         return []
-    return [f"left out {len(others)} file(s) that are not images by their extension: {', '.join(others[:5])}" + (" ..." if len(others) > 5 else "")]
+    return [
+        f"left out {len(others)} file(s) that are not images by their extension: {', '.join(others[:5])}"
+        + (" ..." if len(others) > 5 else "")
+    ]
 
 
-def find_unreadable(paths: list[Path], check: bool, skip_bad: bool) -> set[str]:
-    """Decode every image when `check`: the unreadable ones to leave out (skip_bad), else an error naming them."""
+def find_unreadable(paths: list[Path], check: bool, skip_bad: bool) -> dict[str, str]:
+    """Decode every image when `check`: the unreadable ones to leave out (skip_bad, path -> reason), else an error naming them."""
     if not check:
-        return set()
-    from optik.data.loaders import check_images  # imports torch: only when asked to check
-
+        return {}
     bad = check_images([str(p) for p in paths], "full")
-    if bad and not skip_bad:
-        listed = "; ".join(f"{path}: {reason}" for path, reason in sorted(bad.items())[:5])
-        raise DataError(f"{len(bad)} unreadable image(s): {listed}{' ...' if len(bad) > 5 else ''}. Remove or replace them, or add --skip-bad to leave them out")
-    return set(bad)
+    return refuse_or_skip(dict(sorted(bad.items())), skip_bad, hint="add --skip-bad")
 
 
 def prepare_out(out: Path, overwrite: bool, record: dict) -> None:
@@ -188,7 +218,9 @@ def prepare_out(out: Path, overwrite: bool, record: dict) -> None:
         raise DataError(f"{out} is a file; give a folder for OUT")
     entries = sorted(out.iterdir()) if out.is_dir() else []
     if entries and not (out / MARKER).is_file():
-        raise DataError(f"{out} is not empty; give a new or empty folder (--overwrite only replaces what `optik data convert` wrote)")
+        raise DataError(
+            f"{out} is not empty; give a new or empty folder (--overwrite only replaces what `optik data convert` wrote)"
+        )
     if entries and not overwrite:
         raise DataError(f"{out} holds an earlier conversion; add --overwrite to replace it, or give a new folder")
     if entries:
@@ -225,7 +257,9 @@ def place(source: Path, target: Path, link: str) -> None:
     except OSError as exc:
         temp.unlink(missing_ok=True)
         if link == "hardlink" and exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-            raise DataError(f"cannot hard-link {source} into {target.parent} ({exc.strerror}); use --link copy or --link symlink") from None
+            raise DataError(
+                f"cannot hard-link {source} into {target.parent} ({exc.strerror}); use --link copy or --link symlink"
+            ) from None
         raise
 
 
@@ -234,8 +268,16 @@ def check_link(link: str) -> None:
         raise ConfigError(f"--link {link}: choose one of {', '.join(LINKS)}")
 
 
-def split_folder(source: str | Path, out: str | Path, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0, link: str = "copy",
-                 overwrite: bool = False, check: bool = False, skip_bad: bool = False) -> Conversion:
+def split_folder(
+    source: str | Path,
+    out: str | Path,
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    link: str = "copy",
+    overwrite: bool = False,
+    check: bool = False,
+    skip_bad: bool = False,
+) -> Conversion:
     """Split a folder of class sub-folders into `OUT/{train,val,test}/<class>/`, stratified per class and seeded.
 
     Each image keeps its path below its class folder; the source is only read. A split with
@@ -250,14 +292,23 @@ def split_folder(source: str | Path, out: str | Path, ratios: tuple[float, float
     source, out, ratios = Path(source), Path(out), check_ratios(ratios)
     check_link(link)
     if source.is_dir() and has_split_folders(source):
-        raise DataError(f"{source} is split already (it has train/ val/ or test/ folders); split a folder of class sub-folders")
+        raise DataError(
+            f"{source} is split already (it has train/ val/ or test/ folders); split a folder of class sub-folders"
+        )
     per_split, notes = read_class_images(source, check, skip_bad)
     images = per_split[""]
     if source.resolve() in out.resolve().parents:
         raise DataError(f"OUT ({out}) is inside the source folder {source}; give a folder beside it")
     refuse_inside(out, [source], "the source folder")
     splits, small = stratified_splits(images, ratios, seed)
-    record = {"made_by": "optik data convert split", "source": str(source), "ratios": ratios, "seed": seed, "link": link, "folders": list(splits)}
+    record = {
+        "made_by": "optik data convert split",
+        "source": str(source),
+        "ratios": ratios,
+        "seed": seed,
+        "link": link,
+        "folders": list(splits),
+    }
     prepare_out(out, overwrite, record)
     for split, classes in splits.items():
         for name, files in classes.items():
@@ -269,6 +320,7 @@ def split_folder(source: str | Path, out: str | Path, ratios: tuple[float, float
 
 def list_labels(classes: list[str]) -> list[str]:
     """The label to write for each class: its name when every name reads back as one, else its index."""
+
     def readable(name: str) -> bool:  # one token that read_list will not take for an index
         return bool(name) and not any(c.isspace() for c in name) and not name.lstrip("-").isdigit()
 
@@ -279,15 +331,24 @@ def list_line(path: Path, label: str, base: Path) -> str:
     """One `path label` line, the path relative to `base` as read_list reads it back."""
     rel = Path(os.path.relpath(path, base)).as_posix()
     if rel != rel.rstrip() or "\n" in rel or "\r" in rel:
-        raise DataError(f"{path}: a list file cannot hold a path that ends in a space or holds a line break; rename the file")
+        raise DataError(
+            f"{path}: a list file cannot hold a path that ends in a space or holds a line break; rename the file"
+        )
     if rel.startswith("#") or rel != rel.lstrip():
         rel = f"./{rel}"  # not a comment, and keeps its leading spaces
     return f"{rel} {label}"
 
 
-def folder_to_lists(source: str | Path, out: str | Path | None = None, classes: list[str] | str | None = None,
-                    ratios: tuple[float, float, float] | None = None, seed: int = 0, overwrite: bool = False, check: bool = False,
-                    skip_bad: bool = False) -> Conversion:
+def folder_to_lists(
+    source: str | Path,
+    out: str | Path | None = None,
+    classes: list[str] | str | None = None,
+    ratios: tuple[float, float, float] | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    check: bool = False,
+    skip_bad: bool = False,
+) -> Conversion:
     """List files for a folder of class sub-folders, as `data.format: list` reads them.
 
     A folder with train/ val/ test/ gives `train.txt`, `val.txt`, `test.txt`; a flat one gives
@@ -301,22 +362,30 @@ def folder_to_lists(source: str | Path, out: str | Path | None = None, classes: 
     per_split, notes = read_class_images(source, check, skip_bad)
     if ratios is not None:
         if "" not in per_split:
-            raise DataError(f"{source} is split already (it has train/ val/ or test/ folders); leave out --ratios to list its splits")
+            raise DataError(
+                f"{source} is split already (it has train/ val/ or test/ folders); leave out --ratios to list its splits"
+            )
         per_split, small = stratified_splits(per_split[""], check_ratios(ratios), seed)
         notes += small
     named, origin = configured_classes(classes)
     first = per_split.get("train", per_split.get(""))
-    names = match_classes(named, "--classes" if classes is not None else origin, sorted(first), f"the class folders of {source}")
+    names = match_classes(
+        named, "--classes" if classes is not None else origin, sorted(first), f"the class folders of {source}"
+    )
     for split, images in per_split.items():
         unknown = sorted(set(images) - set(names))
         if unknown:
             raise DataError(f"{source / split} has class folders not in train/: {unknown}; the classes are {names}")
     existing = [name for name in SPLIT_LISTS if (out / name).exists()]
     if existing and not overwrite:
-        raise DataError(f"{out} already has {', '.join(existing)}; add --overwrite to replace them, or give another OUT folder")
+        raise DataError(
+            f"{out} already has {', '.join(existing)}; add --overwrite to replace them, or give another OUT folder"
+        )
     labels = list_labels(names)
     if labels != names:
-        notes.append(f"labels are class indices (a class name has spaces or is a number): set data.classes to {out / 'classes.txt'}")
+        notes.append(
+            f"labels are class indices (a class name has spaces or is a number): set data.classes to {out / 'classes.txt'}"
+        )
     label_of, written = dict(zip(names, labels)), []
     for split, images in per_split.items():
         lines = [list_line(path, label_of[name], out) for name in names for path in images.get(name, [])]
@@ -342,12 +411,22 @@ def list_targets(lists: list[Path]) -> dict[Path, str]:
     """List file -> split folder: train/val/test lists fill OUT/<split>/, one other list fills OUT/ itself."""
     names = [path.stem if path.stem in SPLIT_NAMES else "" for path in lists]
     if len(set(names)) != len(names) or ("" in names and len(names) > 1):
-        raise DataError("give one list file, or lists named train.txt, val.txt, test.txt (one each): their names choose the split folders")
+        raise DataError(
+            "give one list file, or lists named train.txt, val.txt, test.txt (one each): their names choose the split folders"
+        )
     return dict(zip(lists, names))
 
 
-def lists_to_folder(lists: list[str | Path], out: str | Path, root: str | Path | None = None, classes: list[str] | str | None = None,
-                    link: str = "copy", overwrite: bool = False, check: bool = False, skip_bad: bool = False) -> Conversion:
+def lists_to_folder(
+    lists: list[str | Path],
+    out: str | Path,
+    root: str | Path | None = None,
+    classes: list[str] | str | None = None,
+    link: str = "copy",
+    overwrite: bool = False,
+    check: bool = False,
+    skip_bad: bool = False,
+) -> Conversion:
     """Class folders from list files: `OUT/<split>/<class>/` for train/val/test lists, `OUT/<class>/` for one other list.
 
     Paths are read as `data.format: list` reads them (relative to `root`, else to the list's folder).
@@ -363,16 +442,39 @@ def lists_to_folder(lists: list[str | Path], out: str | Path, root: str | Path |
         samples[path], names = read_list(path, root, names)
     notes = [f"class names from {origin}"]
     for name in names:
-        if not name or name.startswith(".") or "/" in name or "\\" in name or (name in SPLIT_NAMES and "" in targets.values()):
-            raise DataError(f"class {name!r} cannot be a class folder name (hidden, a path, or a split name); rename it with --classes")
+        if (
+            not name
+            or name.startswith(".")
+            or "/" in name
+            or "\\" in name
+            or (name in SPLIT_NAMES and "" in targets.values())
+        ):
+            raise DataError(
+                f"class {name!r} cannot be a class folder name (hidden, a path, or a split name); rename it with --classes"
+            )
     paths = [Path(p) for rows in samples.values() for p, _ in rows]
     others = sorted({str(p) for p in paths if not is_image_file(p)})
     if others:
-        notes.append(f"left out {len(others)} file(s) that are not images by their extension: {', '.join(others[:5])}" + (" ..." if len(others) > 5 else ""))
-    bad = find_unreadable([p for p in paths if is_image_file(p)], check or skip_bad, skip_bad) | set(others)
+        notes.append(
+            f"left out {len(others)} file(s) that are not images by their extension: {', '.join(others[:5])}"
+            + (" ..." if len(others) > 5 else "")
+        )
+    unreadable = find_unreadable([p for p in paths if is_image_file(p)], check or skip_bad, skip_bad)
+    if unreadable:
+        notes.append(left_out_note(unreadable))
+    bad = set(unreadable) | set(others)
     folders = sorted({targets[p] for p in lists} - {""}) or list(names)
     refuse_inside(out, lists + paths, "a source file")
-    prepare_out(out, overwrite, {"made_by": "optik data convert list-to-folder", "lists": [str(p) for p in lists], "link": link, "folders": folders})
+    prepare_out(
+        out,
+        overwrite,
+        {
+            "made_by": "optik data convert list-to-folder",
+            "lists": [str(p) for p in lists],
+            "link": link,
+            "folders": folders,
+        },
+    )
     counts, renamed = {}, 0
     for path in ordered:
         split, taken = targets[path], set()

@@ -12,7 +12,13 @@ import numpy as np
 from PIL import Image
 
 
-def write_digits(root: str | Path, size: int = 32, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), limit: int | None = None, seed: int = 0) -> dict[str, int]:
+def write_digits(
+    root: str | Path,
+    size: int = 32,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    limit: int | None = None,
+    seed: int = 0,
+) -> dict[str, int]:
     """Write `root/{train,val,test}/<digit>/<n>.png` (grey, upscaled to `size`); returns images per split.
 
     The split is stratified and seeded; `limit` caps the images per class (for quick tests).
@@ -29,7 +35,11 @@ def write_digits(root: str | Path, size: int = 32, fractions: tuple[float, float
         indices = indices[:limit] if limit else indices
         n_train = round(len(indices) * fractions[0])
         n_val = round(len(indices) * fractions[1])
-        parts = {"train": indices[:n_train], "val": indices[n_train : n_train + n_val], "test": indices[n_train + n_val :]}
+        parts = {
+            "train": indices[:n_train],
+            "val": indices[n_train : n_train + n_val],
+            "test": indices[n_train + n_val :],
+        }
         for split, chosen in parts.items():
             folder = root / split / str(label)
             folder.mkdir(parents=True, exist_ok=True)

@@ -33,9 +33,11 @@ class FlopsReport:
 
     def lines(self) -> list[str]:
         width = max([len("module")] + [len(m.name) for m in self.modules])
-        out = [f"{self.model} at {self.shape[0]}x{self.shape[1]}: {self.macs / 1e9:.3f} GMACs ({2 * self.macs / 1e9:.3f} GFLOPs), "
-               f"{self.params / 1e6:.3f} M parameters",
-               f"{'module':{width}s}  {'params (M)':>10s}  {'GMACs':>8s}  {'share':>6s}"]
+        out = [
+            f"{self.model} at {self.shape[0]}x{self.shape[1]}: {self.macs / 1e9:.3f} GMACs ({2 * self.macs / 1e9:.3f} GFLOPs), "
+            f"{self.params / 1e6:.3f} M parameters",
+            f"{'module':{width}s}  {'params (M)':>10s}  {'GMACs':>8s}  {'share':>6s}",
+        ]
         for m in self.modules:
             share = m.macs / self.macs if self.macs else 0.0
             out.append(f"{m.name:{width}s}  {m.params / 1e6:10.3f}  {m.macs / 1e9:8.3f}  {share:6.1%}")
@@ -46,26 +48,15 @@ def resolve_model(source: str, num_classes: int | None = None) -> tuple[nn.Modul
     """(network in eval mode, its input size if known, description) of a config file or preset, a
     model package or checkpoint, or a timm architecture name."""
     from optik.config.load import load_config, preset_names
+    from optik.tasks import get_task
 
     path = Path(source)
     if (path.is_file() and path.suffix in (".yaml", ".yml")) or source in preset_names():
         cfg = load_config(source)
-        if cfg.task == "pretrain":
-            from optik.models.ssl import build_backbone
-
-            return build_backbone(cfg.model.model_copy(update={"pretrained": False, "weights": None}), cfg.data.image_size).eval(), cfg.data.image_size, source
-        classes = cfg.data.classes if isinstance(cfg.data.classes, list) else None
-        n = num_classes or (len(classes) if classes else (1000 if cfg.task == "classify" else 91))
-        model_cfg = cfg.model.model_copy(update={"pretrained": False, "weights": None})
-        if cfg.task == "detect":
-            from optik.models.detect import build_detector
-
-            return build_detector(model_cfg.model_copy(update={"pretrained_backbone": False}), cfg.data, n).eval(), cfg.data.image_size, source
-        from optik.models.classify import build_classifier
-
-        return build_classifier(model_cfg, n, cfg.data.image_size).eval(), cfg.data.image_size, source
+        return get_task(cfg.task).network_from_config(cfg, num_classes), cfg.data.image_size, source
     if path.is_file():
-        from optik.models.package import build_model, load_package
+        from optik.models.package import load_package
+        from optik.tasks.loading import build_model
 
         package = load_package(path)
         return build_model(package), package.preprocess.get("image_size"), f"{path} ({package.config['model']['name']})"
@@ -79,7 +70,6 @@ def resolve_model(source: str, num_classes: int | None = None) -> tuple[nn.Modul
 def count_flops(model: nn.Module, shape: tuple[int, int], depth: int = 2, name: str = "model") -> FlopsReport:
     """MACs and parameters of `model` on one (1, 3, H, W) image, with modules down to `depth` levels."""
     from torch.utils.flop_counter import FlopCounterMode
-
     from torchvision.models.detection.fcos import FCOS
     from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
     from torchvision.models.detection.retinanet import RetinaNet
@@ -92,8 +82,10 @@ def count_flops(model: nn.Module, shape: tuple[int, int], depth: int = 2, name: 
         with counter, torch.no_grad():
             model([image[0]]) if is_detector else model(image)
     except (RuntimeError, ValueError, AssertionError) as exc:
-        raise ModelError(f"{name} cannot run on a {shape[0]}x{shape[1]} image: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
-                         "give a --shape the model takes") from None
+        raise ModelError(
+            f"{name} cannot run on a {shape[0]}x{shape[1]} image: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+            "give a --shape the model takes"
+        ) from None
     counts = counter.get_flop_counts()
     root = type(model).__name__
     modules = dict(model.named_modules())
@@ -101,7 +93,7 @@ def count_flops(model: nn.Module, shape: tuple[int, int], depth: int = 2, name: 
     for key, ops in counts.items():
         if key in ("Global", root):
             continue
-        sub = key[len(root) + 1:] if key.startswith(root + ".") else key
+        sub = key[len(root) + 1 :] if key.startswith(root + ".") else key
         if sub.count(".") >= depth:  # the counter's own depth limit misses modules called out of nesting order
             continue
         params = sum(p.numel() for p in modules[sub].parameters()) if sub in modules else 0

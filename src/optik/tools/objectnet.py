@@ -62,18 +62,25 @@ def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
     """Predict every image below `job.images` into `job.out`; under torchrun each rank takes a shard and
     rank 0 merges the rows in sorted order. Returns this rank's report (rank 0: with the row count)."""
     from optik.inference.backends import TorchBackend
-    from optik.inference.batch import find_flat_images, load_batch_model, load_transform, predict_folder
+    from optik.inference.batch import find_flat_images, load_transform, predict_folder
     from optik.outputs.objectnet import FORMATS, PartWriter, merge_rows
+    from optik.tasks.loading import load_batch_model
 
     if job.fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
     if job.fmt == "objectnet" and job.top_k > 5:
-        raise ConfigError("the ObjectNet format has at most 5 predictions per row; use --top-k 5 or less, or --format csv/jsonl")
+        raise ConfigError(
+            "the ObjectNet format has at most 5 predictions per row; use --top-k 5 or less, or --format csv/jsonl"
+        )
     if job.convert_outputs_mode == 1 and job.objectnet_mappings is None:
-        raise ConfigError("--convert-outputs-mode 1 needs --objectnet-mappings DIR (the ObjectNet dataset's mappings/ folder)")
+        raise ConfigError(
+            "--convert-outputs-mode 1 needs --objectnet-mappings DIR (the ObjectNet dataset's mappings/ folder)"
+        )
     files = find_flat_images(job.images)
     if job.fmt == "objectnet" and any("," in f.name for f in files):
-        raise DataError("an image name contains a comma, which the ObjectNet CSV cannot hold; use --format csv or jsonl")
+        raise DataError(
+            "an image name contains a comma, which the ObjectNet CSV cannot hold; use --format csv or jsonl"
+        )
     rank, world = _start_distributed(job.device)
     bundle = load_batch_model(job.model, job.model_class, job.checkpoint)
     if job.transform is not None:
@@ -83,15 +90,24 @@ def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
     on_onnxruntime = runs_onnxruntime(job, bundle)
     device = torch.device("cpu") if on_onnxruntime else _rank_device(job.device, rank, world)
     mode = runtime_mode(job, bundle, on_onnxruntime, len(mine) * world, device)
-    backend = TorchBackend(bundle.model, device=str(device), precision=job.precision, mode=mode, batch_size=job.batch_size, expected_images=len(mine) * world,
-                           fallback=not on_onnxruntime)
+    backend = TorchBackend(
+        bundle.model,
+        device=str(device),
+        precision=job.precision,
+        mode=mode,
+        batch_size=job.batch_size,
+        expected_images=len(mine) * world,
+        fallback=not on_onnxruntime,
+    )
     part = job.out.with_name(f"{job.out.name}.part-{rank}")
     report = BatchReport(skipped=len(files[rank::world]) - len(mine))
     workers = job.workers if job.workers is not None else default_workers(device)
     writer, started = PartWriter(part, job.fmt), time.perf_counter()
     bar = _progress(len(mine), progress and rank == 0)
     try:
-        for predictions, failures in predict_folder(bundle, mine, backend, job.batch_size, workers, job.top_k, job.softmax, job.border_crop):
+        for predictions, failures in predict_folder(
+            bundle, mine, backend, job.batch_size, workers, job.top_k, job.softmax, job.border_crop
+        ):
             rows = [_row(mine[p.index].name, p, id_map, labels) for p in predictions]
             writer.write(rows)
             if report.predicted == 0:
@@ -116,7 +132,9 @@ def runs_onnxruntime(job: BatchJob, bundle) -> bool:
     it cannot honour are errors here, before the run."""
     from optik.inference.onnx import OnnxModel, uses_onnxruntime
 
-    return uses_onnxruntime(job.model, isinstance(bundle.model, OnnxModel), job.backend, job.device, job.precision, job.optimize)
+    return uses_onnxruntime(
+        job.model, isinstance(bundle.model, OnnxModel), job.backend, job.device, job.precision, job.optimize
+    )
 
 
 def runtime_mode(job: BatchJob, bundle, on_onnxruntime: bool, images: int, device: torch.device) -> str:
@@ -168,7 +186,9 @@ def _row(name: str, prediction, id_map: np.ndarray | None, labels: list[str] | N
     from optik.outputs.objectnet import Row
 
     ids = prediction.ids if id_map is None else [int(id_map[i]) if i < len(id_map) else -1 for i in prediction.ids]
-    return Row(name, ids, prediction.scores, [labels[i] if 0 <= i < len(labels) else "" for i in ids] if labels else None)
+    return Row(
+        name, ids, prediction.scores, [labels[i] if 0 <= i < len(labels) else "" for i in ids] if labels else None
+    )
 
 
 def _id_map(job: BatchJob, bundle) -> tuple[np.ndarray | None, list[str] | None]:
@@ -176,7 +196,9 @@ def _id_map(job: BatchJob, bundle) -> tuple[np.ndarray | None, list[str] | None]
     if job.convert_outputs_mode == 1:
         from optik.data.objectnet import objectnet_labels, pytorch_to_objectnet
 
-        return pytorch_to_objectnet(job.objectnet_mappings), (objectnet_labels(job.objectnet_mappings) if job.fmt != "objectnet" else None)
+        return pytorch_to_objectnet(job.objectnet_mappings), (
+            objectnet_labels(job.objectnet_mappings) if job.fmt != "objectnet" else None
+        )
     if job.convert_outputs_mode != 0:
         raise ConfigError("--convert-outputs-mode is 0 (ids as the model gives them) or 1 (ImageNet -> ObjectNet)")
     return None, (bundle.classes if job.fmt != "objectnet" else None)
@@ -226,7 +248,14 @@ def _stop_distributed(world: int) -> None:
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", desc="batch-predict", disable=None if enabled else True, dynamic_ncols=True, smoothing=0.1)  # None: off when not a terminal
+    return tqdm(
+        total=total,
+        unit="img",
+        desc="batch-predict",
+        disable=None if enabled else True,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )  # None: off when not a terminal
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -240,7 +269,9 @@ class Score:
     total: int
 
 
-def score_predictions(predictions: str | Path, answers: str | Path, range_check: bool = True, num_classes: int = 313) -> Score:
+def score_predictions(
+    predictions: str | Path, answers: str | Path, range_check: bool = True, num_classes: int = 313
+) -> Score:
     """Score an ObjectNet CSV with the challenge's rules; any malformed row rejects the whole file.
 
     ANSWERS is `{"file name": id}` or `{"file name": [ids]}` (any listed id counts as right). A
@@ -257,9 +288,13 @@ def score_predictions(predictions: str | Path, answers: str | Path, range_check:
                 raise DataError(f"{where}: empty line; the file is rejected")
             name, values = cells[0].strip(), cells[1:]
             if (number == 1 and name == "filename") or name.startswith("{"):
-                raise DataError(f"{where}: this looks like `--format csv` or `jsonl` output; only `--format objectnet` files (no header) can be scored; the file is rejected")
+                raise DataError(
+                    f"{where}: this looks like `--format csv` or `jsonl` output; only `--format objectnet` files (no header) can be scored; the file is rejected"
+                )
             if len(values) < 2 or len(values) > 10 or len(values) % 2:
-                raise DataError(f"{where}: expected filename and 1 to 5 (prediction, confidence) pairs, got {len(values)} values; the file is rejected")
+                raise DataError(
+                    f"{where}: expected filename and 1 to 5 (prediction, confidence) pairs, got {len(values)} values; the file is rejected"
+                )
             if name not in truth:
                 raise DataError(f"{where}: file name {name!r} is not in {Path(answers).name}; the file is rejected")
             if name in rows:
@@ -269,7 +304,9 @@ def score_predictions(predictions: str | Path, answers: str | Path, range_check:
                 try:
                     float(confidence)
                 except ValueError:
-                    raise DataError(f"{where}: confidence {confidence!r} is not a number; the file is rejected") from None
+                    raise DataError(
+                        f"{where}: confidence {confidence!r} is not a number; the file is rejected"
+                    ) from None
     if not rows:
         raise DataError(f"{predictions} has no predictions")
     top1 = sum(bool(rows.get(name)) and rows[name][0] in ids for name, ids in truth.items())
@@ -283,7 +320,9 @@ def _prediction_id(value: str, where: str, range_check: bool, num_classes: int) 
     except ValueError:
         raise DataError(f"{where}: prediction {value!r} is not an integer id; the file is rejected") from None
     if range_check and not -1 <= ident < num_classes:
-        raise DataError(f"{where}: prediction id {ident} is outside [-1, {num_classes - 1}]; the file is rejected (--no-range-check to allow it)")
+        raise DataError(
+            f"{where}: prediction id {ident} is outside [-1, {num_classes - 1}]; the file is rejected (--no-range-check to allow it)"
+        )
     return ident
 
 
@@ -295,7 +334,7 @@ def _read_answers(path: Path) -> dict[str, set[int]]:
     except ValueError as exc:
         raise DataError(f"{path} is not valid JSON ({exc})") from None
     if not isinstance(content, dict) or not content:
-        raise DataError(f"{path} should map file names to ObjectNet ids: {{\"image.png\": 12, ...}}")
+        raise DataError(f'{path} should map file names to ObjectNet ids: {{"image.png": 12, ...}}')
     answers = {}
     for name, ids in content.items():
         ids = ids if isinstance(ids, list) else [ids]

@@ -18,8 +18,7 @@ from optik.errors import DataError
 from optik.files import write_atomic
 
 if TYPE_CHECKING:  # torch is imported only when a model is evaluated: curves alone come quickly
-    from optik.engine.evaluate import EvalResult
-    from optik.engine.evaluate_detect import DetectionResult
+    from optik.metrics.evaluation import DetectionResult, EvalResult
 
 
 @dataclass
@@ -34,9 +33,11 @@ class RunLog:
 
     def columns(self, kind: str) -> list[str]:
         """The columns of one kind: `loss` (train/* and val losses), `metric` (the other val/*) or `lr`."""
-        wanted = {"loss": lambda c: c.startswith("train/") or (c.startswith("val/") and c.endswith("loss")),
-                  "metric": lambda c: c.startswith("val/") and not c.endswith("loss"),
-                  "lr": lambda c: c.startswith("lr-")}[kind]
+        wanted = {
+            "loss": lambda c: c.startswith("train/") or (c.startswith("val/") and c.endswith("loss")),
+            "metric": lambda c: c.startswith("val/") and not c.endswith("loss"),
+            "lr": lambda c: c.startswith("lr-"),
+        }[kind]
         return [column for column in self.series if wanted(column)]
 
     def epochs_done(self) -> int:
@@ -66,9 +67,13 @@ def read_log(work_dir: Path) -> RunLog:
                     if column not in ("step", "epoch") and cell:
                         series.setdefault(column, []).append((step, epoch, float(cell)))
             except (TypeError, ValueError) as exc:
-                raise DataError(f"{path} line {line} is not a row of numbers ({exc}): is it a Lightning metrics.csv?") from exc
+                raise DataError(
+                    f"{path} line {line} is not a row of numbers ({exc}): is it a Lightning metrics.csv?"
+                ) from exc
     if not series:
-        raise DataError(f"{path} holds no logged values yet: let the run train a few steps (train.log_every_n_steps) and try again")
+        raise DataError(
+            f"{path} holds no logged values yet: let the run train a few steps (train.log_every_n_steps) and try again"
+        )
     return RunLog(series)
 
 
@@ -206,7 +211,7 @@ def plot_pr_curves(result: DetectionResult, iou_type: str, folder: Path) -> Path
 def plot_evaluation(result: EvalResult, folder: Path) -> list[Path]:
     """Confusion matrix for a classifier; per-class AP bars and PR curves (per IoU type) for a detector."""
     from optik.engine.evaluate import plot_confusion
-    from optik.engine.evaluate_detect import DetectionResult
+    from optik.metrics.evaluation import DetectionResult
 
     if not isinstance(result, DetectionResult):
         return [plot_confusion(result, folder)]
@@ -267,9 +272,12 @@ def summary_section(config: dict, log: RunLog, classes: list[str], work_dir: Pat
     monitor = train.get("monitor", "")
     column = monitor_column(log, monitor)
     model = config.get("model", {})
-    rows = [["work dir", str(work_dir.resolve())], ["task", config.get("task", "?")],
-            ["model", model.get("name", "?") + (f" (backbone {model['backbone']})" if model.get("backbone") else "")],
-            ["epochs", f"{log.epochs_done()} of {train.get('epochs', '?')}"]]
+    rows = [
+        ["work dir", str(work_dir.resolve())],
+        ["task", config.get("task", "?")],
+        ["model", model.get("name", "?") + (f" (backbone {model['backbone']})" if model.get("backbone") else "")],
+        ["epochs", f"{log.epochs_done()} of {train.get('epochs', '?')}"],
+    ]
     if column is not None:
         value, epoch = best_of(log, column)
         rows.append([f"best {monitor}", f"{value:.4f}" + (f" (epoch {epoch + 1})" if epoch is not None else "")])
@@ -291,25 +299,43 @@ def log_metrics_section(log: RunLog) -> str:
 def evaluation_section(result: EvalResult) -> str:
     """The evaluation's data, headline numbers and per-class table."""
     m = result.metrics
-    lines = ["<h2>Evaluation of model.pt</h2>\n",
-             f"<p>on {html.escape(str(m['data']))}: {m['images']} images" + (f", {m['unreadable']} unreadable" if m["unreadable"] else "") + "</p>\n"]
+    lines = [
+        "<h2>Evaluation of model.pt</h2>\n",
+        f"<p>on {html.escape(str(m['data']))}: {m['images']} images"
+        + (f", {m['unreadable']} unreadable" if m["unreadable"] else "")
+        + "</p>\n",
+    ]
     if "confusion_matrix" in m:
         lines.append(table(["metric", "value"], [[key, value] for key, value in m.items() if isinstance(value, float)]))
-        lines.append(table(["class", "precision", "recall", "f1", "support"],
-                           [[name, c["precision"], c["recall"], c["f1"], c["support"]] for name, c in m["per_class"].items()]))
+        lines.append(
+            table(
+                ["class", "precision", "recall", "f1", "support"],
+                [[name, c["precision"], c["recall"], c["f1"], c["support"]] for name, c in m["per_class"].items()],
+            )
+        )
         return "".join(lines)
     for iou_type, curves in result.curves.items():
         scores = m[iou_type]
-        lines.append(f"<h3>{iou_type}: mAP {scores['map']:.4f}, mAP@.5 {scores['map_50']:.4f}, mAP@.75 {scores['map_75']:.4f}</h3>\n")
+        lines.append(
+            f"<h3>{iou_type}: mAP {scores['map']:.4f}, mAP@.5 {scores['map_50']:.4f}, mAP@.75 {scores['map_75']:.4f}</h3>\n"
+        )
         ap50 = {name: float(np.mean(curve["iou50"])) for name, curve in curves["per_class"].items()}
-        lines.append(table(["class", "AP@[.5:.95]", "AP@.5"], [[name, ap, ap50.get(name, "no objects")] for name, ap in scores["per_class"].items()]))
+        lines.append(
+            table(
+                ["class", "AP@[.5:.95]", "AP@.5"],
+                [[name, ap, ap50.get(name, "no objects")] for name, ap in scores["per_class"].items()],
+            )
+        )
     return "".join(lines)
 
 
 def images_section(title: str, paths: list[Path], page: Path) -> str:
     """The plots as <img> with paths relative to the page."""
-    figures = "".join(f'<figure><img src="{html.escape(quote(Path(os.path.relpath(path, page.parent)).as_posix()))}" alt="{html.escape(path.stem)}">'
-                      f"<figcaption>{html.escape(path.stem)}</figcaption></figure>\n" for path in paths)
+    figures = "".join(
+        f'<figure><img src="{html.escape(quote(Path(os.path.relpath(path, page.parent)).as_posix()))}" alt="{html.escape(path.stem)}">'
+        f"<figcaption>{html.escape(path.stem)}</figcaption></figure>\n"
+        for path in paths
+    )
     return f"<h2>{html.escape(title)}</h2>\n{figures}" if paths else ""
 
 
@@ -330,15 +356,26 @@ def write_report(work_dir: str | Path, out: str | Path | None = None, with_eval:
     curves = plot_curves(log, folder)
     result = evaluate_run(work_dir) if with_eval else None
     classes = result.classes if result is not None else package_classes(work_dir)
-    sections = [summary_section(config, log, classes, work_dir), log_metrics_section(log), images_section("Curves", curves, page)]
+    sections = [
+        summary_section(config, log, classes, work_dir),
+        log_metrics_section(log),
+        images_section("Curves", curves, page),
+    ]
     if result is not None:
-        sections += [evaluation_section(result), images_section("Evaluation plots", plot_evaluation(result, folder), page)]
+        sections += [
+            evaluation_section(result),
+            images_section("Evaluation plots", plot_evaluation(result, folder), page),
+        ]
     elif with_eval:
-        sections.append("<p>No model.pt in the work dir (a pretraining run, or one that has not finished): no evaluation.</p>\n")
+        sections.append(
+            "<p>No model.pt in the work dir (a pretraining run, or one that has not finished): no evaluation.</p>\n"
+        )
     sections.append(f"<h2>Config</h2>\n<pre>{html.escape((work_dir / 'config.yaml').read_text())}</pre>\n")
     title = html.escape(f"optik report: {work_dir.resolve().name}")
-    text = f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{title}</title>\n<style>\n{STYLE}\n</style></head>\n' \
-           f"<body>\n<h1>{title}</h1>\n{''.join(sections)}</body>\n</html>\n"
+    text = (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{title}</title>\n<style>\n{STYLE}\n</style></head>\n'
+        f"<body>\n<h1>{title}</h1>\n{''.join(sections)}</body>\n</html>\n"
+    )
     return write_atomic(page, text)
 
 

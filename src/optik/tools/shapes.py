@@ -40,7 +40,10 @@ class ShapeImage:
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
     corners = {"circle": 32, "square": 4, "triangle": 3}[kind]
     start = angle if kind != "circle" else 0.0
-    return [(cx + r * math.cos(start + 2 * math.pi * i / corners), cy + r * math.sin(start + 2 * math.pi * i / corners)) for i in range(corners)]
+    return [
+        (cx + r * math.cos(start + 2 * math.pi * i / corners), cy + r * math.sin(start + 2 * math.pi * i / corners))
+        for i in range(corners)
+    ]
 
 
 def draw_image(rng: np.random.Generator, size: int, max_shapes: int) -> tuple[Image.Image, list[Shape]]:
@@ -68,7 +71,9 @@ def draw_image(rng: np.random.Generator, size: int, max_shapes: int) -> tuple[Im
     return image, shapes
 
 
-def make_shapes(folder: str | Path, count: int, size: int = 128, max_shapes: int = 3, seed: int = 0, prefix: str = "") -> list[ShapeImage]:
+def make_shapes(
+    folder: str | Path, count: int, size: int = 128, max_shapes: int = 3, seed: int = 0, prefix: str = ""
+) -> list[ShapeImage]:
     """Draw `count` PNG images into `folder`; returns what is on each."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,13 +93,26 @@ def coco_dict(images: list[ShapeImage]) -> dict:
     ids = {name: i + 1 for i, name in enumerate(SHAPES)}
     out_images, annotations = [], []
     for image_id, record in enumerate(images, start=1):
-        out_images.append({"id": image_id, "file_name": record.file_name, "width": record.width, "height": record.height})
+        out_images.append(
+            {"id": image_id, "file_name": record.file_name, "width": record.width, "height": record.height}
+        )
         for shape in record.shapes:
             x0, y0, x1, y1 = shape.box
             flat = [round(v, 2) for point in shape.polygon for v in point]
-            area = 0.5 * abs(sum(x * y2 - x2 * y for (x, y), (x2, y2) in zip(shape.polygon, shape.polygon[1:] + shape.polygon[:1])))
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": ids[shape.label], "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                                "segmentation": [flat], "area": round(area, 2), "iscrowd": 0})
+            area = 0.5 * abs(
+                sum(x * y2 - x2 * y for (x, y), (x2, y2) in zip(shape.polygon, shape.polygon[1:] + shape.polygon[:1]))
+            )
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": ids[shape.label],
+                    "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                    "segmentation": [flat],
+                    "area": round(area, 2),
+                    "iscrowd": 0,
+                }
+            )
     return {"images": out_images, "annotations": annotations, "categories": categories}
 
 
@@ -124,13 +142,27 @@ def write_yolo(images: list[ShapeImage], folder: str | Path) -> None:
         lines = []
         for shape in record.shapes:
             x0, y0, x1, y1 = shape.box
-            cx, cy, w, h = (x0 + x1) / 2 / record.width, (y0 + y1) / 2 / record.height, (x1 - x0) / record.width, (y1 - y0) / record.height
+            cx, cy, w, h = (
+                (x0 + x1) / 2 / record.width,
+                (y0 + y1) / 2 / record.height,
+                (x1 - x0) / record.width,
+                (y1 - y0) / record.height,
+            )
             lines.append(f"{SHAPES.index(shape.label)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
         (folder / f"{Path(record.file_name).stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
     (folder / "classes.txt").write_text("\n".join(SHAPES) + "\n")
 
 
-def write_shapes_set(root: str | Path, fmt: str = "coco", train: int = 96, val: int = 32, test: int = 0, size: int = 128, max_shapes: int = 3, seed: int = 0) -> Path:
+def write_shapes_set(
+    root: str | Path,
+    fmt: str = "coco",
+    train: int = 96,
+    val: int = 32,
+    test: int = 0,
+    size: int = 128,
+    max_shapes: int = 3,
+    seed: int = 0,
+) -> Path:
     """A split shapes set under `root/{train,val,test}/` in one format; returns root.
 
     coco: images and `annotations.json` in each split folder; voc: images and `<stem>.xml`;

@@ -1,9 +1,8 @@
-"""What a predictor returns per image: a classification, a detection, or the reason it failed."""
+"""What a predictor returns per image: a classification, a detection, or the reason it failed (numpy only: writers import it without torch)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
@@ -73,12 +72,21 @@ class Detection:
     def label_names(self) -> list[str]:
         return [self.classes[int(i)] for i in self.labels]
 
-    def keep(self, selected: np.ndarray) -> "Detection":
+    def keep(self, selected: np.ndarray) -> Detection:
         """The same detection with only the objects `selected` picks (a boolean mask or indices)."""
         masks = None if self.masks is None else self.masks[selected]
-        return Detection(self.source, self.classes, self.width, self.height, self.boxes[selected], self.labels[selected], self.scores[selected], masks)
+        return Detection(
+            self.source,
+            self.classes,
+            self.width,
+            self.height,
+            self.boxes[selected],
+            self.labels[selected],
+            self.scores[selected],
+            masks,
+        )
 
-    def above(self, min_score: float | None) -> "Detection":
+    def above(self, min_score: float | None) -> Detection:
         """Only the objects scoring at least `min_score` (all when None)."""
         return self if min_score is None else self.keep(self.scores >= min_score)
 
@@ -93,4 +101,4 @@ class ImageFailure:
     ok = False
 
 
-Result = Union[Classification, Detection, ImageFailure]
+Result = Classification | Detection | ImageFailure

@@ -37,10 +37,14 @@ class TrainingModule(L.LightningModule):
         from timm.optim import create_optimizer_v2
 
         cfg = self.train_cfg
-        optimizer = self.build_optimizer() or create_optimizer_v2(self.model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+        optimizer = self.build_optimizer() or create_optimizer_v2(
+            self.model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, total_steps=total, steps_per_epoch=per_epoch))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_schedule(cfg, total_steps=total, steps_per_epoch=per_epoch)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -1,0 +1,182 @@
+"""The `optik` group, its error handling (a user's error is one line and exit code 2), and the options
+that several commands share."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from optik.errors import OptikError
+
+PRESET_HELP = "a config file, or a preset name (`optik config list`)"
+
+
+class OptikGroup(click.Group):
+    """Turns user errors (OptikError, also when raised in a DataLoader worker) into one line and exit code 2."""
+
+    def main(self, *args, **kwargs):
+        kwargs.setdefault("prog_name", "optik")  # also under `python -m optik`
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:  # bad option or argument: one line, and where to look
+            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            fail(f"{exc.format_message()}{hint}")
+        except click.ClickException as exc:
+            fail(exc.format_message())
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OptikError as exc:
+            fail(str(exc))
+        except OSError as exc:  # a file or folder the user named cannot be written or read
+            if exc.filename is None:
+                raise
+            fail(f"{exc.strerror or exc}: {exc.filename}")
+        except RuntimeError as exc:  # a worker process re-raises our errors as RuntimeError text
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+            if last.startswith("optik.errors."):
+                fail(last.split(": ", 1)[-1])
+            raise
+        except Exception as exc:
+            if type(exc).__name__ == "MisconfigurationException":  # Lightning's word on devices, strategy, precision
+                fail(" ".join(str(exc).split()))
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group(cls=OptikGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="optik")
+def main():
+    """Train, evaluate and serve image classifiers and object detectors on PyTorch."""
+
+
+def output_options(func):
+    """How predictions are written: classification JSON, or OPEX / ROI CSV for detectors (DESIGN §9)."""
+    func = click.option(
+        "--bbox-as-fallback",
+        "--bbox_as_fallback",
+        type=float,
+        default=-1.0,
+        show_default=True,
+        metavar="RATIO",
+        help="use the box as polygon when the polygon's bounding box covers less than RATIO of the box (<0: off)",
+    )(func)
+    func = click.option(
+        "--fit-bbox-to-polygon",
+        "--fit_bbox_to_polygon",
+        is_flag=True,
+        help="make each box the bounding box of its polygon",
+    )(func)
+    func = click.option(
+        "--output-minrect",
+        "--output_minrect",
+        is_flag=True,
+        help="add the rotated minimum rectangle's width and height of each polygon",
+    )(func)
+    func = click.option(
+        "--mask-nth",
+        "--mask_nth",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="use every nth row/column of a mask to find its polygon (faster)",
+    )(func)
+    func = click.option(
+        "--mask-threshold",
+        "--mask_threshold",
+        type=click.FloatRange(0, 1),
+        default=0.1,
+        show_default=True,
+        help="mask score from which a pixel belongs to the object",
+    )(func)
+    func = click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["json", "opex", "roi"]),
+        help="json (classifiers); opex (<stem>.json) or roi (<stem>-rois.csv) for detectors [default: json / opex]",
+    )(func)
+    func = click.option(
+        "--score", "min_score", type=click.FloatRange(0, 1), help="only classes (objects) scoring at least this"
+    )(func)
+    func = click.option(
+        "--top-k",
+        "--top_x",
+        "top_k",
+        type=click.IntRange(min=1),
+        help="only the K most likely classes, highest first (classifiers)",
+    )(func)
+    return func
+
+
+def make_output(
+    task: str,
+    fmt: str | None = None,
+    top_k: int | None = None,
+    min_score: float | None = None,
+    mask_threshold: float = 0.1,
+    mask_nth: int = 1,
+    output_minrect: bool = False,
+    fit_bbox_to_polygon: bool = False,
+    bbox_as_fallback: float = -1.0,
+):
+    """The output format for a model's task, refusing options that do not apply to it."""
+    from optik.tasks import get_task
+
+    return get_task(task).output_format(
+        fmt,
+        top_k,
+        min_score,
+        mask_threshold=mask_threshold,
+        mask_nth=mask_nth,
+        output_minrect=output_minrect,
+        fit_bbox_to_polygon=fit_bbox_to_polygon,
+        bbox_as_fallback=bbox_as_fallback,
+    )
+
+
+def model_options(func):
+    func = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto")(func)
+    func = click.option(
+        "--precision",
+        type=click.Choice(["32", "bf16", "16"]),
+        default="32",
+        show_default=True,
+        help="32 is exact; bf16 is faster on recent CPUs, 16 needs CUDA",
+    )(func)
+    func = click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        help="images per forward pass (services: the micro-batch size) [default: 32, detectors 8]",
+    )(func)
+    func = click.option(
+        "--optimize",
+        "mode",
+        type=click.Choice(["auto", "fused", "compiled", "onnx", "eager"]),
+        default="auto",
+        show_default=True,
+        help="exact speed-ups: fused (no set-up), onnx (onnxruntime, CPU fp32; auto picks it there for services and 100+ images), compiled (compiles once; auto picks it elsewhere for services and 1000+ images), eager (plain PyTorch)",
+    )(func)
+    return func
+
+
+def backend_option(func):
+    return click.option(
+        "--backend",
+        type=click.Choice(["auto", "torch", "onnxruntime"]),
+        default="auto",
+        show_default=True,
+        help="onnxruntime: run an exported .onnx, or export MODEL in memory first (checked; CPU fp32); auto: onnxruntime for .onnx files",
+    )(func)

@@ -1,0 +1,304 @@
+"""`optik config`, `optik train`, `optik test` and `optik predict`: configs, and running a model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from optik.cli.common import OptikGroup, backend_option, fail, main, make_output, model_options, output_options
+
+# ----------------------------------------------------------------------------- config
+
+
+@main.group(cls=OptikGroup)
+def config():
+    """List, export and show configs (the old mmcls_config)."""
+
+
+@config.command("list")
+def config_list():
+    """Name the shipped presets."""
+    from optik.config.load import preset_names, preset_summary
+
+    for name in preset_names():
+        click.echo(f"{name:24s} {preset_summary(name)}")
+
+
+@config.command("export")
+@click.argument("name")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a key (repeatable)")
+@click.option("--force", is_flag=True, help="overwrite FILE if it exists")
+def config_export(name, file, overrides, force):
+    """Write preset NAME, fully resolved, to FILE (or print it) for editing."""
+    from optik.config.load import dump_config, load_config, preset_summary, preset_text
+    from optik.files import write_atomic
+
+    preset_text(name)  # unknown name: a clear error before anything else
+    cfg = load_config(name, overrides)
+    header = f"# optik preset {name}: {preset_summary(name)}\n# set data.root (and data.classes if you want a fixed order), then: optik train THIS_FILE\n"
+    text = header + dump_config(cfg)
+    if file is None:
+        click.echo(text, nl=False)
+    elif file.exists() and not force:
+        fail(f"{file} exists; pass --force to overwrite it")
+    else:
+        write_atomic(file, text)
+        click.echo(f"wrote {file}")
+
+
+@config.command("show")
+@click.argument("source")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a key (repeatable)")
+def config_show(source, overrides):
+    """Print the fully resolved config of SOURCE (file or preset) with overrides applied."""
+    from optik.config.load import dump_config, load_config
+
+    click.echo(dump_config(load_config(source, overrides)), nl=False)
+
+
+# ----------------------------------------------------------------------------- train / test / predict
+
+
+@main.command()
+@click.argument("source", required=False, metavar="[CONFIG]")
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="run folder (default: config work_dir or work_dirs/<task>-<model>)",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a config key, e.g. train.epochs=5 (repeatable; the old --cfg-options)",
+)
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value="last",
+    default=None,
+    metavar="[CKPT]",
+    help="continue the full training state (no value: last.ckpt of the work dir)",
+)
+@click.option("--no-validate", is_flag=True, help="skip validation (model.pt then comes from the last epoch)")
+@click.option("--seed", type=int, help="same as --set train.seed=N")
+@click.option("--deterministic", is_flag=True, help="same as --set train.deterministic=true")
+@click.option("--devices", help="same as --set train.devices=...")
+def train(source, work_dir, overrides, resume, no_validate, seed, deterministic, devices):
+    """Train a model from CONFIG (file or preset). Without CONFIG, --resume reads the work dir's config.yaml."""
+    from optik.config.load import load_config
+    from optik.engine.train import train as run_train
+
+    overrides = list(overrides)
+    if no_validate:
+        overrides.append("train.validation=false")
+    if seed is not None:
+        overrides.append(f"train.seed={seed}")
+    if deterministic:
+        overrides.append("train.deterministic=true")
+    if devices is not None:
+        overrides.append(f"train.devices={devices}")
+    if source is None and resume is not None and Path(resume).suffix in (".yaml", ".yml"):
+        source, resume = resume, "last"  # `--resume my.yaml`: the flag without a value, then the config
+    if source is None:
+        if work_dir is None or resume is None:
+            fail("give a CONFIG (file or preset), or --resume with --work-dir to continue a run")
+        source = work_dir / "config.yaml"
+    cfg = load_config(source, overrides)
+    result = run_train(cfg, work_dir=work_dir, resume=resume)
+    if result.package is None:
+        return  # not the first process of a distributed run: that one reports
+    for key, value in sorted(result.metrics.items()):
+        if key.startswith(("val/", "best")):
+            click.echo(f"{key}: {value:.4f}")
+    click.echo(f"work dir: {result.work_dir}")
+
+
+@main.command("test")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="write metrics to .json, .yaml or .pkl")
+@click.option(
+    "--out-items",
+    type=click.Choice(["none", "pred"]),
+    default="none",
+    show_default=True,
+    help="pred: add per-image predictions to --out",
+)
+@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), help="write confusion_matrix.png here")
+@model_options
+def test_command(model, data, split, out, out_items, plots, device, precision, batch_size, mode):
+    """Evaluate MODEL (model.pt or checkpoint) on DATA (class folders or list file; default: the run's own split)."""
+    from optik.engine.evaluate import evaluate, plot_confusion
+    from optik.metrics.evaluation import check_results_path, write_results
+
+    if out_items == "pred" and out is None:
+        fail("--out-items pred needs --out FILE to write the predictions to")
+    if out is not None:
+        check_results_path(out)
+    result = evaluate(model, data, split=split, batch_size=batch_size, device=device, precision=precision, mode=mode)
+    print_metrics(result)
+    if out is not None:
+        click.echo(f"wrote {write_results(result, out, include_items=out_items == 'pred')}")
+    if plots is not None:
+        click.echo(f"wrote {plot_confusion(result, plots)}")
+
+
+def print_metrics(result) -> None:
+    if "bbox" in result.metrics:
+        return print_detection_metrics(result)
+    m = result.metrics
+    click.echo(
+        f"data: {m['data']} ({m['images']} images"
+        + (f", {m['unreadable']} unreadable" if m["unreadable"] else "")
+        + ")"
+    )
+    for failure in result.failures[:10]:
+        click.echo(f"  unreadable: {failure['file']}: {failure['error']}", err=True)
+    width = max(len("class"), *(len(c) for c in result.classes))
+    click.echo(f"{'class':{width}s}  precision  recall     f1  support")
+    for name, row in m["per_class"].items():
+        click.echo(
+            f"{name:{width}s}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:5.4f}  {row['support']:7d}"
+        )
+    for key in [k for k in m if k.startswith("accuracy_")] + [
+        "mean_class_accuracy",
+        "precision_macro",
+        "recall_macro",
+        "f1_macro",
+    ]:
+        click.echo(f"{key}: {m[key]:.4f}")
+    print_confusion(result.classes, m["confusion_matrix"])
+
+
+def print_detection_metrics(result) -> None:
+    """COCO summary per IoU type, then AP per class."""
+    m = result.metrics
+    click.echo(
+        f"data: {m['data']} ({m['images']} images, {m['objects']} objects"
+        + (f", {m['unreadable']} unreadable" if m["unreadable"] else "")
+        + ")"
+    )
+    for failure in result.failures[:10]:
+        click.echo(f"  unreadable: {failure['file']}: {failure['error']}", err=True)
+    kinds = [kind for kind in ("bbox", "segm") if kind in m]
+    width = max(len("class"), *(len(c) for c in result.classes))
+    click.echo(f"{'class':{width}s}  " + "  ".join(f"{kind + ' AP':>8s}" for kind in kinds))
+    for name in result.classes:
+        click.echo(f"{name:{width}s}  " + "  ".join(f"{m[kind]['per_class'].get(name, 0.0):8.4f}" for kind in kinds))
+    for kind in kinds:
+        click.echo(
+            f"{kind} mAP: {m[kind]['map']:.4f}  mAP@0.5: {m[kind]['map_50']:.4f}  mAP@0.75: {m[kind]['map_75']:.4f}  "
+            f"AR@100: {m[kind]['mar_100']:.4f}"
+        )
+
+
+def print_confusion(classes: list[str], matrix: list[list[int]], limit: int = 30) -> None:
+    """Rows: true class, columns: predicted class (skipped for more than `limit` classes; see --plots)."""
+    if len(classes) > limit:
+        return
+    width = max(4, *(len(c) for c in classes), *(len(str(v)) for row in matrix for v in row))
+    click.echo("confusion matrix (rows: true, columns: predicted)")
+    click.echo(" " * width + " " + " ".join(f"{c:>{width}s}" for c in classes))
+    for name, row in zip(classes, matrix):
+        click.echo(f"{name:>{width}s} " + " ".join(f"{v:>{width}d}" for v in row))
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="write one output per image here (default: print JSON lines)",
+)
+@output_options
+@model_options
+@backend_option
+def predict(
+    model,
+    images,
+    out_dir,
+    top_k,
+    min_score,
+    fmt,
+    mask_threshold,
+    mask_nth,
+    output_minrect,
+    fit_bbox_to_polygon,
+    bbox_as_fallback,
+    device,
+    precision,
+    batch_size,
+    mode,
+    backend,
+):
+    """Classify or detect objects in IMAGES (files or folders) with MODEL; one output per image."""
+    from optik.data.decode import IMAGE_EXTENSIONS
+    from optik.data.folder import find_images
+    from optik.outputs.classification import write_error
+    from optik.tasks.loading import load_predictor
+
+    files = []
+    for item in images:
+        if not item.exists():
+            fail(f"image or folder not found: {item}")
+        files += find_images(item) if item.is_dir() else [item]
+    if not files:
+        fail(
+            "no image files found in "
+            + ", ".join(map(str, images))
+            + f" (looked for {' '.join(sorted(IMAGE_EXTENSIONS))}, any case)"
+        )
+    stems = {}
+    for path in files:
+        stems.setdefault(path.stem, []).append(path)
+    clashes = [paths for paths in stems.values() if len(paths) > 1]
+    predictor = load_predictor(
+        model,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        mode=mode,
+        expected_images=len(files),
+        backend=backend,
+    )
+    output, failed = (
+        make_output(
+            predictor.task,
+            fmt,
+            top_k,
+            min_score,
+            mask_threshold,
+            mask_nth,
+            output_minrect,
+            fit_bbox_to_polygon,
+            bbox_as_fallback,
+        ),
+        0,
+    )
+    if out_dir is not None and clashes:
+        fail(
+            f"two images would write the same output {clashes[0][0].stem}{output.suffix}: {clashes[0][0]} and {clashes[0][1]}"
+        )
+    for path, result in zip(files, predictor.predict_stream(files)):
+        if not result.ok:
+            failed += 1
+            click.echo(f"error: {path}: {result.reason}", err=True)
+            if out_dir is not None:
+                write_error(str(path), result.reason, out_dir / f"{path.stem}.error.json")
+        elif out_dir is not None:
+            output.write(result, out_dir / f"{path.stem}{output.suffix}")
+        else:
+            click.echo(json.dumps({"file": str(path), "prediction": output.payload(result)}))
+    if out_dir is not None:
+        click.echo(f"wrote {len(files) - failed} prediction(s) to {out_dir}", err=True)
+    if failed:
+        click.echo(f"{failed} of {len(files)} image(s) could not be read", err=True)
+        sys.exit(2)

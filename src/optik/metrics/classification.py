@@ -1,0 +1,42 @@
+"""Classification metrics of `optik test`: top-1/top-5, per-class precision/recall/F1/accuracy, their
+macro means and the confusion matrix (torchmetrics for the counts, numpy for the ratios)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    """Top-1/top-5, per-class precision/recall/F1/accuracy/support, macro means, confusion matrix."""
+    n = len(classes)
+    scores, target = torch.from_numpy(probs).float(), torch.from_numpy(labels).long()
+    confusion = multiclass_confusion_matrix(scores, target, n).numpy()  # rows: true, cols: predicted
+    true_pos = np.diag(confusion).astype(float)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    precision = np.divide(true_pos, predicted, out=np.zeros(n), where=predicted > 0)
+    recall = np.divide(true_pos, support, out=np.zeros(n), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=(precision + recall) > 0)
+    present = (support > 0) | (predicted > 0)  # as scikit-learn: labels seen in truth or predictions
+    k = min(5, n)
+    return {
+        "accuracy_top1": float(multiclass_accuracy(scores, target, n, top_k=1, average="micro")),
+        f"accuracy_top{k}": float(multiclass_accuracy(scores, target, n, top_k=k, average="micro")),
+        "mean_class_accuracy": float(recall[support > 0].mean()),
+        "precision_macro": float(precision[present].mean()),
+        "recall_macro": float(recall[present].mean()),
+        "f1_macro": float(f1[present].mean()),
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "accuracy": float(recall[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(classes)
+        },
+        "confusion_matrix": confusion.tolist(),
+    }
