@@ -140,9 +140,8 @@ def _parse_line(line: str, where: str, width: int, height: int, index_map: list[
         return RawObject(
             ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height), label
         )
-    polygon = [
-        round(v * (width if i % 2 == 0 else height), 6) for i, v in enumerate(values[1:])
-    ]  # no float noise in the COCO written
+    # no float noise in the COCO written
+    polygon = [round(v * (width if i % 2 == 0 else height), 6) for i, v in enumerate(values[1:])]
     xs, ys = polygon[0::2], polygon[1::2]
     return RawObject((min(xs), min(ys), max(xs), max(ys)), label, segmentation=[polygon])
 

@@ -110,9 +110,8 @@ def precision_curves(ground_truth: dict, results: list[dict], iou_type: str = "b
             "per_class": {names[c]: {"iou50": zeros, "iou50_95": zeros} for c in present},
         }
     evaluator = accumulated(ground_truth, results, iou_type)
-    precision = evaluator.eval["precision"][
-        :, :, :, 0, -1
-    ]  # [iou thresholds, recall points, classes]; -1: no ground truth
+    # [iou thresholds, recall points, classes]; -1: no ground truth
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]
     at_50 = int(np.argmin(np.abs(np.asarray(evaluator.params.iouThrs) - 0.5)))
     per_class = {}
     for k, cat_id in enumerate(evaluator.params.catIds):

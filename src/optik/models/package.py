@@ -61,13 +61,22 @@ def load_package(path: str | Path) -> ModelPackage:
     hparams = content.get("hyper_parameters") or {}
     if "state_dict" in content and {"config", "classes", "preprocess"} <= set(hparams):
         # a training module names the part of its model that is the package (pretraining: the backbone)
-        state = inference_weights(content["state_dict"], hparams.get("package_prefix", ""))
+        prefix = hparams.get("package_prefix", legacy_prefix(hparams["config"]))
+        state = inference_weights(content["state_dict"], prefix)
         return ModelPackage(
             hparams["config"]["task"], hparams["config"], list(hparams["classes"]), hparams["preprocess"], state
         )
     raise ModelError(
         f"{path} is neither an optik model package nor a checkpoint of an optik run; for bare weights use model.weights in a config"
     )
+
+
+def legacy_prefix(config: dict) -> str:
+    """The package prefix of a checkpoint written before training modules named theirs: a pretraining
+    run's package is its backbone (DINO's teacher), any other run's the whole model."""
+    if "ssl" not in config:
+        return ""
+    return "teacher_backbone." if config["ssl"].get("method") == "dino" else "backbone."
 
 
 def inference_weights(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:

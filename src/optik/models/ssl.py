@@ -191,14 +191,12 @@ class SwaV(SSLMethod):
         super().__init__(backbone, cfg)
         self.head = SwaVProjectionHead(self.dim, cfg.hidden_dim, out_dim)
         self.prototypes = SwaVPrototypes(out_dim, cfg.prototypes, n_steps_frozen_prototypes=cfg.freeze_prototypes_steps)
-        for layer in (
-            self.prototypes.heads
-        ):  # prototypes are unit vectors (the paper's); an offset would grow unchecked, and exp() overflow
+        # prototypes are unit vectors (the paper's); an offset would grow unchecked, and exp() overflow
+        for layer in self.prototypes.heads:
             layer.register_parameter("bias", None)
         self.criterion = SwaVLoss(temperature=temperature, sinkhorn_gather_distributed=True)
-        self.register_buffer(
-            "steps_done", torch.zeros((), dtype=torch.long)
-        )  # in checkpoints: a resumed run keeps its count
+        # in checkpoints: a resumed run keeps its count
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
 
     def loss(self, views, epoch, progress):
         self.prototypes.normalize()

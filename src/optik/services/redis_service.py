@@ -162,9 +162,8 @@ class RedisService:
                     raise ConfigError(
                         f"a key this service uses on {self.options.where()} holds another type ({exc}); pick other --redis-in / --redis-out names"
                     ) from None
-                self._retry(
-                    f"Redis at {self.options.where()} answered {_first_line(exc)!r}"
-                )  # OOM, READONLY, LOADING, NOGROUP...
+                # OOM, READONLY, LOADING, NOGROUP...
+                self._retry(f"Redis at {self.options.where()} answered {_first_line(exc)!r}")
             finally:
                 client.close()
         log.info("redis: %s", self.rate.summary())

@@ -15,7 +15,6 @@ from optik.data.listfile import read_list
 from optik.data.loaders import build_classify_data, make_loader, read_splits
 from optik.data.transforms import Preprocess
 from optik.errors import ConfigError, DataError, ModelError
-from optik.metrics.classification import classification_metrics
 from optik.metrics.evaluation import EvalResult
 from optik.models.classify import build_classifier
 from optik.models.package import ModelPackage, load_network
@@ -222,6 +221,8 @@ def evaluate_classifier(
     mode: str = "auto",
 ) -> EvalResult:
     """Classify every image of the split; top-k, per-class and macro metrics, and the confusion matrix."""
+    from optik.metrics.classification import classification_metrics  # torchmetrics: only when testing
+
     samples, origin = test_samples(package.config, package.classes, data, split)
     if not samples:
         raise DataError(f"no images to evaluate in {origin}")

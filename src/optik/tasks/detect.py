@@ -61,15 +61,13 @@ class DetectTask(Task):
 
     def network(self, package: ModelPackage) -> nn.Module:
         config = parse_config(package.config)
-        model_cfg = untrained(config.model).model_copy(update={"pretrained_backbone": False})
+        model_cfg = untrained_detector(config.model)
         return load_network(build_detector(model_cfg, config.data, len(package.classes)), package)
 
     def network_from_config(self, cfg, num_classes: int | None = None) -> nn.Module:
         classes = cfg.data.classes if isinstance(cfg.data.classes, list) else None
         n = num_classes or (len(classes) if classes else 91)
-        return build_detector(
-            untrained(cfg.model).model_copy(update={"pretrained_backbone": False}), cfg.data, n
-        ).eval()
+        return build_detector(untrained_detector(cfg.model), cfg.data, n).eval()
 
     def predictor(
         self, package, source, device="auto", precision="32", batch_size=None, mode="auto", expected_images=None
@@ -145,10 +143,15 @@ class DetectTask(Task):
             return detector_export(model, package.preprocess, onnx_metadata(package), pictures, limits)
 
 
+def untrained_detector(model_cfg):
+    """The architecture only, backbone included: the weights come from the package."""
+    return untrained(model_cfg).model_copy(update={"pretrained_backbone": False})
+
+
 def detect_test_set(package: ModelPackage, data: str | Path | None, split: str):
     """The labelled images to score: DATA (a COCO JSON, or a dataset folder in the run's format), or the run's own split."""
-    from optik.data import coco, voc, yolo
-    from optik.data.detection import build_detect_data, read_split
+    from optik.data import coco
+    from optik.data.detection import FORMATS, build_detect_data, read_split
     from optik.data.detection_set import ClassNames
 
     cfg = parse_config(package.config)
@@ -166,7 +169,7 @@ def detect_test_set(package: ModelPackage, data: str | Path | None, split: str):
         return coco.read_coco(data, names)
     if not data.is_dir():
         raise DataError(f"data not found: {data} (give a COCO JSON file or a dataset folder)")
-    module = {"coco": coco, "voc": voc, "yolo": yolo}[cfg.data.format]
+    module = FORMATS[cfg.data.format]
     sources = module.find_splits(data)
     source = sources.get(split) or (sources.get("val") if split == "test" else None)
     if source is None and sources:

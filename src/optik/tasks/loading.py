@@ -80,9 +80,8 @@ def onnx_predictor(model: str | Path | bytes, device: str = "auto", batch_size: 
     predictor = get_task(meta["task"]).onnx_predictor(
         model if isinstance(model, bytes) else str(model), meta, batch_size=batch_size
     )
-    predictor.backend.mode = (
-        "onnxruntime"  # what logs and reports name (the torch-side mode is plain: the session does the work)
-    )
+    # what logs and reports name (the torch-side mode is plain: the session does the work)
+    predictor.backend.mode = "onnxruntime"
     return predictor
 
 

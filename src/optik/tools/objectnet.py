@@ -248,6 +248,7 @@ def _stop_distributed(world: int) -> None:
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
+    # None: off when not a terminal
     return tqdm(
         total=total,
         unit="img",
@@ -255,7 +256,7 @@ def _progress(total: int, enabled: bool):
         disable=None if enabled else True,
         dynamic_ncols=True,
         smoothing=0.1,
-    )  # None: off when not a terminal
+    )
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -56,7 +56,6 @@ class PretrainModule(TrainingModule):
         from timm.optim import param_groups_weight_decay
 
         cfg = self.train_cfg
-        groups = param_groups_weight_decay(
-            self.model, weight_decay=cfg.weight_decay
-        )  # biases and norms: no decay, no LARS scaling
+        # biases and norms: no decay, no LARS scaling
+        groups = param_groups_weight_decay(self.model, weight_decay=cfg.weight_decay)
         return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
