@@ -21,6 +21,42 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 for var in ("OPTIK_CLASSES", "MMCLS_CLASSES", "MMDET_CLASSES"):
     os.environ.pop(var, None)
 
+# Under pytest-xdist (`make test` runs `-n 2`) every worker keeps to one thread, and so do the
+# processes it starts (the environment is inherited): two workers of two threads each on a
+# 2-core machine would fight over the cores. `OPTIK_TEST_THREADS` overrides.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER is not None:
+    os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("OPTIK_TEST_THREADS", "1"))
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def shared_once(tmp_path_factory, name: str, make):
+    """`make(folder)` run once per test session, even across pytest-xdist workers; its result (a Path or a tuple of Paths).
+
+    Without xdist: a fresh `tmp_path_factory` folder. With it: the first worker to ask makes it, under a file
+    lock, in the session's folder above the workers' own; the others wait and reuse it. What is made
+    must not be changed by a test: one that needs to change it copies it first.
+    """
+    if XDIST_WORKER is None:
+        return make(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "shared"
+    shared.mkdir(exist_ok=True)
+    folder, done = shared / name, shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            result = make(folder)
+            paths = [str(result)] if isinstance(result, Path) else [str(p) for p in result]
+            done.write_text(json.dumps({"tuple": not isinstance(result, Path), "paths": paths}))
+        saved = json.loads(done.read_text())
+    paths = [Path(p) for p in saved["paths"]]
+    return tuple(paths) if saved["tuple"] else paths[0]
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220)}
 
 
@@ -55,9 +91,11 @@ def digits_root(tmp_path_factory) -> Path:
     """sklearn's real handwritten digits as train/val/test class folders (16 px)."""
     from optik.tools.digits import write_digits
 
-    root = tmp_path_factory.mktemp("digits")
-    write_digits(root, size=16)
-    return root
+    def make(root: Path) -> Path:
+        write_digits(root, size=16)
+        return root
+
+    return shared_once(tmp_path_factory, "digits", make)
 
 
 def tiny_overrides(root: Path, epochs: int = 2, size: int = 32) -> list[str]:
@@ -91,12 +129,14 @@ def colour_model(tmp_path_factory) -> Path:
     from optik.config.load import load_config
     from optik.engine.train import train
 
-    root = tmp_path_factory.mktemp("colour_model")
-    data = make_colour_set(root / "data", per_class=16)
-    cfg = load_config("resnet18_small", tiny_overrides(data, epochs=4) + ["data.classes=[red,green,blue]"])
-    work_dir = train(cfg, work_dir=root / "run").work_dir
-    shutil.rmtree(work_dir / "checkpoints")  # only the package is served; keeps the session's disk use small
-    return work_dir / "model.pt"
+    def make(root: Path) -> Path:
+        data = make_colour_set(root / "data", per_class=16)
+        cfg = load_config("resnet18_small", tiny_overrides(data, epochs=4) + ["data.classes=[red,green,blue]"])
+        work_dir = train(cfg, work_dir=root / "run").work_dir
+        shutil.rmtree(work_dir / "checkpoints")  # only the package is served; keeps the session's disk use small
+        return work_dir / "model.pt"
+
+    return shared_once(tmp_path_factory, "colour_model", make)
 
 
 @pytest.fixture
@@ -131,13 +171,15 @@ def shapes_detector(tmp_path_factory) -> Path:
     from optik.engine.train import train
     from optik.tools.shapes import write_shapes_set
 
-    root = tmp_path_factory.mktemp("shapes_detector")
-    data = write_shapes_set(root / "data", "coco", train=16, val=8, size=96)
-    cfg = load_config("fcos_resnet18_small", [f"data.root={data}", "train.epochs=1", "data.num_workers=0", "train.keep_checkpoints=1", "data.batch_size=4",
-                                              "train.validation=false"])
-    work_dir = train(cfg, work_dir=root / "run").work_dir
-    shutil.rmtree(work_dir / "checkpoints")  # only the package is served; keeps the session's disk use small
-    return work_dir / "model.pt"
+    def make(root: Path) -> Path:
+        data = write_shapes_set(root / "data", "coco", train=16, val=8, size=96)
+        cfg = load_config("fcos_resnet18_small", [f"data.root={data}", "train.epochs=1", "data.num_workers=0", "train.keep_checkpoints=1", "data.batch_size=4",
+                                                  "train.validation=false"])
+        work_dir = train(cfg, work_dir=root / "run").work_dir
+        shutil.rmtree(work_dir / "checkpoints")  # only the package is served; keeps the session's disk use small
+        return work_dir / "model.pt"
+
+    return shared_once(tmp_path_factory, "shapes_detector", make)
 
 
 ROI_HEADER = "file,x0,y0,x1,y1,x0n,y0n,x1n,y1n,label,label_str,score"  # DESIGN §9, for a detector without masks
