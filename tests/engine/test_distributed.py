@@ -8,6 +8,8 @@ import torch
 
 from conftest import make_colour_set, run_optik, run_torchrun
 
+pytestmark = pytest.mark.xdist_group("ddp_train")  # one worker makes the `runs` fixture, for both tests that read it
+
 NET = '''
 import torch.nn as nn
 

@@ -36,11 +36,14 @@ def test_metrics_equal_sklearn():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from conftest import make_colour_set
+    from conftest import make_colour_set, shared_once
 
-    root = make_colour_set(tmp_path_factory.mktemp("data"), per_class=10, splits=("train", "val", "test"))
-    result = train(load_config(None, [*tiny_overrides(root, epochs=3), "train.lr=0.003"]), work_dir=root.parent / "run")
-    return root, result.package
+    def make(folder):
+        root = make_colour_set(folder / "data", per_class=10, splits=("train", "val", "test"))
+        result = train(load_config(None, [*tiny_overrides(root, epochs=3), "train.lr=0.003"]), work_dir=folder / "run")
+        return root, result.package
+
+    return shared_once(tmp_path_factory, "evaluate_trained", make)
 
 
 def test_evaluate_files_and_plot(trained, tmp_path):

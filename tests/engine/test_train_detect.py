@@ -31,11 +31,15 @@ def test_trains_from_each_format(tmp_path, fmt):
 @pytest.fixture(scope="module")
 def shapes_run(tmp_path_factory):
     """A detector trained briefly on a shapes set with a test split: (data root, model package)."""
-    tmp = tmp_path_factory.mktemp("shapes_run")
-    root = write_shapes_set(tmp / "shapes", "coco", train=16, val=6, test=8, size=64)
-    run = train(load_config("fcos_resnet18_small", shapes_overrides(root, epochs=2)), work_dir=tmp / "run")
-    shutil.rmtree(tmp / "run" / "checkpoints")
-    return root, run.package
+    from conftest import shared_once
+
+    def make(tmp):
+        root = write_shapes_set(tmp / "shapes", "coco", train=16, val=6, test=8, size=64)
+        run = train(load_config("fcos_resnet18_small", shapes_overrides(root, epochs=2)), work_dir=tmp / "run")
+        shutil.rmtree(tmp / "run" / "checkpoints")
+        return root, run.package
+
+    return shared_once(tmp_path_factory, "shapes_run", make)
 
 
 def test_test_map_equals_faster_coco_eval_on_the_same_predictions(shapes_run):

@@ -64,6 +64,10 @@ def one_and_two(tmp_path_factory):
     return steps(script, 1), steps(script, 2)
 
 
+ONE_AND_TWO = pytest.mark.xdist_group("ssl_ddp_steps")  # the tests of `one_and_two` on one worker: it is made once
+
+
+@ONE_AND_TWO
 @pytest.mark.parametrize("method", METHODS)
 def test_two_processes_see_the_whole_batch(method, one_and_two):
     one, two = (runs[method] for runs in one_and_two)
@@ -77,6 +81,7 @@ def test_two_processes_see_the_whole_batch(method, one_and_two):
     assert error < 1e-5, f"{method}: gradients differ by {error:.2e} of their norm"
 
 
+@ONE_AND_TWO
 def test_negatives_come_from_other_processes(one_and_two, tmp_path):
     """The check above can tell: contrasting only a process's own half gives another loss."""
     one, two = (runs["simclr"] for runs in one_and_two)

@@ -16,9 +16,10 @@ QUICK = ["data.image_size=16", "data.batch_size=8", "data.num_workers=0", "ssl.h
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory, digits_root):
     """backbone.pt of a short SimCLR run on the digits' train images (labels not used)."""
-    work = tmp_path_factory.mktemp("pretrain")
+    from conftest import shared_once
+
     cfg = load_config("ssl_resnet18_small", QUICK + [f"data.root={digits_root / 'train'}", "train.epochs=2"])
-    return train(cfg, work_dir=work / "run").package
+    return shared_once(tmp_path_factory, "pretrain_backbone", lambda work: train(cfg, work_dir=work / "run").package)
 
 
 def test_backbone_fine_tunes_with_every_backbone_key_matched(backbone, digits_root, tmp_path):

@@ -15,6 +15,8 @@ from optik.tools.report import write_report
 
 ODD_CLASS = "r&d <red>"  # a class name the page must escape
 
+pytestmark = pytest.mark.xdist_group("report")  # one worker trains the runs once; `plot` and `report` write into classify_run
+
 
 @pytest.fixture(scope="module")
 def classify_run(tmp_path_factory) -> Path:
