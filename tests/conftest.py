@@ -276,3 +276,10 @@ def nothing():
 def nothing_boxes_only():
     """No objects, from a model without masks."""
     return detections.empty_detection(masks=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, the `slow` tests go first (in their usual order, and so do the others after them): the
+    long runs start while there is other work for the second worker, instead of one of them ending the session alone."""
+    if XDIST_WORKER is not None or getattr(config.option, "numprocesses", None):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -44,12 +44,25 @@ def kill_mid_epoch(args, work):
     assert not (checkpoints / "epoch-3.ckpt").exists() and not (work / "model.pt").exists()
 
 
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The digits with a smaller train split (540 images: 33 batches an epoch) and the usual val split (270 images)."""
+    from conftest import shared_once
+    from optik.tools.digits import write_digits
+
+    def make(root):
+        write_digits(root, size=16, fractions=(0.3, 0.15, 0.55))
+        return root
+
+    return shared_once(tmp_path_factory, "resume_digits", make)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("deterministic", [True, False])
-def test_sigkill_then_resume_matches_uninterrupted(digits_root, tmp_path, deterministic):
+def test_sigkill_then_resume_matches_uninterrupted(digits, tmp_path, deterministic):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    subprocess.run(command(digits_root, whole, deterministic), check=True, capture_output=True)
-    kill_mid_epoch(command(digits_root, broken, deterministic), broken)
+    subprocess.run(command(digits, whole, deterministic), check=True, capture_output=True)
+    kill_mid_epoch(command(digits, broken, deterministic), broken)
 
     resumed = run_optik("train", "--resume", "--work-dir", broken)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
