@@ -45,11 +45,16 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Two pytest-xdist workers (the CPU's cores, at most 2: each worker and what it starts keep to one
+# thread, see tests/conftest.py); tests marked xdist_group run on one worker (--dist loadgroup).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -lt 2 ] && echo $$n || echo 2)
+PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadgroup
+
 test: lint redis-server $(OPEX_REFERENCE)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra $(PYTEST_XDIST)
 
 test-fast: lint redis-server $(OPEX_REFERENCE)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -ra $(PYTEST_XDIST) -m "not slow"
 
 demo: install
 	$(PY) scripts/demo.py --out $(DEMO_DIR)

@@ -120,9 +120,8 @@ def main() -> None:
         "optik compiled bf16": ("bf16", "compiled"),
     }
     best: dict[str, tuple[float, float, dict]] = {}
-    for _ in range(
-        args.rounds
-    ):  # rounds alternate the pipelines, so background load hits all alike; the best round counts
+    # rounds alternate the pipelines, so background load hits all alike; the best round counts
+    for _ in range(args.rounds):
         for name, config in configs.items():
             if config is None:
                 result = reference(model, files, args.batch_size, args.workers)

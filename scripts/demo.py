@@ -46,8 +46,8 @@ def main() -> None:
         "--set",
         f"train.epochs={args.epochs}",
         "--set",
-        "data.augment.hflip=0",
-    )  # a mirrored digit is another symbol
+        "data.augment.hflip=0",  # a mirrored digit is another symbol
+    )
     run("test", work / "model.pt", data, "--split", "test", "--out", work / "test.json", "--plots", work / "plots")
     samples = sorted((data / "test").glob("*/*.png"))[::60]
     run("predict", work / "model.pt", *samples, "--top-k", "3", "--out-dir", work / "predictions")

@@ -21,6 +21,43 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 for var in ("OPTIK_CLASSES", "MMCLS_CLASSES", "MMDET_CLASSES"):
     os.environ.pop(var, None)
 
+# Under pytest-xdist (`make test` runs `-n 2`) every worker keeps to one thread, and so do the
+# processes it starts (the environment is inherited): two workers of two threads each on a
+# 2-core machine would fight over the cores. `OPTIK_TEST_THREADS` overrides.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER is not None:
+    os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("OPTIK_TEST_THREADS", "1"))
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def shared_once(tmp_path_factory, name: str, make):
+    """`make(folder)` run once per test session, even across pytest-xdist workers; its result (a Path or a tuple of Paths).
+
+    Without xdist: a fresh `tmp_path_factory` folder. With it: the first worker to ask makes it, under a file
+    lock, in the session's folder above the workers' own; the others wait and reuse it. What is made
+    must not be changed by a test: one that needs to change it copies it first.
+    """
+    if XDIST_WORKER is None:
+        return make(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "shared"
+    shared.mkdir(exist_ok=True)
+    folder, done = shared / name, shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            result = make(folder)
+            paths = [str(result)] if isinstance(result, Path) else [str(p) for p in result]
+            done.write_text(json.dumps({"tuple": not isinstance(result, Path), "paths": paths}))
+        saved = json.loads(done.read_text())
+    paths = [Path(p) for p in saved["paths"]]
+    return tuple(paths) if saved["tuple"] else paths[0]
+
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220)}
 
 
@@ -32,7 +69,9 @@ def colour_image(colour: tuple[int, int, int], size: int, rng: np.random.Generat
     return Image.fromarray(pixels)
 
 
-def make_colour_set(root: Path, per_class: int = 12, size: int = 32, splits: tuple[str, ...] = (), ext: str = ".png", seed: int = 0) -> Path:
+def make_colour_set(
+    root: Path, per_class: int = 12, size: int = 32, splits: tuple[str, ...] = (), ext: str = ".png", seed: int = 0
+) -> Path:
     """`root/[split/]<colour>/<n><ext>` for the three colour classes."""
     rng = np.random.default_rng(seed)
     for split in splits or ("",):
@@ -55,27 +94,57 @@ def digits_root(tmp_path_factory) -> Path:
     """sklearn's real handwritten digits as train/val/test class folders (16 px)."""
     from optik.tools.digits import write_digits
 
-    root = tmp_path_factory.mktemp("digits")
-    write_digits(root, size=16)
-    return root
+    def make(root: Path) -> Path:
+        write_digits(root, size=16)
+        return root
+
+    return shared_once(tmp_path_factory, "digits", make)
 
 
 def tiny_overrides(root: Path, epochs: int = 2, size: int = 32) -> list[str]:
     """--set values that make any preset train in seconds on the CPU."""
-    return [f"data.root={root}", f"train.epochs={epochs}", f"data.image_size={size}", "data.batch_size=8", "data.num_workers=0", "train.log_every_n_steps=1",
-            "train.keep_checkpoints=1"]
+    return [
+        f"data.root={root}",
+        f"train.epochs={epochs}",
+        f"data.image_size={size}",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "train.log_every_n_steps=1",
+        "train.keep_checkpoints=1",
+    ]
 
 
-def run_optik(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_optik(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run the installed `optik` command as a user would; returns the finished process."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "optik.cli", *map(str, args)], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "optik.cli", *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_torchrun(processes: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m torch.distributed.run --standalone` with `processes` workers (gloo on the CPU); it must succeed."""
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *map(str, args)],
-                         capture_output=True, text=True, timeout=timeout)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return run
 
@@ -91,12 +160,14 @@ def colour_model(tmp_path_factory) -> Path:
     from optik.config.load import load_config
     from optik.engine.train import train
 
-    root = tmp_path_factory.mktemp("colour_model")
-    data = make_colour_set(root / "data", per_class=16)
-    cfg = load_config("resnet18_small", tiny_overrides(data, epochs=4) + ["data.classes=[red,green,blue]"])
-    work_dir = train(cfg, work_dir=root / "run").work_dir
-    shutil.rmtree(work_dir / "checkpoints")  # only the package is served; keeps the session's disk use small
-    return work_dir / "model.pt"
+    def make(root: Path) -> Path:
+        data = make_colour_set(root / "data", per_class=16)
+        cfg = load_config("resnet18_small", tiny_overrides(data, epochs=4) + ["data.classes=[red,green,blue]"])
+        work_dir = train(cfg, work_dir=root / "run").work_dir
+        shutil.rmtree(work_dir / "checkpoints")  # only the package is served; keeps the session's disk use small
+        return work_dir / "model.pt"
+
+    return shared_once(tmp_path_factory, "colour_model", make)
 
 
 @pytest.fixture
@@ -131,13 +202,24 @@ def shapes_detector(tmp_path_factory) -> Path:
     from optik.engine.train import train
     from optik.tools.shapes import write_shapes_set
 
-    root = tmp_path_factory.mktemp("shapes_detector")
-    data = write_shapes_set(root / "data", "coco", train=16, val=8, size=96)
-    cfg = load_config("fcos_resnet18_small", [f"data.root={data}", "train.epochs=1", "data.num_workers=0", "train.keep_checkpoints=1", "data.batch_size=4",
-                                              "train.validation=false"])
-    work_dir = train(cfg, work_dir=root / "run").work_dir
-    shutil.rmtree(work_dir / "checkpoints")  # only the package is served; keeps the session's disk use small
-    return work_dir / "model.pt"
+    def make(root: Path) -> Path:
+        data = write_shapes_set(root / "data", "coco", train=16, val=8, size=96)
+        cfg = load_config(
+            "fcos_resnet18_small",
+            [
+                f"data.root={data}",
+                "train.epochs=1",
+                "data.num_workers=0",
+                "train.keep_checkpoints=1",
+                "data.batch_size=4",
+                "train.validation=false",
+            ],
+        )
+        work_dir = train(cfg, work_dir=root / "run").work_dir
+        shutil.rmtree(work_dir / "checkpoints")  # only the package is served; keeps the session's disk use small
+        return work_dir / "model.pt"
+
+    return shared_once(tmp_path_factory, "shapes_detector", make)
 
 
 ROI_HEADER = "file,x0,y0,x1,y1,x0n,y0n,x1n,y1n,label,label_str,score"  # DESIGN §9, for a detector without masks
@@ -234,3 +316,10 @@ def nothing():
 def nothing_boxes_only():
     """No objects, from a model without masks."""
     return detections.empty_detection(masks=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, the `slow` tests go first (in their usual order, and so do the others after them): the
+    long runs start while there is other work for the second worker, instead of one of them ending the session alone."""
+    if XDIST_WORKER is not None or getattr(config.option, "numprocesses", None):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -26,10 +26,21 @@ def make_detection(masks: bool = True, source: str = "/data/in/img_001.jpg") -> 
     """Object 0: a dog (score 0.9) whose mask has two blobs; object 1: a bird (0.4) with an empty mask."""
     boxes = np.array([[4.6, 4.2, 61.9, 41.5], [10.0, 12.0, 30.0, 22.0]], np.float32)
     mask_stack = np.stack([two_blob_mask(), np.zeros((HEIGHT, WIDTH), np.float32)]) if masks else None
-    return Detection(source, CLASSES, WIDTH, HEIGHT, boxes, np.array([1, 2], np.int64), np.array([0.9, 0.4], np.float32), mask_stack)
+    return Detection(
+        source, CLASSES, WIDTH, HEIGHT, boxes, np.array([1, 2], np.int64), np.array([0.9, 0.4], np.float32), mask_stack
+    )
 
 
 def empty_detection(masks: bool = True) -> Detection:
     """An image in which nothing was found."""
     mask_stack = np.zeros((0, HEIGHT, WIDTH), np.float32) if masks else None
-    return Detection("empty.png", CLASSES, WIDTH, HEIGHT, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32), mask_stack)
+    return Detection(
+        "empty.png",
+        CLASSES,
+        WIDTH,
+        HEIGHT,
+        np.zeros((0, 4), np.float32),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.float32),
+        mask_stack,
+    )

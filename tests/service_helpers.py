@@ -10,9 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import redis
@@ -27,19 +27,45 @@ def free_port() -> int:
 class RedisServer:
     """redis-server in a temp dir; `persist=True` keeps data across `restart()` (append-only file, fsync always)."""
 
-    def __init__(self, folder: Path, persist: bool = False, password: str | None = None, tls: tuple[Path, Path] | None = None):
+    def __init__(
+        self, folder: Path, persist: bool = False, password: str | None = None, tls: tuple[Path, Path] | None = None
+    ):
         self.folder, self.persist, self.password, self.tls = folder, persist, password, tls
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.fail("redis-server not found: `make test` installs it (apt-get install redis-server)")
-        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--save", "", "--protected-mode", "no"]
+        args = [
+            exe,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.folder),
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+        ]
         if self.tls:  # (certificate, key): TLS only, the certificate is its own CA
-            args[1:3] = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls[0]), "--tls-key-file", str(self.tls[1]),
-                         "--tls-ca-cert-file", str(self.tls[0]), "--tls-auth-clients", "no"]
+            args[1:3] = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(self.tls[0]),
+                "--tls-key-file",
+                str(self.tls[1]),
+                "--tls-ca-cert-file",
+                str(self.tls[0]),
+                "--tls-auth-clients",
+                "no",
+            ]
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
         if self.password:
             args += ["--requirepass", self.password]
@@ -80,7 +106,7 @@ def running_redis(tmp_path: Path, **options) -> Iterator[RedisServer]:
         server.stop()
 
 
-RUNNING: list["Service"] = []  # killed after each test by the `stop_leftover_services` fixture
+RUNNING: list[Service] = []  # killed after each test by the `stop_leftover_services` fixture
 
 
 class Service:
@@ -88,7 +114,13 @@ class Service:
 
     def __init__(self, *args: str, env: dict | None = None):
         RUNNING.append(self)
-        self.process = subprocess.Popen([sys.executable, "-m", "optik.cli", "serve", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "optik.cli", "serve", *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -111,7 +143,9 @@ class Service:
                 self._reader.join(timeout=5)
                 if any(text in line for line in self.lines):
                     return
-                raise AssertionError(f"service ended (exit {self.process.returncode}) before logging {text!r}:\n{self.log}")
+                raise AssertionError(
+                    f"service ended (exit {self.process.returncode}) before logging {text!r}:\n{self.log}"
+                )
             time.sleep(0.02)
         raise AssertionError(f"no {text!r} in the service log within {timeout} s:\n{self.log}")
 

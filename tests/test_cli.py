@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from conftest import make_colour_set, run_optik, tiny_overrides
 
 
@@ -30,11 +29,17 @@ def test_unknown_config_key_suggests(tmp_path):
 
 
 def test_wrong_value_type(tmp_path):
-    assert_user_error(run_optik("train", "resnet18_small", "--set", "train.epochs=ten", "--set", f"data.root={tmp_path}"), "train.epochs", "'ten'")
+    assert_user_error(
+        run_optik("train", "resnet18_small", "--set", "train.epochs=ten", "--set", f"data.root={tmp_path}"),
+        "train.epochs",
+        "'ten'",
+    )
 
 
 def test_missing_data_folder(tmp_path):
-    assert_user_error(run_optik(*train_args(tmp_path / "missing"), "--work-dir", tmp_path / "w"), "data folder not found", "missing")
+    assert_user_error(
+        run_optik(*train_args(tmp_path / "missing"), "--work-dir", tmp_path / "w"), "data folder not found", "missing"
+    )
 
 
 def test_empty_class_folder(colour_set, tmp_path):
@@ -50,7 +55,9 @@ def test_named_classes_not_matching_folders(colour_set, tmp_path):
 def test_corrupt_image(colour_set, tmp_path):
     good = (colour_set / "red" / "red_0.png").read_bytes()
     (colour_set / "red" / "cut.png").write_bytes(good[: len(good) // 2])
-    assert_user_error(run_optik(*train_args(colour_set), "--work-dir", tmp_path / "w"), "cut.png", "truncated or corrupt")
+    assert_user_error(
+        run_optik(*train_args(colour_set), "--work-dir", tmp_path / "w"), "cut.png", "truncated or corrupt"
+    )
 
 
 def test_non_image_with_image_extension(colour_set, tmp_path):
@@ -60,7 +67,12 @@ def test_non_image_with_image_extension(colour_set, tmp_path):
 
 def test_bad_override_and_resume_without_checkpoint(tmp_path):
     assert_user_error(run_optik("config", "show", "resnet18_small", "--set", "train.epochs"), "key=value")
-    assert_user_error(run_optik("train", "resnet18_small", "--set", f"data.root={tmp_path}", "--work-dir", tmp_path / "w", "--resume"), "checkpoint not found")
+    assert_user_error(
+        run_optik(
+            "train", "resnet18_small", "--set", f"data.root={tmp_path}", "--work-dir", tmp_path / "w", "--resume"
+        ),
+        "checkpoint not found",
+    )
 
 
 def test_config_list_export_show(tmp_path):
@@ -79,8 +91,22 @@ def test_every_exported_preset_trains_with_only_data_root(tmp_path, preset):
     root = make_colour_set(tmp_path / "data", per_class=4)
     config = tmp_path / f"{preset}.yaml"
     assert run_optik("config", "export", preset, config).returncode == 0
-    proc = run_optik("train", config, "--work-dir", tmp_path / "run", "--set", f"data.root={root}", "--set", "train.epochs=1",
-                     "--set", "data.image_size=32", "--set", "data.batch_size=4", "--set", "data.num_workers=0")
+    proc = run_optik(
+        "train",
+        config,
+        "--work-dir",
+        tmp_path / "run",
+        "--set",
+        f"data.root={root}",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.image_size=32",
+        "--set",
+        "data.batch_size=4",
+        "--set",
+        "data.num_workers=0",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "model.pt").is_file()
 
@@ -123,7 +149,9 @@ def test_plugin_model_fine_tunes_tests_and_predicts(colour_set, tmp_path):
     torch.save(module.TinyNet(10).features.state_dict(), tmp_path / "backbone.pth")
 
     work = tmp_path / "run"
-    proc = run_optik(*train_args(colour_set, f"model.name={plugin}:build", "train.epochs=4", "train.lr=0.01"), "--work-dir", work)
+    proc = run_optik(
+        *train_args(colour_set, f"model.name={plugin}:build", "train.epochs=4", "train.lr=0.01"), "--work-dir", work
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     tested = run_optik("test", work / "model.pt", colour_set, "--out", tmp_path / "r.json")
     assert tested.returncode == 0, tested.stderr
@@ -155,8 +183,8 @@ def test_predict_reports_bad_images_and_keeps_going(colour_set, tmp_path):
 def test_option_errors_and_non_model_files_are_one_line(tmp_path):
     assert_user_error(run_optik("test", tmp_path / "nope.pt"), "does not exist", "optik test --help")
     assert_user_error(run_optik("predict", __file__, tmp_path), "no image files found", ".png")
-    from conftest import colour_image
     import numpy as np
+    from conftest import colour_image
 
     colour_image((1, 2, 3), 8, np.random.default_rng(0)).save(tmp_path / "x.png")
     (tmp_path / "zero.pt").write_bytes(b"")

@@ -42,7 +42,10 @@ def ignored(path: str, patterns: list[str]) -> bool:
     for pattern in patterns:
         negated = pattern.startswith("!")
         pattern = pattern.lstrip("!").strip("/")
-        regex = "".join(".*" if tok == "**" else "[^/]*" if tok == "*" else "[^/]" if tok == "?" else re.escape(tok) for tok in re.split(r"(\*\*|\*|\?)", pattern))
+        regex = "".join(
+            ".*" if tok == "**" else "[^/]*" if tok == "*" else "[^/]" if tok == "?" else re.escape(tok)
+            for tok in re.split(r"(\*\*|\*|\?)", pattern)
+        )
         parts = path.split("/")
         if any(re.fullmatch(regex, "/".join(parts[:n])) for n in range(1, len(parts) + 1)):
             verdict = not negated
@@ -60,7 +63,9 @@ def test_entry_point_user_and_caches(name):
     last = {op: value for op, value in found}
     assert json.loads(last["ENTRYPOINT"]) == ["optik"] and json.loads(last["CMD"]) == ["--help"]
     user = last["USER"].split(":")[0]
-    assert user not in ("root", "0") and [op for op, _ in found].index("USER") > max(i for i, (op, _) in enumerate(found) if op == "RUN")
+    assert user not in ("root", "0") and [op for op, _ in found].index("USER") > max(
+        i for i, (op, _) in enumerate(found) if op == "RUN"
+    )
     assert last["WORKDIR"] == "/workspace"
     env = " ".join(value for op, value in found if op == "ENV")
     for var in ("TORCH_HOME", "HF_HOME", "XDG_CACHE_HOME"):
@@ -79,10 +84,14 @@ def test_torch_as_pinned_in_pyproject(name):
 def test_cpu_wheels_and_a_cuda_base_that_matches_the_wheels():
     assert args_of(instructions(REPO / "Dockerfile"))["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
     cuda = args_of(instructions(REPO / "Dockerfile.cuda"))
-    major, minor = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-cudnn-runtime-ubuntu\d+\.\d+", cuda["CUDA_IMAGE"]).groups()
+    major, minor = re.fullmatch(
+        r"nvidia/cuda:(\d+)\.(\d+)\.\d+-cudnn-runtime-ubuntu\d+\.\d+", cuda["CUDA_IMAGE"]
+    ).groups()
     assert major == "12" and cuda["TORCH_INDEX"] == f"https://download.pytorch.org/whl/cu{major}{minor}"
     assert instructions(REPO / "Dockerfile")[0] == ("FROM", "python:3.11-slim")
-    assert any("python3.11 -m venv /opt/venv" in value for op, value in instructions(REPO / "Dockerfile.cuda") if op == "RUN")
+    assert any(
+        "python3.11 -m venv /opt/venv" in value for op, value in instructions(REPO / "Dockerfile.cuda") if op == "RUN"
+    )
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
@@ -95,10 +104,19 @@ def test_what_is_copied_is_in_the_build_context(name):
         for source in words[:-1]:
             assert (REPO / source).exists(), source
             assert not ignored(source, patterns), f"{source} is left out by .dockerignore"
-    assert not ignored("src/optik/cli/__init__.py", patterns) and not ignored("src/optik/config/presets/resnet18_small.yaml", patterns)
+    assert not ignored("src/optik/cli/__init__.py", patterns) and not ignored(
+        "src/optik/config/presets/resnet18_small.yaml", patterns
+    )
 
 
 def test_dockerignore_leaves_out_venv_git_and_runs():
     patterns = dockerignore()
-    for path in (".venv/bin/python", ".git/HEAD", "work_dirs/run/model.pt", "demo_run/x", "src/optik/__pycache__/cli.cpython-311.pyc", "data/train/cat/1.jpg"):
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "work_dirs/run/model.pt",
+        "demo_run/x",
+        "src/optik/__pycache__/cli.cpython-311.pyc",
+        "data/train/cat/1.jpg",
+    ):
         assert ignored(path, patterns), path

@@ -74,9 +74,13 @@ def test_every_task_of_the_schema_has_its_task_object():
 
 def test_only_tasks_and_config_branch_on_the_task_name():
     branch = re.compile(r"""task\s*(==|!=)|\.task\s+(not\s+)?in\b|\[["']task["']\]\s*(==|!=)""")
-    offenders = [f"{path.relative_to(SRC)}:{number}: {line.strip()}"
-                 for path in SRC.rglob("*.py") if path.relative_to(SRC).parts[0] not in ("tasks", "config")
-                 for number, line in enumerate(path.read_text().splitlines(), 1) if branch.search(line)]
+    offenders = [
+        f"{path.relative_to(SRC)}:{number}: {line.strip()}"
+        for path in SRC.rglob("*.py")
+        if path.relative_to(SRC).parts[0] not in ("tasks", "config")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if branch.search(line)
+    ]
     assert offenders == []
 
 
@@ -87,12 +91,26 @@ def imported_by(*modules: str) -> set[str]:
 
 
 def test_writers_and_results_do_not_import_torch():
-    loaded = imported_by("optik.results", "optik.outputs.opex", "optik.outputs.roi_csv", "optik.outputs.polygons", "optik.outputs.classification",
-                         "optik.outputs.objectnet", "optik.outputs.detection")
+    loaded = imported_by(
+        "optik.results",
+        "optik.outputs.opex",
+        "optik.outputs.roi_csv",
+        "optik.outputs.polygons",
+        "optik.outputs.classification",
+        "optik.outputs.objectnet",
+        "optik.outputs.detection",
+    )
     assert "torch" not in loaded and "optik" in loaded
 
 
 def test_prediction_and_evaluation_do_not_import_lightning():
-    loaded = imported_by("optik.tasks.loading", "optik.engine.evaluate", "optik.inference.detector", "optik.inference.batch", "optik.services.poller",
-                         "optik.services.redis_service", "optik.metrics.coco")
+    loaded = imported_by(
+        "optik.tasks.loading",
+        "optik.engine.evaluate",
+        "optik.inference.detector",
+        "optik.inference.batch",
+        "optik.services.poller",
+        "optik.services.redis_service",
+        "optik.metrics.coco",
+    )
     assert "lightning" not in loaded and "torch" in loaded

@@ -21,7 +21,10 @@ def test_defaults_and_yaml_values(tmp_path):
 
 
 def test_overrides_parse_as_yaml_scalars(tmp_path):
-    cfg = load_config(write(tmp_path, "train:\n  epochs: 3\n"), ["train.epochs=5", "train.lr=3e-4", "data.augment.hflip=0", "train.precision=32", "data.classes=[a, b]"])
+    cfg = load_config(
+        write(tmp_path, "train:\n  epochs: 3\n"),
+        ["train.epochs=5", "train.lr=3e-4", "data.augment.hflip=0", "train.precision=32", "data.classes=[a, b]"],
+    )
     assert cfg.train.epochs == 5 and cfg.train.lr == pytest.approx(3e-4)
     assert cfg.data.augment.hflip == 0 and cfg.train.precision == "32" and cfg.data.classes == ["a", "b"]
 

@@ -48,5 +48,10 @@ def test_mismatch_lists_both_sides():
     with pytest.raises(DataError) as info:
         match_classes(["cat", "dog"], "data.classes", ["cat", "fox"], "the class folders of /d")
     text = str(info.value)
-    assert "['cat', 'dog']" in text and "['cat', 'fox']" in text and "not named: ['fox']" in text and "no data for: ['dog']" in text
+    assert (
+        "['cat', 'dog']" in text
+        and "['cat', 'fox']" in text
+        and "not named: ['fox']" in text
+        and "no data for: ['dog']" in text
+    )
     assert match_classes(["dog", "cat"], "x", ["cat", "dog"], "y") == ["dog", "cat"]  # the named order is kept

@@ -21,7 +21,10 @@ def blank_images(folder, names, size=(40, 30)):
 
 def write_coco(folder, annotations, categories=None, images=None, size=(40, 30)):
     """A.png and b.png (40x30) and a JSON holding the given annotations."""
-    images = images or [{"id": 1, "file_name": "a.png", "width": size[0], "height": size[1]}, {"id": 2, "file_name": "b.png", "width": size[0], "height": size[1]}]
+    images = images or [
+        {"id": 1, "file_name": "a.png", "width": size[0], "height": size[1]},
+        {"id": 2, "file_name": "b.png", "width": size[0], "height": size[1]},
+    ]
     blank_images(folder, [i["file_name"] for i in images], size)
     categories = categories or [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
     path = folder / "annotations.json"
@@ -52,14 +55,20 @@ def test_to_coco_gives_back_the_source_annotations(tmp_path):
     doc = json.loads(path.read_text())
     out = read_coco(path).to_coco(relative_to=path.parent)
     assert out["images"] == doc["images"]
-    assert [{k: c[k] for k in ("id", "name")} for c in out["categories"]] == [{k: c[k] for k in ("id", "name")} for c in doc["categories"]]
+    assert [{k: c[k] for k in ("id", "name")} for c in out["categories"]] == [
+        {k: c[k] for k in ("id", "name")} for c in doc["categories"]
+    ]
     for got, want in zip(out["annotations"], doc["annotations"]):
-        assert {k: got[k] for k in ("image_id", "category_id", "bbox", "area", "iscrowd", "segmentation")} == {k: want[k] for k in ("image_id", "category_id", "bbox", "area", "iscrowd", "segmentation")}
+        assert {k: got[k] for k in ("image_id", "category_id", "bbox", "area", "iscrowd", "segmentation")} == {
+            k: want[k] for k in ("image_id", "category_id", "bbox", "area", "iscrowd", "segmentation")
+        }
 
 
 def test_category_ids_are_any_ints_in_sorted_id_order(tmp_path):
     cats = [{"id": 17, "name": "zebra"}, {"id": 3, "name": "yak"}, {"id": 90, "name": "ant"}]
-    path = write_coco(tmp_path, [ann(1, 1, 90, [1, 1, 5, 5]), ann(2, 1, 3, [10, 10, 5, 5]), ann(3, 2, 17, [2, 2, 8, 8])], cats)
+    path = write_coco(
+        tmp_path, [ann(1, 1, 90, [1, 1, 5, 5]), ann(2, 1, 3, [10, 10, 5, 5]), ann(3, 2, 17, [2, 2, 8, 8])], cats
+    )
     data = read_coco(path)
     assert data.classes == ["yak", "zebra", "ant"]
     assert data.records[0].labels.tolist() == [2, 0] and data.records[1].labels.tolist() == [1]
@@ -79,7 +88,13 @@ def test_rle_masks_compressed_and_uncompressed_round_trip(tmp_path):
     changes = np.flatnonzero(np.diff(flat)) + 1
     runs = np.diff(np.concatenate([[0], changes, [flat.size]])).tolist()
     uncompressed = {"size": [30, 40], "counts": runs}  # starts with a run of zeros, as COCO's counts do
-    path = write_coco(tmp_path, [ann(1, 1, 1, [8, 5, 22, 15], segmentation=compressed), ann(2, 2, 2, [8, 5, 22, 15], segmentation=uncompressed)])
+    path = write_coco(
+        tmp_path,
+        [
+            ann(1, 1, 1, [8, 5, 22, 15], segmentation=compressed),
+            ann(2, 2, 2, [8, 5, 22, 15], segmentation=uncompressed),
+        ],
+    )
     data = read_coco(path)
     for index in (0, 1):
         _, target = DetectionDataset(data, with_masks=True)[index]
@@ -104,8 +119,17 @@ def test_unknown_category_ids_listed_with_the_known_ones(tmp_path):
 
 
 def test_boxes_outside_clipped_and_empty_or_negative_dropped_with_counts(tmp_path):
-    path = write_coco(tmp_path, [ann(1, 1, 1, [-5, 2, 10, 10]), ann(2, 1, 1, [35, 25, 20, 20]), ann(3, 1, 2, [50, 50, 5, 5]),
-                                 ann(4, 2, 1, [5, 5, 0, 10]), ann(5, 2, 2, [5, 5, -3, 4]), ann(6, 2, 2, [1, 1, 3, 3])])
+    path = write_coco(
+        tmp_path,
+        [
+            ann(1, 1, 1, [-5, 2, 10, 10]),
+            ann(2, 1, 1, [35, 25, 20, 20]),
+            ann(3, 1, 2, [50, 50, 5, 5]),
+            ann(4, 2, 1, [5, 5, 0, 10]),
+            ann(5, 2, 2, [5, 5, -3, 4]),
+            ann(6, 2, 2, [1, 1, 3, 3]),
+        ],
+    )
     data = read_coco(path)
     np.testing.assert_allclose(data.records[0].boxes, [[0, 2, 5, 12], [35, 25, 40, 30]])
     assert data.records[1].boxes.tolist() == [[1, 1, 4, 4]]
@@ -122,7 +146,9 @@ def test_missing_and_unreadable_images_fail_or_are_skipped(tmp_path):
     for i in range(3, 15):
         (tmp_path / f"{i}.png").unlink()
     (tmp_path / "2.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match=r"13 image\(s\).*missing or unreadable.*file not found.*and 3 more.*data.skip_bad: true") as err:
+    with pytest.raises(
+        DataError, match=r"13 image\(s\).*missing or unreadable.*file not found.*and 3 more.*data.skip_bad: true"
+    ) as err:
         read_coco(path)
     assert "2.png: not an image" in str(err.value)
     data = read_coco(path, skip_bad=True)
@@ -153,7 +179,11 @@ def test_missing_and_malformed_json(tmp_path):
 
 def test_images_folder_and_instances_layout(tmp_path):
     blank_images(tmp_path / "pics", ["a.png"])
-    doc = {"images": [{"id": 5, "file_name": "a.png", "width": 40, "height": 30}], "annotations": [ann(1, 5, 1, [1, 1, 4, 4])], "categories": [{"id": 1, "name": "cat"}]}
+    doc = {
+        "images": [{"id": 5, "file_name": "a.png", "width": 40, "height": 30}],
+        "annotations": [ann(1, 5, 1, [1, 1, 4, 4])],
+        "categories": [{"id": 1, "name": "cat"}],
+    }
     (tmp_path / "annotations").mkdir()
     for split in ("train2017", "val2017"):
         blank_images(tmp_path / split, ["a.png"])

@@ -13,11 +13,28 @@ from optik.errors import ImageDecodeError
 
 def encoded(fmt: str, mode: str = "RGB", size=(40, 30)) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(mode).save(buf, fmt)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(
+        mode
+    ).save(buf, fmt)
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("fmt,mode", [("PNG", "RGB"), ("PNG", "L"), ("PNG", "RGBA"), ("PNG", "P"), ("JPEG", "RGB"), ("JPEG", "L"), ("BMP", "RGB"), ("GIF", "P"), ("TIFF", "RGB"), ("WEBP", "RGB"), ("PPM", "RGB")])
+@pytest.mark.parametrize(
+    "fmt,mode",
+    [
+        ("PNG", "RGB"),
+        ("PNG", "L"),
+        ("PNG", "RGBA"),
+        ("PNG", "P"),
+        ("JPEG", "RGB"),
+        ("JPEG", "L"),
+        ("BMP", "RGB"),
+        ("GIF", "P"),
+        ("TIFF", "RGB"),
+        ("WEBP", "RGB"),
+        ("PPM", "RGB"),
+    ],
+)
 def test_every_format_decodes_to_rgb(tmp_path, fmt, mode):
     path = tmp_path / f"image.{fmt.lower()}"
     path.write_bytes(encoded(fmt, mode))
@@ -86,8 +103,15 @@ def test_image_size_reads_the_header_only(tmp_path, fmt, monkeypatch):
     assert image_size(path) == (200, 150)
 
 
-@pytest.mark.parametrize("data,reason", [(b"", "empty file (0 bytes)"), (encoded("PNG")[:24], "truncated or corrupt"),  # cut inside its header
-                                         (b"hello, this is not an image\n" * 5, "not an image"), (huge_png_header(30000, 30000), "too large")])
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (b"", "empty file (0 bytes)"),
+        (encoded("PNG")[:24], "truncated or corrupt"),  # cut inside its header
+        (b"hello, this is not an image\n" * 5, "not an image"),
+        (huge_png_header(30000, 30000), "too large"),
+    ],
+)
 def test_image_size_of_a_bad_file_is_a_decode_error(tmp_path, data, reason):
     path = tmp_path / "bad.jpg"
     path.write_bytes(data)

@@ -8,8 +8,15 @@ from faster_coco_eval import COCO, COCOeval_faster
 from torchvision import tv_tensors
 
 from optik.config.schema import DetectAugmentConfig, DetectDataConfig
-from optik.data.detection import (DetectionDataset, build_detect_data, collate_detection, detect_datasets, detect_eval_transform, detect_train_transform,
-                                  make_detect_loader)
+from optik.data.detection import (
+    DetectionDataset,
+    build_detect_data,
+    collate_detection,
+    detect_datasets,
+    detect_eval_transform,
+    detect_train_transform,
+    make_detect_loader,
+)
 from optik.errors import DataError
 from optik.tools.shapes import write_shapes_set
 
@@ -73,7 +80,8 @@ def test_zoom_keeps_masks_aligned_and_drops_boxes_left_outside(shapes):
         kept += len(target["boxes"])
         for mask, box in zip(target["masks"], target["boxes"]):
             x0, y0, x1, y1 = mask_box(mask)
-            assert box[0] - 1 <= x0 and box[1] - 1 <= y0 and x1 <= box[2] + 1 and y1 <= box[3] + 1  # the mask lies inside its box
+            # the mask lies inside its box
+            assert box[0] - 1 <= x0 and box[1] - 1 <= y0 and x1 <= box[2] + 1 and y1 <= box[3] + 1
             if box.min() > 0 and box.max() < 64:  # and fills it when the zoom did not cut the object
                 assert np.abs(np.array([x0, y0, x1, y1]) - box.numpy()).max() <= 2.0
     assert 0 < kept < sets["train"].num_objects
@@ -93,7 +101,9 @@ def test_held_out_val_is_seeded_and_disjoint(tmp_path):
 
 
 def test_configured_classes_must_match_the_data(shapes, monkeypatch):
-    classes, sets = build_detect_data(DetectDataConfig(format="coco", root=shapes["coco"], classes=["triangle", "circle", "square"]))
+    classes, sets = build_detect_data(
+        DetectDataConfig(format="coco", root=shapes["coco"], classes=["triangle", "circle", "square"])
+    )
     assert classes == ["triangle", "circle", "square"]
     assert sets["train"].to_coco()["categories"][0]["name"] == "triangle"
     monkeypatch.setenv("OPTIK_CLASSES", "circle,square")
@@ -102,7 +112,9 @@ def test_configured_classes_must_match_the_data(shapes, monkeypatch):
 
 
 def test_explicit_splits_missing_root_and_box_only_data_for_mask_models(shapes, tmp_path):
-    cfg = DetectDataConfig(format="coco", root=shapes["coco"], train="train/annotations.json", val="test/annotations.json")
+    cfg = DetectDataConfig(
+        format="coco", root=shapes["coco"], train="train/annotations.json", val="test/annotations.json"
+    )
     _, sets = build_detect_data(cfg)
     assert sets["val"].origin.endswith("test/annotations.json") and "test" not in sets
     with pytest.raises(DataError, match="data folder not found"):
@@ -129,7 +141,10 @@ def test_loader_batches_lists_and_seeded_augmentation_repeats(shapes):
 def test_ground_truth_scores_perfect_against_itself(shapes, fmt):
     _, sets = build_detect_data(DetectDataConfig(format=fmt, root=shapes[fmt]))
     gt = sets["val"].to_coco()
-    detections = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0} for a in gt["annotations"]]
+    detections = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in gt["annotations"]
+    ]
     evaluator = COCOeval_faster(COCO(gt), COCO(gt).loadRes(detections), "bbox", print_function=lambda *a: None)
     evaluator.evaluate()
     evaluator.accumulate()

@@ -1,8 +1,8 @@
 """Folder-per-class data: splits, the seeded stratified split, and the errors for broken layouts."""
 
 import pytest
-
 from conftest import make_colour_set
+
 from optik.config import load_config
 from optik.data.folder import find_images, folder_splits, stratified_split
 from optik.data.loaders import build_classify_data, read_splits

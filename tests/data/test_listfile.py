@@ -1,8 +1,8 @@
 """List files: `relative/path label` lines with index or name labels."""
 
 import pytest
-
 from conftest import make_colour_set
+
 from optik.config import load_config
 from optik.data.listfile import read_list
 from optik.data.loaders import read_splits
@@ -31,7 +31,9 @@ def test_list_config_with_val_split(tmp_path):
     make_colour_set(tmp_path, per_class=4)
     lines = [f"{c}/{c}_{i}.png {c}" for c in ("red", "green", "blue") for i in range(4)]
     (tmp_path / "all.txt").write_text("\n".join(lines))
-    cfg = load_config(None, ["data.format=list", f"data.root={tmp_path}", "data.train_list=all.txt", "data.val_split=0.25"])
+    cfg = load_config(
+        None, ["data.format=list", f"data.root={tmp_path}", "data.train_list=all.txt", "data.val_split=0.25"]
+    )
     splits = read_splits(cfg.data)
     assert len(splits.train) == 9 and len(splits.val) == 3 and splits.classes == ["blue", "green", "red"]
 

@@ -14,7 +14,9 @@ from optik.tools.shapes import write_shapes_set
 
 
 def voc_xml(filename, objects, size=(40, 30)):
-    parts = [f"<annotation><filename>{filename}</filename><size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"]
+    parts = [
+        f"<annotation><filename>{filename}</filename><size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"
+    ]
     for name, box, difficult in objects:
         coords = "".join(f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box))
         parts.append(f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox>{coords}</bndbox></object>")
@@ -36,7 +38,11 @@ def test_reads_the_same_boxes_as_coco_within_a_pixel(tmp_path):
     coco, voc = read_coco(tmp_path / "coco" / "train" / "annotations.json"), read_voc(tmp_path / "voc" / "train")
     assert voc.classes == coco.classes and voc.report == []
     for a, b in zip(coco.records, voc.records):
-        assert a.labels.tolist() == b.labels.tolist() and (a.width, a.height, a.image_id) == (b.width, b.height, b.image_id)
+        assert a.labels.tolist() == b.labels.tolist() and (a.width, a.height, a.image_id) == (
+            b.width,
+            b.height,
+            b.image_id,
+        )
         assert np.abs(a.boxes - b.boxes).max() <= 0.5  # VOC rounds to whole pixels
 
 
@@ -45,7 +51,10 @@ def test_difficult_objects_are_ignore_regions(tmp_path):
     data = read_voc(folder)
     _, target = DetectionDataset(data)[0]
     assert target["labels"].tolist() == [1]  # cat, dog sorted: dog is 1; the difficult cat is no target
-    assert [(a["category_id"], a["iscrowd"], a["bbox"]) for a in data.to_coco()["annotations"]] == [(2, 0, [1, 2, 10, 10]), (1, 1, [20, 5, 10, 20])]
+    assert [(a["category_id"], a["iscrowd"], a["bbox"]) for a in data.to_coco()["annotations"]] == [
+        (2, 0, [1, 2, 10, 10]),
+        (1, 1, [20, 5, 10, 20]),
+    ]
 
 
 def test_devkit_layout_with_image_sets(tmp_path):
@@ -91,7 +100,9 @@ def test_images_without_xml_are_background_and_xml_without_image_is_missing(tmp_
 
 
 def test_out_of_image_and_degenerate_boxes_are_clipped_or_dropped(tmp_path):
-    folder = write_voc(tmp_path, {"a": [("dog", (-3, 2, 50, 12), 0), ("dog", (10, 10, 10, 20), 0), ("dog", (30, 10, 20, 20), 0)]})
+    folder = write_voc(
+        tmp_path, {"a": [("dog", (-3, 2, 50, 12), 0), ("dog", (10, 10, 10, 20), 0), ("dog", (30, 10, 20, 20), 0)]}
+    )
     data = read_voc(folder)
     assert data.records[0].boxes.tolist() == [[0, 2, 40, 12]]
     assert any("1 box(es) reaching outside" in line for line in data.report)

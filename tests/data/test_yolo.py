@@ -75,7 +75,9 @@ def test_named_classes_map_by_name_and_indices_only_need_names(tmp_path):
 
 def test_class_index_out_of_range(tmp_path):
     folder = write_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n2 0.5 0.5 0.2 0.2\n"})
-    with pytest.raises(DataError, match=r"a.txt:2: class index 2 is out of range: there are 2 classes \(0..1: \['cat', 'dog'\]\)"):
+    with pytest.raises(
+        DataError, match=r"a.txt:2: class index 2 is out of range: there are 2 classes \(0..1: \['cat', 'dog'\]\)"
+    ):
         read_yolo(folder)
 
 
@@ -93,10 +95,14 @@ def test_malformed_lines_name_file_and_line(tmp_path):
 
 
 def test_bad_boxes_and_images(tmp_path):
-    folder = write_yolo(tmp_path, {"a": "0 0.95 0.5 0.2 0.2\n1 0.5 0.5 0 0.2\n", "b": "0 0.5 0.5 0.2 0.2\n"}, size=(100, 100))
+    folder = write_yolo(
+        tmp_path, {"a": "0 0.95 0.5 0.2 0.2\n1 0.5 0.5 0 0.2\n", "b": "0 0.5 0.5 0.2 0.2\n"}, size=(100, 100)
+    )
     data = read_yolo(folder)
     np.testing.assert_allclose(data.records[0].boxes, [[85, 40, 100, 60]])
-    assert any("1 box(es) reaching outside" in line for line in data.report) and any("1 box(es) with zero" in line for line in data.report)
+    assert any("1 box(es) reaching outside" in line for line in data.report) and any(
+        "1 box(es) with zero" in line for line in data.report
+    )
     (folder / "b.png").write_bytes(b"")
     with pytest.raises(DataError, match=r"b.png: empty file"):
         read_yolo(folder)

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_colour_set, run_optik, run_torchrun
+
+pytestmark = pytest.mark.xdist_group("ddp_train")  # one worker makes the `runs` fixture, for both tests that read it
 
 NET = '''
 import torch.nn as nn
@@ -19,8 +20,19 @@ def tiny(num_classes: int):
 
 
 def settings(root: Path, net: Path, batch_size: int) -> list[str]:
-    values = [f"data.root={root}", f"model.name={net}:tiny", "train.epochs=3", "data.image_size=32", "data.num_workers=0", f"data.batch_size={batch_size}",
-              "train.optimizer=sgd", "train.lr=0.1", "train.weight_decay=0", "train.accelerator=cpu", "train.log_every_n_steps=1"]
+    values = [
+        f"data.root={root}",
+        f"model.name={net}:tiny",
+        "train.epochs=3",
+        "data.image_size=32",
+        "data.num_workers=0",
+        f"data.batch_size={batch_size}",
+        "train.optimizer=sgd",
+        "train.lr=0.1",
+        "train.weight_decay=0",
+        "train.accelerator=cpu",
+        "train.log_every_n_steps=1",
+    ]
     return [arg for value in values for arg in ("--set", value)]
 
 
@@ -38,8 +50,21 @@ def runs(tmp_path_factory):
     net.write_text(NET)
     one = run_optik("train", "resnet18_small", "--work-dir", tmp / "one", *settings(root, net, 24), timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run_torchrun(2, "-m", "optik.cli", "train", "resnet18_small", "--work-dir", tmp / "two", *settings(root, net, 12),
-                       "--set", "train.devices=2", "--set", "train.strategy=ddp", timeout=300)
+    two = run_torchrun(
+        2,
+        "-m",
+        "optik.cli",
+        "train",
+        "resnet18_small",
+        "--work-dir",
+        tmp / "two",
+        *settings(root, net, 12),
+        "--set",
+        "train.devices=2",
+        "--set",
+        "train.strategy=ddp",
+        timeout=300,
+    )
     return tmp / "one", tmp / "two", two.stdout
 
 
@@ -68,7 +93,17 @@ def test_two_processes_equal_one_on_the_combined_batch(runs):
 
 
 def test_sync_batchnorm_is_refused_on_the_cpu(colour_set, tmp_path, optik):
-    run = optik("train", "resnet18_small", "--work-dir", tmp_path / "run", "--set", f"data.root={colour_set}", "--set", "train.accelerator=cpu",
-                "--set", "train.sync_batchnorm=true")
+    run = optik(
+        "train",
+        "resnet18_small",
+        "--work-dir",
+        tmp_path / "run",
+        "--set",
+        f"data.root={colour_set}",
+        "--set",
+        "train.accelerator=cpu",
+        "--set",
+        "train.sync_batchnorm=true",
+    )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "train.sync_batchnorm needs GPUs" in run.stderr and not (tmp_path / "run" / "model.pt").exists()

@@ -6,15 +6,22 @@ import pickle
 import numpy as np
 import pytest
 import yaml
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, top_k_accuracy_score
-
 from conftest import tiny_overrides
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    top_k_accuracy_score,
+)
+
 from optik.config import load_config
 from optik.engine.evaluate import evaluate, plot_confusion
-from optik.metrics.classification import classification_metrics
-from optik.metrics.evaluation import write_results
 from optik.engine.train import train
 from optik.errors import DataError
+from optik.metrics.classification import classification_metrics
+from optik.metrics.evaluation import write_results
 
 
 def test_metrics_equal_sklearn():
@@ -38,11 +45,14 @@ def test_metrics_equal_sklearn():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from conftest import make_colour_set
+    from conftest import make_colour_set, shared_once
 
-    root = make_colour_set(tmp_path_factory.mktemp("data"), per_class=10, splits=("train", "val", "test"))
-    result = train(load_config(None, [*tiny_overrides(root, epochs=3), "train.lr=0.003"]), work_dir=root.parent / "run")
-    return root, result.package
+    def make(folder):
+        root = make_colour_set(folder / "data", per_class=10, splits=("train", "val", "test"))
+        result = train(load_config(None, [*tiny_overrides(root, epochs=3), "train.lr=0.003"]), work_dir=folder / "run")
+        return root, result.package
+
+    return shared_once(tmp_path_factory, "evaluate_trained", make)
 
 
 def test_evaluate_files_and_plot(trained, tmp_path):
@@ -51,10 +61,16 @@ def test_evaluate_files_and_plot(trained, tmp_path):
     assert result.metrics["images"] == 30 and result.metrics["accuracy_top1"] > 0.5  # 3 classes: chance 0.33
     for name in ("r.json", "r.yaml", "r.pkl"):
         write_results(result, tmp_path / name, include_items=True)
-    loaded = [json.loads((tmp_path / "r.json").read_text()), yaml.safe_load((tmp_path / "r.yaml").read_text()), pickle.loads((tmp_path / "r.pkl").read_bytes())]
+    loaded = [
+        json.loads((tmp_path / "r.json").read_text()),
+        yaml.safe_load((tmp_path / "r.yaml").read_text()),
+        pickle.loads((tmp_path / "r.pkl").read_bytes()),
+    ]
     for content in loaded:
         assert content["metrics"]["accuracy_top1"] == pytest.approx(result.metrics["accuracy_top1"])
-        assert len(content["predictions"]) == 30 and {"file", "label", "pred", "score"} <= set(content["predictions"][0])
+        assert len(content["predictions"]) == 30 and {"file", "label", "pred", "score"} <= set(
+            content["predictions"][0]
+        )
     png = plot_confusion(result, tmp_path / "plots")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -76,4 +92,8 @@ def test_unknown_classes_and_bad_images(trained, tmp_path):
     (broken / "red" / "ok.png").write_bytes((root / "test" / "red" / "red_0.png").read_bytes())
     (broken / "red" / "bad.png").write_bytes(b"")
     result = evaluate(package, broken, mode="eager")
-    assert result.metrics["images"] == 1 and result.metrics["unreadable"] == 1 and result.failures[0]["error"] == "empty file (0 bytes)"
+    assert (
+        result.metrics["images"] == 1
+        and result.metrics["unreadable"] == 1
+        and result.failures[0]["error"] == "empty file (0 bytes)"
+    )

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import make_colour_set
+
 from optik.engine.probe import knn_predict, scores
 
 
@@ -31,7 +31,11 @@ def test_probe_cli_on_a_trained_classifier_and_a_timm_name(colour_model, tmp_pat
     done = optik("probe", colour_model, data, "--out", tmp_path / "probe.json", "--workers", "0")
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "probe.json").read_text())
-    assert report["images"] == {"train": 30, "test": 30} and set(report["linear"]["per_class"]) == {"red", "green", "blue"}
+    assert report["images"] == {"train": 30, "test": 30} and set(report["linear"]["per_class"]) == {
+        "red",
+        "green",
+        "blue",
+    }
     for kind in ("knn", "linear"):
         assert report[kind]["accuracy"] > 0.9  # features of a model trained on these colours separate them
         assert report[kind]["mean_class_accuracy"] == pytest.approx(np.mean(list(report[kind]["per_class"].values())))
@@ -41,6 +45,9 @@ def test_probe_cli_on_a_trained_classifier_and_a_timm_name(colour_model, tmp_pat
 
 
 def test_probe_mistakes(colour_model, tmp_path, optik):
-    for args, message in (((colour_model, tmp_path / "missing"), "data not found"), (("no_such_arch", tmp_path), "neither a file nor a timm architecture")):
+    for args, message in (
+        ((colour_model, tmp_path / "missing"), "data not found"),
+        (("no_such_arch", tmp_path), "neither a file nor a timm architecture"),
+    ):
         done = optik("probe", *args)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr

@@ -9,14 +9,18 @@ import time
 
 import pytest
 import torch
-
 from conftest import run_optik, tiny_overrides
 
 
 def command(root, work, deterministic):
     args = [sys.executable, "-m", "optik.cli", "train", "resnet18_small", "--work-dir", str(work)]
-    for item in [*tiny_overrides(root, epochs=4, size=16), "data.batch_size=16", "data.num_workers=1", "data.augment.hflip=0",
-                 f"train.deterministic={str(deterministic).lower()}"]:
+    for item in [
+        *tiny_overrides(root, epochs=4, size=16),
+        "data.batch_size=16",
+        "data.num_workers=1",
+        "data.augment.hflip=0",
+        f"train.deterministic={str(deterministic).lower()}",
+    ]:
         args += ["--set", item]
     return args
 
@@ -44,12 +48,26 @@ def kill_mid_epoch(args, work):
     assert not (checkpoints / "epoch-3.ckpt").exists() and not (work / "model.pt").exists()
 
 
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The digits with a smaller train split (540 images: 33 batches an epoch) and the usual val split (270 images)."""
+    from conftest import shared_once
+
+    from optik.tools.digits import write_digits
+
+    def make(root):
+        write_digits(root, size=16, fractions=(0.3, 0.15, 0.55))
+        return root
+
+    return shared_once(tmp_path_factory, "resume_digits", make)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("deterministic", [True, False])
-def test_sigkill_then_resume_matches_uninterrupted(digits_root, tmp_path, deterministic):
+def test_sigkill_then_resume_matches_uninterrupted(digits, tmp_path, deterministic):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    subprocess.run(command(digits_root, whole, deterministic), check=True, capture_output=True)
-    kill_mid_epoch(command(digits_root, broken, deterministic), broken)
+    subprocess.run(command(digits, whole, deterministic), check=True, capture_output=True)
+    kill_mid_epoch(command(digits, broken, deterministic), broken)
 
     resumed = run_optik("train", "--resume", "--work-dir", broken)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -5,15 +5,18 @@ import math
 
 import pytest
 import torch
-
 from conftest import tiny_overrides
+
 from optik.config import load_config
 from optik.engine.train import train
 from optik.models.package import load_package
 
 
 def digits_config(root, *extra):
-    return load_config("resnet18_small", [*tiny_overrides(root, epochs=3, size=16), "data.batch_size=64", "data.augment.hflip=0", *extra])
+    return load_config(
+        "resnet18_small",
+        [*tiny_overrides(root, epochs=3, size=16), "data.batch_size=64", "data.augment.hflip=0", *extra],
+    )
 
 
 def test_digits_learn_and_work_dir_is_complete(digits_root, tmp_path):
@@ -35,9 +38,25 @@ def test_digits_learn_and_work_dir_is_complete(digits_root, tmp_path):
 
 def test_options_train_together(colour_set, tmp_path, capsys):
     """EMA, mixup+cutmix, label smoothing, accumulation, bf16-mixed, step schedule, no validation."""
-    cfg = load_config(None, [*tiny_overrides(colour_set, epochs=2), "train.ema=true", "train.ema_decay=0.9", "train.mixup=0.2", "train.cutmix=1.0",
-                             "train.label_smoothing=0.1", "train.accumulate_grad_batches=2", "train.precision=bf16-mixed", "train.scheduler=step",
-                             "train.step_milestones=[1]", "train.validation=false", "train.optimizer=sgd", "train.lr=0.01", "train.grad_clip=1.0"])
+    cfg = load_config(
+        None,
+        [
+            *tiny_overrides(colour_set, epochs=2),
+            "train.ema=true",
+            "train.ema_decay=0.9",
+            "train.mixup=0.2",
+            "train.cutmix=1.0",
+            "train.label_smoothing=0.1",
+            "train.accumulate_grad_batches=2",
+            "train.precision=bf16-mixed",
+            "train.scheduler=step",
+            "train.step_milestones=[1]",
+            "train.validation=false",
+            "train.optimizer=sgd",
+            "train.lr=0.01",
+            "train.grad_clip=1.0",
+        ],
+    )
     result = train(cfg, work_dir=tmp_path / "run")
     assert math.isfinite(result.metrics["train/loss_epoch"])
     assert result.checkpoint.name == "last.ckpt" and not (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()
@@ -51,13 +70,24 @@ def test_options_train_together(colour_set, tmp_path, capsys):
 def test_fine_tune_from_weights_reports_keys(colour_set, tmp_path, capsys):
     first = train(load_config(None, tiny_overrides(colour_set, epochs=1)), work_dir=tmp_path / "a")
     capsys.readouterr()
-    train(load_config(None, [*tiny_overrides(colour_set, epochs=1), f"model.weights={first.package}"]), work_dir=tmp_path / "b")
+    train(
+        load_config(None, [*tiny_overrides(colour_set, epochs=1), f"model.weights={first.package}"]),
+        work_dir=tmp_path / "b",
+    )
     out = capsys.readouterr().out
     assert "122/122 model keys matched" in out
 
 
 def test_validate_and_checkpoint_intervals(colour_set, tmp_path):
-    cfg = load_config(None, [*tiny_overrides(colour_set, epochs=4), "train.validate_every=2", "train.checkpoint_every=2", "train.keep_checkpoints=-1"])
+    cfg = load_config(
+        None,
+        [
+            *tiny_overrides(colour_set, epochs=4),
+            "train.validate_every=2",
+            "train.checkpoint_every=2",
+            "train.keep_checkpoints=-1",
+        ],
+    )
     train(cfg, work_dir=tmp_path / "run")
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == ["best.ckpt", "epoch-2.ckpt", "epoch-4.ckpt", "last.ckpt"]

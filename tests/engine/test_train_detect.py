@@ -14,8 +14,16 @@ from optik.tools.shapes import write_shapes_set
 
 
 def shapes_overrides(root, fmt: str = "coco", epochs: int = 1, *extra: str) -> list[str]:
-    return [f"data.root={root}", f"data.format={fmt}", f"train.epochs={epochs}", "data.num_workers=0", "data.batch_size=4",
-            "train.keep_checkpoints=1", "train.log_every_n_steps=1", *extra]
+    return [
+        f"data.root={root}",
+        f"data.format={fmt}",
+        f"train.epochs={epochs}",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        "train.keep_checkpoints=1",
+        "train.log_every_n_steps=1",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["coco", "voc", "yolo"])
@@ -31,11 +39,15 @@ def test_trains_from_each_format(tmp_path, fmt):
 @pytest.fixture(scope="module")
 def shapes_run(tmp_path_factory):
     """A detector trained briefly on a shapes set with a test split: (data root, model package)."""
-    tmp = tmp_path_factory.mktemp("shapes_run")
-    root = write_shapes_set(tmp / "shapes", "coco", train=16, val=6, test=8, size=64)
-    run = train(load_config("fcos_resnet18_small", shapes_overrides(root, epochs=2)), work_dir=tmp / "run")
-    shutil.rmtree(tmp / "run" / "checkpoints")
-    return root, run.package
+    from conftest import shared_once
+
+    def make(tmp):
+        root = write_shapes_set(tmp / "shapes", "coco", train=16, val=6, test=8, size=64)
+        run = train(load_config("fcos_resnet18_small", shapes_overrides(root, epochs=2)), work_dir=tmp / "run")
+        shutil.rmtree(tmp / "run" / "checkpoints")
+        return root, run.package
+
+    return shared_once(tmp_path_factory, "shapes_run", make)
 
 
 def test_test_map_equals_faster_coco_eval_on_the_same_predictions(shapes_run):
@@ -43,14 +55,25 @@ def test_test_map_equals_faster_coco_eval_on_the_same_predictions(shapes_run):
 
     root, package = shapes_run
     result = evaluate(package, split="test")
-    assert result.metrics["images"] == 8 and set(result.metrics["bbox"]["per_class"]) == {"circle", "square", "triangle"}
+    assert result.metrics["images"] == 8 and set(result.metrics["bbox"]["per_class"]) == {
+        "circle",
+        "square",
+        "triangle",
+    }
 
     truth = json.loads((root / "test" / "annotations.json").read_text())
     ids = {image["file_name"]: image["id"] for image in truth["images"]}
     category = {c["name"]: c["id"] for c in truth["categories"]}
-    detections = [{"image_id": ids[item["file"].rsplit("/", 1)[-1]], "category_id": category[o["label"]], "score": o["score"],
-                   "bbox": [o["bbox"][0], o["bbox"][1], o["bbox"][2] - o["bbox"][0], o["bbox"][3] - o["bbox"][1]]}
-                  for item in result.items for o in item["objects"]]
+    detections = [
+        {
+            "image_id": ids[item["file"].rsplit("/", 1)[-1]],
+            "category_id": category[o["label"]],
+            "score": o["score"],
+            "bbox": [o["bbox"][0], o["bbox"][1], o["bbox"][2] - o["bbox"][0], o["bbox"][3] - o["bbox"][1]],
+        }
+        for item in result.items
+        for o in item["objects"]
+    ]
     assert detections, "the model found nothing: nothing to compare"
     gt = COCO(str(root / "test" / "annotations.json"))
     direct = COCOeval_faster(gt, gt.loadRes(detections), "bbox", print_function=lambda *a, **k: None)
@@ -64,7 +87,9 @@ def test_test_map_equals_faster_coco_eval_on_the_same_predictions(shapes_run):
 @pytest.mark.slow
 def test_mask_model_trains_and_scores_segm(tmp_path):
     root = write_shapes_set(tmp_path / "shapes", "coco", train=8, val=4, size=64)
-    overrides = shapes_overrides(root, "coco", 1, "model.name=maskrcnn_resnet50_fpn", "model.backbone=resnet18", "data.image_size=96")
+    overrides = shapes_overrides(
+        root, "coco", 1, "model.name=maskrcnn_resnet50_fpn", "model.backbone=resnet18", "data.image_size=96"
+    )
     run = train(load_config("fcos_resnet18_small", overrides), work_dir=tmp_path / "run")
     result = evaluate(run.package, split="val")
     assert {"bbox", "segm"} <= set(result.metrics)
@@ -74,7 +99,9 @@ def test_mask_model_trains_and_scores_segm(tmp_path):
 def test_mask_model_on_box_only_data_is_refused(tmp_path, optik):
     root = write_shapes_set(tmp_path / "voc", "voc", train=6, val=3, size=64)
     config = tmp_path / "mask.yaml"
-    config.write_text(f"task: detect\ndata: {{format: voc, root: {root}, image_size: 96, num_workers: 0}}\nmodel: {{name: maskrcnn_resnet50_fpn, backbone: resnet18}}\ntrain: {{epochs: 1}}\n")
+    config.write_text(
+        f"task: detect\ndata: {{format: voc, root: {root}, image_size: 96, num_workers: 0}}\nmodel: {{name: maskrcnn_resnet50_fpn, backbone: resnet18}}\ntrain: {{epochs: 1}}\n"
+    )
     done = optik("train", config, "--work-dir", tmp_path / "run")
     assert done.returncode == 2 and "boxes only" in done.stderr and "Traceback" not in done.stderr
 
@@ -85,7 +112,9 @@ def test_bad_annotations_fail_the_cli_with_what_to_do(tmp_path, optik):
     doc["annotations"][0]["category_id"] = 42
     (root / "train" / "annotations.json").write_text(json.dumps(doc))
     config = tmp_path / "det.yaml"
-    config.write_text(f"task: detect\ndata: {{root: {root}, image_size: 64, num_workers: 0}}\nmodel: {{name: fcos_resnet50_fpn, backbone: resnet18}}\ntrain: {{epochs: 1}}\n")
+    config.write_text(
+        f"task: detect\ndata: {{root: {root}, image_size: 64, num_workers: 0}}\nmodel: {{name: fcos_resnet50_fpn, backbone: resnet18}}\ntrain: {{epochs: 1}}\n"
+    )
     done = optik("train", config, "--work-dir", tmp_path / "run")
     assert done.returncode == 2 and "42" in done.stderr and "Traceback" not in done.stderr
 
@@ -114,6 +143,9 @@ def test_test_on_a_folder_and_on_a_json(tmp_path, optik, shapes_run):
 def test_a_detector_learns_the_shapes(tmp_path):
     """Real learning, not only plumbing: a short run scores well above what an untrained model gets (~0)."""
     root = write_shapes_set(tmp_path / "shapes", "coco", train=96, val=24, size=128)
-    run = train(load_config("fcos_resnet18_small", shapes_overrides(root, "coco", 8, "data.batch_size=8")), work_dir=tmp_path / "run")
+    run = train(
+        load_config("fcos_resnet18_small", shapes_overrides(root, "coco", 8, "data.batch_size=8")),
+        work_dir=tmp_path / "run",
+    )
     result = evaluate(run.package, split="val")
     assert result.metrics["bbox"]["map_50"] > 0.25, result.metrics["bbox"]

@@ -12,10 +12,10 @@ from PIL import Image
 
 from optik.config.load import config_to_dict, load_config
 from optik.inference.detector import Detector
-from optik.tasks.loading import build_model, load_predictor
 from optik.inference.predictor import Predictor
 from optik.models.detect import build_detector
 from optik.models.package import ModelPackage, load_package, save_package
+from optik.tasks.loading import build_model, load_predictor
 
 CLASSES = ["circle", "square", "triangle"]
 
@@ -23,7 +23,16 @@ CLASSES = ["circle", "square", "triangle"]
 @pytest.fixture(scope="module")
 def detector_package(tmp_path_factory):
     """An untrained FCOS (timm resnet18) package: many low-score boxes, enough to check plumbing."""
-    cfg = load_config(None, ["task=detect", "model.name=fcos_resnet50_fpn", "model.backbone=resnet18", "data.image_size=96", "model.score_threshold=0.0"])
+    cfg = load_config(
+        None,
+        [
+            "task=detect",
+            "model.name=fcos_resnet50_fpn",
+            "model.backbone=resnet18",
+            "data.image_size=96",
+            "model.score_threshold=0.0",
+        ],
+    )
     torch.manual_seed(0)
     model = build_detector(cfg.model, cfg.data, len(CLASSES))
     preprocess = {"task": "detect", "image_size": 96, "mean": list(cfg.data.mean), "std": list(cfg.data.std)}
@@ -66,7 +75,10 @@ def test_detections_are_in_the_image_coordinates(detector_package, tmp_path):
 
 def test_an_image_gets_the_same_objects_alone_or_in_a_mixed_batch(detector_package, tmp_path):
     """torchvision pads a batch to its largest image; grouped by size, a small image is not padded by a big one's size."""
-    images = [noise_image(tmp_path / f"m{i}.png", *size, seed=i) for i, size in enumerate([(300, 120), (90, 200), (300, 120), (64, 64)])]
+    images = [
+        noise_image(tmp_path / f"m{i}.png", *size, seed=i)
+        for i, size in enumerate([(300, 120), (90, 200), (300, 120), (64, 64)])
+    ]
     together = load_predictor(detector_package, device="cpu", mode="eager", batch_size=4).predict(images)
     alone = load_predictor(detector_package, device="cpu", mode="eager", batch_size=1).predict(images)
     for x, y in zip(together, alone):
@@ -90,7 +102,9 @@ def test_bad_images_are_reported_and_the_rest_predicted(detector_package, tmp_pa
     good = noise_image(tmp_path / "good.png", 64, 64)
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "cut.png").write_bytes(good.read_bytes()[:200])
-    results = load_predictor(detector_package, device="cpu").predict([tmp_path / "empty.png", good, tmp_path / "cut.png"])
+    results = load_predictor(detector_package, device="cpu").predict(
+        [tmp_path / "empty.png", good, tmp_path / "cut.png"]
+    )
     assert [r.ok for r in results] == [False, True, False]
     assert "empty" in results[0].reason or "0 bytes" in results[0].reason
 
@@ -100,7 +114,9 @@ def test_min_score_keeps_the_confident_objects(detector_package, tmp_path):
     package = load_package(detector_package)
     everything = Detector(build_model(package), package.classes, package.preprocess, device="cpu").predict([image])[0]
     cut = float(np.median(everything.scores))
-    confident = Detector(build_model(package), package.classes, package.preprocess, device="cpu", min_score=cut).predict([image])[0]
+    confident = Detector(
+        build_model(package), package.classes, package.preprocess, device="cpu", min_score=cut
+    ).predict([image])[0]
     assert 0 < len(confident) < len(everything) and confident.scores.min() >= cut
 
 
@@ -112,13 +128,30 @@ def test_predict_cli_writes_opex_and_roi(detector_package, tmp_path, optik):
     done = optik("predict", detector_package, images, "--out-dir", tmp_path / "opex", "--score", "0.0")
     assert done.returncode == 0, done.stderr
     opex = json.loads((tmp_path / "opex" / "img0.json").read_text())
-    assert opex["id"] == "img0.png" and opex["objects"] and {"label", "score", "bbox", "polygon"} <= set(opex["objects"][0])
+    assert (
+        opex["id"] == "img0.png"
+        and opex["objects"]
+        and {"label", "score", "bbox", "polygon"} <= set(opex["objects"][0])
+    )
     done = optik("predict", detector_package, images, "--out-dir", tmp_path / "roi", "--format", "roi")
     assert done.returncode == 0, done.stderr
     with open(tmp_path / "roi" / "img1-rois.csv", newline="") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
-    assert reader.fieldnames[:12] == ["file", "x0", "y0", "x1", "y1", "x0n", "y0n", "x1n", "y1n", "label", "label_str", "score"]
+    assert reader.fieldnames[:12] == [
+        "file",
+        "x0",
+        "y0",
+        "x1",
+        "y1",
+        "x0n",
+        "y0n",
+        "x1n",
+        "y1n",
+        "label",
+        "label_str",
+        "score",
+    ]
     assert rows and all(row["label_str"] in CLASSES for row in rows)
     refused = optik("predict", detector_package, images, "--top-k", "2")
     assert refused.returncode == 2 and "--score" in refused.stderr

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import timm
 import torch
-
 from conftest import colour_image
+
 from optik.data.transforms import Preprocess, eval_transform
 from optik.errors import ConfigError
 from optik.inference.backends import COMPILE_MIN_IMAGES, ONNX_MIN_IMAGES, TorchBackend, fuse_conv_bn, mode_for
@@ -94,7 +94,10 @@ def test_top_k_is_clamped_and_sorted(model, images):
     assert list(full) == CLASSES and sum(full.values()) == pytest.approx(1.0, abs=1e-5)
     top = result.to_dict(top_k=100)
     assert len(top) == len(CLASSES) and list(top.values()) == sorted(top.values(), reverse=True)
-    assert list(result.to_dict(top_k=2)) == [name for name, _ in result.top(2)] and result.top(1)[0] == (result.label, result.score)
+    assert list(result.to_dict(top_k=2)) == [name for name, _ in result.top(2)] and result.top(1)[0] == (
+        result.label,
+        result.score,
+    )
 
 
 def test_option_errors():

@@ -40,7 +40,9 @@ def write_plugin(tmp_path, body):
 
 
 def test_plugin_with_and_without_num_classes(tmp_path):
-    path = write_plugin(tmp_path, """
+    path = write_plugin(
+        tmp_path,
+        """
         import torch.nn as nn
         import timm
 
@@ -52,7 +54,8 @@ def test_plugin_with_and_without_num_classes(tmp_path):
 
         def not_a_model():
             return 42
-    """)
+    """,
+    )
     model = build_classifier(model_cfg(f"model.name={path}:build"), 5, 16)
     assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 5)
     head_replaced = build_classifier(model_cfg(f"model.name={path}:fixed"), 4, 32)

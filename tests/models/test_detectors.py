@@ -28,7 +28,8 @@ def test_every_named_detector_builds_and_detects(name):
     assert ("masks" in output) == has_masks(name)
     assert output["boxes"].shape[1] == 4
     if len(output["labels"]):
-        assert 1 <= int(output["labels"].min()) and int(output["labels"].max()) <= 3  # 0 is the background, never an object
+        # 0 is the background, never an object
+        assert 1 <= int(output["labels"].min()) and int(output["labels"].max()) <= 3
 
 
 def test_unknown_detector_names_the_closest():
@@ -37,7 +38,9 @@ def test_unknown_detector_names_the_closest():
         build_detector(cfg.model, cfg.data, 3)
 
 
-@pytest.mark.parametrize("name", ["fasterrcnn_resnet50_fpn", "fcos_resnet50_fpn", "retinanet_resnet50_fpn", "maskrcnn_resnet50_fpn"])
+@pytest.mark.parametrize(
+    "name", ["fasterrcnn_resnet50_fpn", "fcos_resnet50_fpn", "retinanet_resnet50_fpn", "maskrcnn_resnet50_fpn"]
+)
 def test_timm_backbone_under_each_head(name):
     cfg = detect_config(f"model.name={name}", "model.backbone=resnet18")
     model = build_detector(cfg.model, cfg.data, 2).eval()

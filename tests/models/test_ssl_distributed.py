@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_torchrun
 
 METHODS = ("simclr", "moco_v3", "swav", "barlow_twins", "dino")
@@ -16,7 +15,7 @@ METHODS = ("simclr", "moco_v3", "swav", "barlow_twins", "dino")
 # One step of each method on 16 fixed inputs, split over the processes of torchrun (1 or 2). Eval mode:
 # batch norm uses its running statistics, so what differs between 1 and 2 processes is only what the
 # method itself shares across them.
-STEP = '''
+STEP = """
 import sys
 import torch, torch.distributed as dist
 from optik.config.load import load_config
@@ -47,7 +46,7 @@ for method in methods:
 if rank == 0:
     torch.save(results, out)
 dist.destroy_process_group()
-'''
+"""
 
 
 def steps(script: Path, processes: int, methods=METHODS) -> dict:
@@ -64,6 +63,10 @@ def one_and_two(tmp_path_factory):
     return steps(script, 1), steps(script, 2)
 
 
+ONE_AND_TWO = pytest.mark.xdist_group("ssl_ddp_steps")  # the tests of `one_and_two` on one worker: it is made once
+
+
+@ONE_AND_TWO
 @pytest.mark.parametrize("method", METHODS)
 def test_two_processes_see_the_whole_batch(method, one_and_two):
     one, two = (runs[method] for runs in one_and_two)
@@ -77,11 +80,14 @@ def test_two_processes_see_the_whole_batch(method, one_and_two):
     assert error < 1e-5, f"{method}: gradients differ by {error:.2e} of their norm"
 
 
+@ONE_AND_TWO
 def test_negatives_come_from_other_processes(one_and_two, tmp_path):
     """The check above can tell: contrasting only a process's own half gives another loss."""
     one, two = (runs["simclr"] for runs in one_and_two)
     half = tmp_path / "half.py"
-    half.write_text(STEP.replace("share = 16 // world", "share = 8").replace("rank * share:(rank + 1) * share", ":share"))
+    half.write_text(
+        STEP.replace("share = 16 // world", "share = 8").replace("rank * share:(rank + 1) * share", ":share")
+    )
     alone = steps(half, 1, ["simclr"])["simclr"]
     assert abs(alone["loss"] - one["loss"]) > 100 * abs(two["loss"] - one["loss"])
 
@@ -91,10 +97,31 @@ def test_optik_train_pretrains_under_torchrun(digits_root, tmp_path):
     images.mkdir()
     for i, path in enumerate(sorted((digits_root / "train").rglob("*.png"))[::20][:32]):
         shutil.copy(path, images / f"{i}.png")
-    values = [f"data.root={images}", "data.image_size=16", "data.batch_size=8", "data.num_workers=0", "ssl.method=simclr", "ssl.hidden_dim=64",
-              "ssl.out_dim=32", "ssl.views.hflip=0", "train.epochs=2", "train.log_every_n_steps=1", "train.accelerator=cpu", "train.devices=2",
-              "train.strategy=ddp"]
-    run = run_torchrun(2, "-m", "optik.cli", "train", "ssl_resnet18_small", "--work-dir", str(tmp_path / "run"), *[a for v in values for a in ("--set", v)])
+    values = [
+        f"data.root={images}",
+        "data.image_size=16",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "ssl.method=simclr",
+        "ssl.hidden_dim=64",
+        "ssl.out_dim=32",
+        "ssl.views.hflip=0",
+        "train.epochs=2",
+        "train.log_every_n_steps=1",
+        "train.accelerator=cpu",
+        "train.devices=2",
+        "train.strategy=ddp",
+    ]
+    run = run_torchrun(
+        2,
+        "-m",
+        "optik.cli",
+        "train",
+        "ssl_resnet18_small",
+        "--work-dir",
+        str(tmp_path / "run"),
+        *[a for v in values for a in ("--set", v)],
+    )
     # 32 images over 2 processes in batches of 8: 2 steps an epoch each
     assert "process 0 of 2 (node 0, gloo on cpu): 2 batches per epoch" in run.stdout
     assert "process 1 of 2 (node 0, gloo on cpu): 2 batches per epoch" in run.stdout

@@ -1,9 +1,9 @@
 """Local weights: every container format, prefix handling, and a key report that tells the truth."""
 
+import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-import pytest
 
 from optik.errors import ModelError
 from optik.models.weights import load_weights
@@ -37,7 +37,9 @@ def test_containers_and_prefixes_are_found(tmp_path, wrap):
 
 def test_backbone_prefix_and_new_head_reported(tmp_path):
     source = small(1000)
-    save_file({f"backbone.{k}": v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    save_file(
+        {f"backbone.{k}": v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "w.safetensors")
+    )
     target = timm.create_model("resnet18", num_classes=4)
     report = load_weights(target, tmp_path / "w.safetensors")
     assert report.prefix == "backbone."
@@ -49,7 +51,13 @@ def test_backbone_prefix_and_new_head_reported(tmp_path):
 
 def test_explicit_prefix_and_no_match(tmp_path):
     source = small()
-    torch.save({**{f"student.{k}": v for k, v in source.state_dict().items()}, **{f"teacher.{k}": v * 0 for k, v in source.state_dict().items()}}, tmp_path / "w.pt")
+    torch.save(
+        {
+            **{f"student.{k}": v for k, v in source.state_dict().items()},
+            **{f"teacher.{k}": v * 0 for k, v in source.state_dict().items()},
+        },
+        tmp_path / "w.pt",
+    )
     target = timm.create_model("resnet18", num_classes=10)
     load_weights(target, tmp_path / "w.pt", prefix="student.")
     assert same(source, target, skip=())

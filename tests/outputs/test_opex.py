@@ -41,15 +41,23 @@ print(json.dumps({"module": opex.__file__, "docs": docs}))
 def reference_opex() -> Path:
     folder = Path(os.environ.get("OPTIK_OPEX_REFERENCE", REPO / ".venv" / "opex-reference")).resolve()
     if not (folder / "opex" / "__init__.py").is_file():
-        pytest.fail(f"the reference opex library is missing from {folder}: run `make test` (it installs it there with "
-                    f"`pip install --target {folder} opex`), or point OPTIK_OPEX_REFERENCE at such a folder")
+        pytest.fail(
+            f"the reference opex library is missing from {folder}: run `make test` (it installs it there with "
+            f"`pip install --target {folder} opex`), or point OPTIK_OPEX_REFERENCE at such a folder"
+        )
     return folder
 
 
 def load_with_reference(folder: Path, *paths: Path) -> list[dict]:
     """Parse OPEX files with the reference library in a subprocess; check it was that library that ran."""
     env = {**os.environ, "PYTHONPATH": str(folder)}
-    run = subprocess.run([sys.executable, "-c", LOAD_WITH_REFERENCE, *map(str, paths)], env=env, capture_output=True, text=True, cwd=folder)
+    run = subprocess.run(
+        [sys.executable, "-c", LOAD_WITH_REFERENCE, *map(str, paths)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=folder,
+    )
     assert run.returncode == 0, run.stderr
     answer = json.loads(run.stdout)
     assert Path(answer["module"]).resolve().is_relative_to(folder)
@@ -59,8 +67,16 @@ def load_with_reference(folder: Path, *paths: Path) -> list[dict]:
 def as_written(path: Path) -> list[dict]:
     """The objects of our own file, in the shape `load_with_reference` returns them."""
     doc = json.loads(path.read_text())
-    return [{"label": o["label"], "score": o["score"], "bbox": [o["bbox"][k] for k in ("left", "top", "right", "bottom")],
-             "points": o["polygon"]["points"], "meta": o.get("meta")} for o in doc["objects"]]
+    return [
+        {
+            "label": o["label"],
+            "score": o["score"],
+            "bbox": [o["bbox"][k] for k in ("left", "top", "right", "bottom")],
+            "points": o["polygon"]["points"],
+            "meta": o.get("meta"),
+        }
+        for o in doc["objects"]
+    ]
 
 
 def test_files_load_with_the_reference_library(tmp_path, reference_opex, detection, boxes_only, nothing):
@@ -119,7 +135,9 @@ def test_text_is_what_the_payload_says(detection):
     text, payload = fmt.text(detection), fmt.payload(detection)
     assert text.endswith("\n")
     from_text = json.loads(text)
-    assert {k: v for k, v in from_text.items() if k != "timestamp"} == {k: v for k, v in payload.items() if k != "timestamp"}
+    assert {k: v for k, v in from_text.items() if k != "timestamp"} == {
+        k: v for k, v in payload.items() if k != "timestamp"
+    }
     assert fmt.suffix == ".json"
 
 

@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 
 from optik.errors import OptikError
-from optik.outputs.polygons import (DetectionOptions, bbox_as_fallback, box_corners, fit_bbox_to_polygon, mask_polygon, min_rect,
-                                    polygon_box, uses_box_as_fallback)
+from optik.outputs.polygons import (
+    DetectionOptions,
+    bbox_as_fallback,
+    box_corners,
+    fit_bbox_to_polygon,
+    mask_polygon,
+    min_rect,
+    polygon_box,
+    uses_box_as_fallback,
+)
 
 
 def blank(height: int = 60, width: int = 80) -> np.ndarray:
@@ -120,7 +128,8 @@ def test_bbox_as_fallback_on_both_sides_of_the_ratio():
 
 def test_bbox_as_fallback_uses_the_polygons_box_area_not_its_own_area():
     box = np.array([0.0, 0.0, 100.0, 100.0])
-    diagonal = np.array([[0.0, 0.0], [5.0, 0.0], [100.0, 95.0], [100.0, 100.0], [95.0, 100.0], [0.0, 5.0]])  # thin, but spans the box
+    # thin, but spans the box
+    diagonal = np.array([[0.0, 0.0], [5.0, 0.0], [100.0, 95.0], [100.0, 100.0], [95.0, 100.0], [0.0, 5.0]])
     assert not uses_box_as_fallback(box, diagonal, 0.9)
 
 
@@ -154,7 +163,11 @@ def test_shape_with_a_mask(detection):
     assert with_rect.minrect == pytest.approx((29.0, 19.0))
     fitted = DetectionOptions(fit_bbox_to_polygon=True).shape(box, mask)
     np.testing.assert_array_equal(fitted.box, [30, 20, 59, 39])
-    assert DetectionOptions(mask_threshold=0.9).shape(box, mask).polygon.shape == (4, 2)  # only the small blob reaches 0.9
+    # only the small blob reaches 0.9
+    assert DetectionOptions(mask_threshold=0.9).shape(box, mask).polygon.shape == (
+        4,
+        2,
+    )
 
 
 def test_shape_with_the_box_as_fallback_takes_the_boxs_size_as_minrect(detection):
@@ -174,8 +187,16 @@ def test_objects_filters_by_score_and_keeps_masks_aligned(detection):
     assert len(everything) == 2 and shapes[1].polygon is None  # the bird's mask is empty
 
 
-@pytest.mark.parametrize("options", [dict(fit_bbox_to_polygon=True, bbox_as_fallback=0.0), dict(mask_nth=0), dict(mask_nth=1.5),
-                                     dict(mask_threshold=1.5), dict(mask_threshold=-0.1)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(fit_bbox_to_polygon=True, bbox_as_fallback=0.0),
+        dict(mask_nth=0),
+        dict(mask_nth=1.5),
+        dict(mask_threshold=1.5),
+        dict(mask_threshold=-0.1),
+    ],
+)
 def test_invalid_options_are_user_errors(options):
     with pytest.raises(OptikError):
         DetectionOptions(**options)

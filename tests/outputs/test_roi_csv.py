@@ -30,7 +30,9 @@ def test_box_only_model_has_the_box_columns(boxes_only):
     assert dog["file"] == "img_001.jpg"
     assert dog["label"] == "1" and dog["label_str"] == "dog" and float(dog["score"]) == pytest.approx(0.9)
     assert [float(dog[k]) for k in ("x0", "y0", "x1", "y1")] == pytest.approx([4.6, 4.2, 61.9, 41.5])
-    assert [float(dog[k]) for k in ("x0n", "y0n", "x1n", "y1n")] == pytest.approx([4.6 / 80, 4.2 / 60, 61.9 / 80, 41.5 / 60])
+    assert [float(dog[k]) for k in ("x0n", "y0n", "x1n", "y1n")] == pytest.approx(
+        [4.6 / 80, 4.2 / 60, 61.9 / 80, 41.5 / 60]
+    )
     assert bird["label"] == "2" and bird["label_str"] == "bird"
 
 
@@ -48,7 +50,9 @@ def test_masks_add_polygon_columns(detection):
 def test_polygon_cells_are_quoted_comma_lists(detection):
     text = RoiCsvFormat().text(detection)
     dog = text.splitlines()[1]
-    assert dog.endswith(',dog,0.9,"30.0,30.0,59.0,59.0","20.0,39.0,39.0,20.0","0.375,0.375,0.7375,0.7375","0.333333,0.65,0.65,0.333333"')
+    assert dog.endswith(
+        ',dog,0.9,"30.0,30.0,59.0,59.0","20.0,39.0,39.0,20.0","0.375,0.375,0.7375,0.7375","0.333333,0.65,0.65,0.333333"'
+    )
 
 
 def test_minrect_columns_with_output_minrect(detection, boxes_only):
@@ -61,7 +65,10 @@ def test_minrect_columns_with_output_minrect(detection, boxes_only):
 
 def test_a_header_even_without_objects(nothing, nothing_boxes_only):
     assert read(RoiCsvFormat().text(nothing_boxes_only)) == (BOX_HEADER, [])
-    assert read(RoiCsvFormat(output_minrect=True).text(nothing)) == (BOX_HEADER + list(POLYGON_COLUMNS) + list(MINRECT_COLUMNS), [])
+    assert read(RoiCsvFormat(output_minrect=True).text(nothing)) == (
+        BOX_HEADER + list(POLYGON_COLUMNS) + list(MINRECT_COLUMNS),
+        [],
+    )
 
 
 def test_mask_options_change_the_rows(detection):

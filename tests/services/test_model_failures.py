@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import COLOURS, colour_image, run_optik
+from PIL import Image
 from service_helpers import Service
 
 PLUGIN = '''
@@ -50,9 +49,17 @@ def picky_model(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("picky")
     (root / "picky.py").write_text(PLUGIN)
-    cfg = load_config("resnet18_small", [f"model.name={root / 'picky.py'}:build", "data.root=unused", "data.image_size=32"])
+    cfg = load_config(
+        "resnet18_small", [f"model.name={root / 'picky.py'}:build", "data.root=unused", "data.image_size=32"]
+    )
     model = build_plugin(cfg.model.name, 3)
-    package = ModelPackage("classify", config_to_dict(cfg), ["red", "green", "blue"], Preprocess.from_data_config(cfg.data).to_dict(), model.state_dict())
+    package = ModelPackage(
+        "classify",
+        config_to_dict(cfg),
+        ["red", "green", "blue"],
+        Preprocess.from_data_config(cfg.data).to_dict(),
+        model.state_dict(),
+    )
     return save_package(package, root / "model.pt")
 
 
@@ -76,14 +83,26 @@ def test_file_drop_reports_the_image_the_model_fails_on(picky_model, tmp_path):
 
 
 def test_pubsub_replies_an_error_for_it_and_results_for_the_rest(picky_model, redis_server):
-    service = Service("redis", picky_model, "--redis-port", redis_server.port, "--optimize", "eager", "--max-wait-ms", "200")
+    service = Service(
+        "redis", picky_model, "--redis-port", redis_server.port, "--optimize", "eager", "--max-wait-ms", "200"
+    )
     service.wait_for("listening on")
     client = redis_server.client()
     pubsub = client.pubsub()
     pubsub.subscribe("predictions")
     assert pubsub.get_message(timeout=5)["type"] == "subscribe"
     for i, colour in enumerate(["red", None, "blue"]):  # one micro-batch: the blank one must not fail the others
-        client.publish("images", json.dumps({"id": i, "image": __import__("base64").b64encode(image_bytes(COLOURS.get(colour) if colour else None)).decode()}))
+        client.publish(
+            "images",
+            json.dumps(
+                {
+                    "id": i,
+                    "image": __import__("base64")
+                    .b64encode(image_bytes(COLOURS.get(colour) if colour else None))
+                    .decode(),
+                }
+            ),
+        )
     replies, deadline = {}, time.monotonic() + 30
     while len(replies) < 3 and time.monotonic() < deadline:
         message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
@@ -109,7 +128,24 @@ def test_stream_entry_the_model_fails_on_is_retried_then_dead_lettered(picky_mod
         client.xclaim("jobs", "optik", "w0", 0, [blank], retrycount=3)
         claim_idle = "600000"  # no claiming of idle entries: only the restart rule can dead-letter it
     client.xadd("jobs", {"image": image_bytes(COLOURS["green"]), "id": "fine"})
-    args = ["redis", picky_model, "--redis-port", redis_server.port, "--optimize", "eager", "--mode", "stream", "--redis-in", "jobs", "--redis-out", "results", "--claim-idle-ms", claim_idle, "--max-attempts", "3"]
+    args = [
+        "redis",
+        picky_model,
+        "--redis-port",
+        redis_server.port,
+        "--optimize",
+        "eager",
+        "--mode",
+        "stream",
+        "--redis-in",
+        "jobs",
+        "--redis-out",
+        "results",
+        "--claim-idle-ms",
+        claim_idle,
+        "--max-attempts",
+        "3",
+    ]
     service = Service(*args, "--consumer", "w0")
     deadline = time.monotonic() + 60
     # both answers: after a restart the dead letter comes first, before "fine" is even read

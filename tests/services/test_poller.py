@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import COLOURS, Served, colour_image, run_optik
 from service_helpers import Service
 
@@ -36,11 +35,14 @@ def drop_images(folder: Path, count: int, ext: str = ".jpg", seed: int = 0, size
 
 def png_with_size(width: int, height: int) -> bytes:
     """A valid PNG whose header declares width x height (the pixel data is tiny)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 4)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 4)) + chunk(b"IEND", b"")
+    )
 
 
 def broken_images(folder: Path) -> list[str]:
@@ -69,7 +71,21 @@ def outputs(folder: Path) -> dict[str, dict]:
 
 
 def serve_poll(model: Path, in_dir: Path, out_dir: Path, *args: str, optimize: str = "fused", timeout: float = 300):
-    return run_optik("serve", "poll", model, "--in", in_dir, "--out", out_dir, "--optimize", optimize, "--batch-size", "16", *args, timeout=timeout)
+    return run_optik(
+        "serve",
+        "poll",
+        model,
+        "--in",
+        in_dir,
+        "--out",
+        out_dir,
+        "--optimize",
+        optimize,
+        "--batch-size",
+        "16",
+        *args,
+        timeout=timeout,
+    )
 
 
 def test_many_images_15_broken_one_output_each(served: Served, tmp_path):
@@ -86,18 +102,27 @@ def test_many_images_15_broken_one_output_each(served: Served, tmp_path):
     assert found > 0
     results = outputs(out_dir)
     if served.kind == "classify":
-        correct = sum(max(results[f"{Path(n).stem}.json"].items(), key=lambda kv: kv[1])[0] == c for n, c in truth.items())
+        correct = sum(
+            max(results[f"{Path(n).stem}.json"].items(), key=lambda kv: kv[1])[0] == c for n, c in truth.items()
+        )
         assert correct / len(truth) > 0.9
     for name in broken:  # an error record each, and the file in failed/
         record = results[f"{Path(name).stem}.error.json"]
         assert record["file"] == name and record["error"] and datetime.fromisoformat(record["time"])
         assert (out_dir / "failed" / name).is_file()
     answers = sorted(p.name for p in out_dir.iterdir() if p.is_file() and not p.name.endswith(".jpg"))
-    assert answers == sorted([served.output(n) for n in truth] + [f"{Path(n).stem}.error.json" for n in broken])  # nothing else, no temp files
+    # nothing else, no temp files
+    assert answers == sorted([served.output(n) for n in truth] + [f"{Path(n).stem}.error.json" for n in broken])
     assert len(list((out_dir / "failed").iterdir())) == 15
-    reason = {kind: results[f"broken0_{kind}.error.json"]["error"] for kind in ("truncated", "zero", "text", "cut", "huge")}
+    reason = {
+        kind: results[f"broken0_{kind}.error.json"]["error"] for kind in ("truncated", "zero", "text", "cut", "huge")
+    }
     assert reason["zero"] == "empty file (0 bytes)" and reason["text"].startswith("not an image")
-    assert reason["truncated"].startswith("truncated") and reason["cut"].startswith("truncated") and reason["huge"].startswith("image too large")
+    assert (
+        reason["truncated"].startswith("truncated")
+        and reason["cut"].startswith("truncated")
+        and reason["huge"].startswith("image too large")
+    )
 
 
 @pytest.mark.slow
@@ -107,7 +132,19 @@ def test_sigkill_at_five_random_moments_loses_and_doubles_nothing(colour_model, 
     rng, seen = random.Random(7), {}
     for _ in range(5):
         before = len(list(out_dir.glob("*.json"))) if out_dir.exists() else 0
-        service = Service("poll", colour_model, "--in", in_dir, "--out", out_dir, "--optimize", "fused", "--batch-size", "4", "--continuous")
+        service = Service(
+            "poll",
+            colour_model,
+            "--in",
+            in_dir,
+            "--out",
+            out_dir,
+            "--optimize",
+            "fused",
+            "--batch-size",
+            "4",
+            "--continuous",
+        )
         target = before + rng.randint(1, 30)
         deadline = time.monotonic() + 120
         while len(list(out_dir.glob("*.json"))) < target and time.monotonic() < deadline:
@@ -131,9 +168,25 @@ def test_a_file_written_slowly_is_read_only_when_complete(colour_model, tmp_path
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
     buffer = io.BytesIO()
-    colour_image(COLOURS["green"], 64, np.random.default_rng(3)).save(buffer, format={".jpg": "JPEG", ".png": "PNG", ".bmp": "BMP"}[ext])
+    colour_image(COLOURS["green"], 64, np.random.default_rng(3)).save(
+        buffer, format={".jpg": "JPEG", ".png": "PNG", ".bmp": "BMP"}[ext]
+    )
     data = buffer.getvalue()
-    service = Service("poll", colour_model, "--in", in_dir, "--out", out_dir, "--optimize", "fused", "--continuous", "--poll-wait", "0.05", "--settle", "1.0")
+    service = Service(
+        "poll",
+        colour_model,
+        "--in",
+        in_dir,
+        "--out",
+        out_dir,
+        "--optimize",
+        "fused",
+        "--continuous",
+        "--poll-wait",
+        "0.05",
+        "--settle",
+        "1.0",
+    )
     service.wait_for("ready")
     with open(in_dir / f"slow{ext}", "wb") as fh:
         for part in np.array_split(np.frombuffer(data, np.uint8), 8):
@@ -156,7 +209,20 @@ def look_times(log: str) -> list[float]:
 def test_continuous_waits_poll_wait_between_empty_looks(colour_model, tmp_path):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
-    service = Service("poll", colour_model, "--prediction_in", in_dir, "--prediction_out", out_dir, "--optimize", "fused", "--continuous", "--poll_wait", "0.7", "--verbose")
+    service = Service(
+        "poll",
+        colour_model,
+        "--prediction_in",
+        in_dir,
+        "--prediction_out",
+        out_dir,
+        "--optimize",
+        "fused",
+        "--continuous",
+        "--poll_wait",
+        "0.7",
+        "--verbose",
+    )
     service.wait_for("ready")
     time.sleep(3)
     drop_images(in_dir, 2)  # still served while it waits
@@ -172,7 +238,19 @@ def test_continuous_waits_poll_wait_between_empty_looks(colour_model, tmp_path):
 def test_watch_answers_a_new_file_within_a_second(colour_model, tmp_path):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
-    service = Service("poll", colour_model, "--in", in_dir, "--out", out_dir, "--optimize", "fused", "--use_watchdog", "--watchdog_check_interval", "60")
+    service = Service(
+        "poll",
+        colour_model,
+        "--in",
+        in_dir,
+        "--out",
+        out_dir,
+        "--optimize",
+        "fused",
+        "--use_watchdog",
+        "--watchdog_check_interval",
+        "60",
+    )
     service.wait_for("ready")
     time.sleep(0.5)
     latencies = []
@@ -217,7 +295,15 @@ def test_restart_finishes_a_journalled_image_and_repredicts_a_replaced_one(colou
     journal = FilePoller(None, ClassificationFormat(), PollOptions(in_dir, out_dir)).journal
     entries = []
     for name in ("0000_red.jpg", "0001_green.jpg"):
-        entries.append({"name": name, "identity": list(identity((in_dir / name).stat())), "output": name.replace(".jpg", ".json"), "before": 0, "ok": True})
+        entries.append(
+            {
+                "name": name,
+                "identity": list(identity((in_dir / name).stat())),
+                "output": name.replace(".jpg", ".json"),
+                "before": 0,
+                "ok": True,
+            }
+        )
         (out_dir / name.replace(".jpg", ".json")).write_text('{"written": "before the stop"}')
     journal.write_text("\n".join(map(json.dumps, entries)))
     replaced = in_dir / "0001_green.jpg"
@@ -235,7 +321,20 @@ def test_sigterm_finishes_the_batch_in_hand(served: Served, tmp_path):
     answered (here `<stem>-rois.csv`, header first) and moved on, or untouched in --in; whole batches only."""
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     truth = drop_images(in_dir, 24)
-    service = Service("poll", served.model, "--in", in_dir, "--out", out_dir, "--optimize", served.optimize, *served.options, "--batch-size", "4", "--verbose")
+    service = Service(
+        "poll",
+        served.model,
+        "--in",
+        in_dir,
+        "--out",
+        out_dir,
+        "--optimize",
+        served.optimize,
+        *served.options,
+        "--batch-size",
+        "4",
+        "--verbose",
+    )
     service.wait_for("batch: 4 predicted")
     assert service.stop() == 0 and "finishing the batch in hand" in service.log, service.log
     moved, left = {p.name for p in out_dir.glob("*.jpg")}, {p.name for p in in_dir.iterdir()}
@@ -264,13 +363,17 @@ def _png(colour) -> bytes:
 
 
 def test_a_file_replaced_while_predicted_is_left_for_the_next_pass(colour_model, tmp_path):
-    from optik.tasks.loading import load_predictor
     from optik.outputs.classification import ClassificationFormat
     from optik.services.poller import FilePoller, PollOptions
+    from optik.tasks.loading import load_predictor
 
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     drop_images(in_dir, 2)
-    poller = FilePoller(load_predictor(colour_model, device="cpu", mode="fused"), ClassificationFormat(), PollOptions(in_dir, out_dir, settle=0))
+    poller = FilePoller(
+        load_predictor(colour_model, device="cpu", mode="fused"),
+        ClassificationFormat(),
+        PollOptions(in_dir, out_dir, settle=0),
+    )
     poller.scan()
     ready, _ = poller.scan()
     results = poller.predictor.predict([d.path for d in ready])
@@ -292,22 +395,30 @@ def test_bad_options_exit_2_with_a_clear_message(colour_model, tmp_path):
     assert modes.returncode == 2 and "not both" in modes.stderr
 
 
-@pytest.mark.parametrize("model, option, message", [
-    ("shapes_detector", ["--top-k", "1"], "--top-k applies to classifiers"),
-    ("shapes_detector", ["--format", "json"], "--format json is for classifiers"),
-    ("colour_model", ["--format", "opex"], "--format opex is for detectors"),
-], ids=["detector-top-k", "detector-json", "classifier-opex"])
+@pytest.mark.parametrize(
+    "model, option, message",
+    [
+        ("shapes_detector", ["--top-k", "1"], "--top-k applies to classifiers"),
+        ("shapes_detector", ["--format", "json"], "--format json is for classifiers"),
+        ("colour_model", ["--format", "opex"], "--format opex is for detectors"),
+    ],
+    ids=["detector-top-k", "detector-json", "classifier-opex"],
+)
 def test_output_options_that_do_not_fit_the_model_exit_2(model, option, message, request, tmp_path):
     drop_images(tmp_path / "in", 1)
     done = serve_poll(request.getfixturevalue(model), tmp_path / "in", tmp_path / "out", *option, optimize="eager")
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
-    assert [p.name for p in (tmp_path / "in").iterdir()] == ["0000_red.jpg"] and not list((tmp_path / "out").glob("*.json"))
+    assert [p.name for p in (tmp_path / "in").iterdir()] == ["0000_red.jpg"] and not list(
+        (tmp_path / "out").glob("*.json")
+    )
 
 
 def test_a_second_poller_on_the_same_folder_is_refused(colour_model, tmp_path):
     in_dir = tmp_path / "in"
     in_dir.mkdir()
-    service = Service("poll", colour_model, "--in", in_dir, "--out", tmp_path / "out", "--optimize", "fused", "--continuous")
+    service = Service(
+        "poll", colour_model, "--in", in_dir, "--out", tmp_path / "out", "--optimize", "fused", "--continuous"
+    )
     service.wait_for("ready")
     time.sleep(0.5)
     second = serve_poll(colour_model, in_dir, tmp_path / "out2")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import COLOURS, Served, colour_image, run_optik
 from service_helpers import RedisServer, Service, running_redis
 
@@ -25,7 +24,9 @@ def jpeg_bytes(colour: str, seed: int, size: int = 40) -> bytes:
     return buffer.getvalue()
 
 
-def serve_redis(model: Path, server: RedisServer, *args: str, optimize: str = "fused", ready: str = "listening on") -> Service:
+def serve_redis(
+    model: Path, server: RedisServer, *args: str, optimize: str = "fused", ready: str = "listening on"
+) -> Service:
     service = Service("redis", model, "--redis-port", server.port, "--optimize", optimize, "--batch-size", "8", *args)
     service.wait_for(ready)
     return service
@@ -51,7 +52,17 @@ def test_pubsub_answers_raw_bytes_envelopes_and_garbage(served: Served, redis_se
     """The srh-broadcast -b / srh-listen way (raw bytes in, JSON out), envelopes with ids, and errors.
 
     A detector's reply is an OPEX document, which has an `id` of its own (raw bytes have no name: "message")."""
-    service = serve_redis(served.model, redis_server, *served.options, "--redis_in", "images", "--redis_out", "predictions", optimize=served.optimize)  # old option names
+    # old option names
+    service = serve_redis(
+        served.model,
+        redis_server,
+        *served.options,
+        "--redis_in",
+        "images",
+        "--redis_out",
+        "predictions",
+        optimize=served.optimize,
+    )
     client = redis_server.client()
     pubsub = subscribed(client, "predictions")
     colours = ["red", "green", "blue"] * 4
@@ -87,10 +98,16 @@ def test_redis_send_prints_one_reply_per_image(colour_model, redis_server, tmp_p
     assert done.returncode == 0, done.stderr
     replies = {r["id"]: r["result"] for r in map(json.loads, done.stdout.splitlines())}
     assert set(replies) == {str(p) for p in paths}  # the envelope's id is the file name
-    assert all(len(top) == 1 and set(top) <= set(CLASSES) and 0 < next(iter(top.values())) <= 1 for top in replies.values())
+    assert all(
+        len(top) == 1 and set(top) <= set(CLASSES) and 0 < next(iter(top.values())) <= 1 for top in replies.values()
+    )
     (tmp_path / "notes.jpg").write_text("not a picture")
     mixed = run_optik("redis", "send", paths[0], tmp_path / "notes.jpg", "--redis-port", redis_server.port)
-    assert mixed.returncode == 2 and "1 of 2 image(s) could not be predicted" in mixed.stderr and len(mixed.stdout.splitlines()) == 2
+    assert (
+        mixed.returncode == 2
+        and "1 of 2 image(s) could not be predicted" in mixed.stderr
+        and len(mixed.stdout.splitlines()) == 2
+    )
     service.stop()
     nobody = run_optik("redis", "send", paths[0], "--redis-port", redis_server.port, "--timeout", "2")
     assert nobody.returncode == 2 and "nobody listens" in nobody.stderr
@@ -161,8 +178,23 @@ def test_stream_entry_delivered_too_often_is_dead_lettered(served: Served, redis
     client.xreadgroup("optik", "ghost", {"jobs": ">"})  # a worker that took both, then died
     client.xclaim("jobs", "optik", "ghost", 0, [entry], retrycount=3)  # as if three workers died on it
     ok = client.xadd("jobs", {"image": jpeg_bytes("green", 1)})  # no id: the entry ID stands in
-    service = serve_redis(served.model, redis_server, *served.options, "--mode", "stream", "--redis-in", "jobs", "--redis-out", "results", "--claim-idle-ms", "200",
-                          "--max-attempts", "3", optimize=served.optimize, ready="worker")
+    service = serve_redis(
+        served.model,
+        redis_server,
+        *served.options,
+        "--mode",
+        "stream",
+        "--redis-in",
+        "jobs",
+        "--redis-out",
+        "results",
+        "--claim-idle-ms",
+        "200",
+        "--max-attempts",
+        "3",
+        optimize=served.optimize,
+        ready="worker",
+    )
     results = {r["id"]: r for r in wait_for_results(client, "results", {"crasher", "orphan", ok.decode()}, timeout=60)}
     assert "failed 3 times" in results["crasher"]["error"]
     served.check_payload(json.loads(results[ok.decode()]["result"]), ok.decode())
@@ -176,7 +208,19 @@ def test_stream_entry_delivered_too_often_is_dead_lettered(served: Served, redis
 def test_stream_worker_survives_a_redis_restart(colour_model, tmp_path):
     """Redis goes down and comes back (append-only file): the worker reconnects and every entry is answered."""
     with running_redis(tmp_path, persist=True) as server:
-        service = serve_redis(colour_model, server, "--mode", "stream", "--redis-in", "jobs", "--redis-out", "results", "--claim-idle-ms", "1000", ready="worker")
+        service = serve_redis(
+            colour_model,
+            server,
+            "--mode",
+            "stream",
+            "--redis-in",
+            "jobs",
+            "--redis-out",
+            "results",
+            "--claim-idle-ms",
+            "1000",
+            ready="worker",
+        )
         images = [jpeg_bytes("blue", i) for i in range(60)]
         ids = [f"a{i}" for i in range(60)]
         send_stream(server.client(), "jobs", images[:30], ids[:30])
@@ -210,9 +254,21 @@ def test_password_from_environment_and_clear_error_when_wrong(colour_model, tmp_
         assert wrong.returncode == 2 and "refused the login" in wrong.stderr and "Traceback" not in wrong.stderr
         missing = run_optik("serve", "redis", colour_model, "--redis-port", server.port)
         assert missing.returncode == 2 and "needs a password" in missing.stderr
-        unset = run_optik("serve", "redis", colour_model, "--redis-port", server.port, "--redis-password-env", "OPTIK_TEST_UNSET")
+        unset = run_optik(
+            "serve", "redis", colour_model, "--redis-port", server.port, "--redis-password-env", "OPTIK_TEST_UNSET"
+        )
         assert unset.returncode == 2 and "OPTIK_TEST_UNSET" in unset.stderr
-        service = Service("redis", colour_model, "--redis-port", server.port, "--redis_password_env", "REDIS_PW", "--optimize", "fused", env={"REDIS_PW": "s3cret"})
+        service = Service(
+            "redis",
+            colour_model,
+            "--redis-port",
+            server.port,
+            "--redis_password_env",
+            "REDIS_PW",
+            "--optimize",
+            "fused",
+            env={"REDIS_PW": "s3cret"},
+        )
         service.wait_for("listening on")
         client = server.client()
         pubsub = subscribed(client, "predictions")
@@ -226,8 +282,28 @@ def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make a test certificate (`make test` installs it)")
     cert, key = folder / f"{name}.pem", folder / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 

@@ -25,7 +25,9 @@ def test_broken_and_duplicate_files_are_named(tmp_path, optik):
     assert done.returncode == 1
     report = json.loads(done.stdout)
     assert {p.rsplit("/", 1)[1] for p in report["unreadable"]} == {"zero.png", "cut.png", "text.jpg"}
-    assert [sorted(p.rsplit("/", 1)[1] for p in group) for group in report["duplicates"]] == [["copy_of_red.png", "red_1.png"]]
+    assert [sorted(p.rsplit("/", 1)[1] for p in group) for group in report["duplicates"]] == [
+        ["copy_of_red.png", "red_1.png"]
+    ]
     assert report["classes"][""] == {"blue": 5, "green": 4, "red": 7} and report["problems"] == 4
     assert report["not_images"][0].endswith("notes.txt")
     assert sum(report["sizes"].values()) == 13 and report["sizes"]["< 64"] == 13  # the 32 px images that decode

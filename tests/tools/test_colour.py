@@ -79,9 +79,13 @@ def test_stats_match_numpy_over_all_pixels(tmp_path, optik):
     (src / "nested" / "deeper").mkdir(parents=True)
     cast_image(rng, 30, 40).save(src / "a.png")
     cast_image(rng, 17, 23).save(src / "nested" / "b.png")
-    Image.fromarray(rng.integers(0, 256, (9, 50), dtype=np.uint8)).save(src / "nested" / "deeper" / "gray.png")  # grayscale counts as RGB
+    # grayscale counts as RGB
+    Image.fromarray(rng.integers(0, 256, (9, 50), dtype=np.uint8)).save(src / "nested" / "deeper" / "gray.png")
     (src / "notes.txt").write_text("not an image")
-    pixels = np.concatenate([np.asarray(Image.open(p).convert("RGB")).reshape(-1, 3) for p in sorted(src.rglob("*.png"))]) / 255
+    pixels = (
+        np.concatenate([np.asarray(Image.open(p).convert("RGB")).reshape(-1, 3) for p in sorted(src.rglob("*.png"))])
+        / 255
+    )
 
     proc = optik("data", "stats", src, "--json")
     assert proc.returncode == 0, proc.stderr
@@ -127,7 +131,9 @@ def test_missing_input_and_output_inside_input_are_refused(tmp_path, optik):
     src = tmp_path / "scans"
     src.mkdir()
     cast_image(np.random.default_rng(3)).save(src / "a.png")
-    assert_user_error(optik("data", "color-constancy", src, src / "corrected"), "would overwrite or mix with the originals")
+    assert_user_error(
+        optik("data", "color-constancy", src, src / "corrected"), "would overwrite or mix with the originals"
+    )
     with pytest.raises(ConfigError):
         color_constancy(src, src)
     with pytest.raises(ConfigError):

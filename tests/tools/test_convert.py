@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_colour_set, tiny_overrides
+
 from optik.config import load_config
 from optik.data.classes import read_labels_file
 from optik.data.coco import read_coco
@@ -35,7 +35,11 @@ def test_voc_to_coco_reads_back_equal(tmp_path):
     out = tmp_path / "out" / "train.json"
     summary = convert_to_coco("voc", root / "train", out)
     original = read_voc(root / "train")
-    assert summary["images"] == 3 and summary["objects"] == original.num_objects and summary["classes"] == ["circle", "square", "triangle"]
+    assert (
+        summary["images"] == 3
+        and summary["objects"] == original.num_objects
+        and summary["classes"] == ["circle", "square", "triangle"]
+    )
     doc = json.loads(out.read_text())
     assert doc["images"][0]["file_name"] == "../voc/train/00000.png"
     assert_same_set(original, read_coco(out))
@@ -72,7 +76,11 @@ def test_bad_format_and_classes(tmp_path):
 
 def files_below(root):
     """Relative path -> bytes of every file below root (hidden files left out)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 def add_class(root, name, count):
@@ -92,15 +100,18 @@ def test_split_is_stratified_seeded_and_read_by_the_folder_loader(tmp_path):
     before = files_below(data)
 
     result = split_folder(data, tmp_path / "out", seed=3)
-    assert result.counts == {"train": {"blue": 10, "green": 10, "pair": 1, "red": 11, "single": 1},
-                             "val": {"blue": 1, "green": 1, "pair": 1, "red": 1, "single": 0},
-                             "test": {"blue": 1, "green": 1, "pair": 0, "red": 1, "single": 0}}
+    assert result.counts == {
+        "train": {"blue": 10, "green": 10, "pair": 1, "red": 11, "single": 1},
+        "val": {"blue": 1, "green": 1, "pair": 1, "red": 1, "single": 0},
+        "test": {"blue": 1, "green": 1, "pair": 0, "red": 1, "single": 0},
+    }
     assert any("'pair' has only 2" in n and "none in test" in n for n in result.notes)
     assert any("'single' has only 1" in n and "none in val or test" in n for n in result.notes)
     assert any("notes.txt" in n for n in result.notes)
     assert files_below(data) == before  # the source is only read
     written = files_below(tmp_path / "out")
-    assert sorted(k.split("/", 1)[1] for k in written) == sorted(k for k in before if not k.endswith(".txt"))  # every image once, names kept
+    # every image once, names kept
+    assert sorted(k.split("/", 1)[1] for k in written) == sorted(k for k in before if not k.endswith(".txt"))
     assert all(written[k] == before[k.split("/", 1)[1]] for k in written)
 
     splits = read_splits(load_config(None, [f"data.root={tmp_path / 'out'}"]).data)
@@ -121,7 +132,11 @@ def test_split_without_test_share_and_with_links(tmp_path):
     assert image.stat().st_ino == (data / "red" / image.name).stat().st_ino
     split_folder(data, tmp_path / "links", link="symlink")
     link = next((tmp_path / "links" / "train" / "blue").iterdir())
-    assert link.is_symlink() and not Path(os.readlink(link)).is_absolute() and link.read_bytes() == (data / "blue" / link.name).read_bytes()
+    assert (
+        link.is_symlink()
+        and not Path(os.readlink(link)).is_absolute()
+        and link.read_bytes() == (data / "blue" / link.name).read_bytes()
+    )
 
 
 def test_split_refuses_bad_ratios_and_foreign_or_earlier_output(tmp_path):
@@ -143,7 +158,8 @@ def test_split_refuses_bad_ratios_and_foreign_or_earlier_output(tmp_path):
     with pytest.raises(DataError, match="add --overwrite"):
         split_folder(data, tmp_path / "out", seed=1)
     split_folder(data, tmp_path / "out", ratios=(0.5, 0.5, 0.0), seed=1, overwrite=True)
-    assert len(files_below(tmp_path / "out")) == 12 and not (tmp_path / "out" / "test").exists()  # nothing left of the first split
+    # nothing left of the first split
+    assert len(files_below(tmp_path / "out")) == 12 and not (tmp_path / "out" / "test").exists()
     with pytest.raises(DataError, match="split already"):
         split_folder(tmp_path / "out", tmp_path / "again")
 
@@ -162,10 +178,14 @@ def test_list_to_folder_names_unreadable_images_or_leaves_them_out(tmp_path):
     make_colour_set(tmp_path / "a", per_class=2)
     (tmp_path / "a" / "red" / "broken.png").write_bytes(b"")
     (tmp_path / "set.txt").write_text("a/red/red_0.png warm\na/red/broken.png warm\na/blue/blue_0.png cold\n")
-    with pytest.raises(DataError, match=r"^1 unreadable image\(s\): .*broken.png: empty file.*add --skip-bad to leave them out$"):
+    with pytest.raises(
+        DataError, match=r"^1 unreadable image\(s\): .*broken.png: empty file.*add --skip-bad to leave them out$"
+    ):
         lists_to_folder([tmp_path / "set.txt"], tmp_path / "out", check=True)
     result = lists_to_folder([tmp_path / "set.txt"], tmp_path / "out", skip_bad=True)
-    assert result.counts == {"": {"cold": 1, "warm": 1}} and any(n.startswith("left out 1 unreadable image(s)") and "broken.png" in n for n in result.notes)
+    assert result.counts == {"": {"cold": 1, "warm": 1}} and any(
+        n.startswith("left out 1 unreadable image(s)") and "broken.png" in n for n in result.notes
+    )
 
 
 def test_lists_of_a_split_folder_read_back_and_round_trip(tmp_path):
@@ -177,8 +197,17 @@ def test_lists_of_a_split_folder_read_back_and_round_trip(tmp_path):
 
     folder = read_splits(load_config(None, [f"data.root={data}"]).data)
     lists = tmp_path / "lists"
-    listed = read_splits(load_config(None, ["data.format=list", f"data.train_list={lists / 'train.txt'}", f"data.val_list={lists / 'val.txt'}",
-                                            f"data.classes={lists / 'classes.txt'}"]).data)
+    listed = read_splits(
+        load_config(
+            None,
+            [
+                "data.format=list",
+                f"data.train_list={lists / 'train.txt'}",
+                f"data.val_list={lists / 'val.txt'}",
+                f"data.classes={lists / 'classes.txt'}",
+            ],
+        ).data
+    )
     assert listed.classes == folder.classes == ["blue", "green", "red"]
     for split in ("train", "val"):
         assert sorted((os.path.realpath(p), c) for p, c in listed.get(split)) == sorted(folder.get(split))
@@ -191,15 +220,30 @@ def test_lists_of_a_split_folder_read_back_and_round_trip(tmp_path):
 def test_flat_folder_lists_beside_the_images(tmp_path):
     data = make_colour_set(tmp_path / "data", per_class=10)
     result = folder_to_lists(data)
-    assert result.written == [str(data / "all.txt"), str(data / "classes.txt")] and result.counts == {"": {"blue": 10, "green": 10, "red": 10}}
+    assert result.written == [str(data / "all.txt"), str(data / "classes.txt")] and result.counts == {
+        "": {"blue": 10, "green": 10, "red": 10}
+    }
     assert (data / "all.txt").read_text().splitlines()[0] == "blue/blue_0.png blue"
     with pytest.raises(DataError, match="already has all.txt, classes.txt; add --overwrite"):
         folder_to_lists(data, ratios=(0.8, 0.1, 0.1))
     result = folder_to_lists(data, ratios=(0.8, 0.1, 0.1), overwrite=True)
     assert not (data / "all.txt").exists() and result.counts["val"] == {"blue": 1, "green": 1, "red": 1}
-    with_root = load_config(None, ["data.format=list", f"data.root={data}", "data.train_list=train.txt", "data.val_list=val.txt", "data.test_list=test.txt"])
+    with_root = load_config(
+        None,
+        [
+            "data.format=list",
+            f"data.root={data}",
+            "data.train_list=train.txt",
+            "data.val_list=val.txt",
+            "data.test_list=test.txt",
+        ],
+    )
     splits = read_splits(with_root.data)  # list files in data.root: relative paths read the same with data.root set
-    assert (len(splits.train), len(splits.val), len(splits.test)) == (24, 3, 3) and splits.classes == ["blue", "green", "red"]
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (24, 3, 3) and splits.classes == [
+        "blue",
+        "green",
+        "red",
+    ]
 
 
 def test_number_names_become_index_labels_and_come_back_by_classes_txt(tmp_path):
@@ -210,9 +254,12 @@ def test_number_names_become_index_labels_and_come_back_by_classes_txt(tmp_path)
     assert any("class indices" in n for n in result.notes)
     assert (tmp_path / "lists" / "classes.txt").read_text() == "10\n3\n7\n"  # optik's order: sorted folder names
     assert (tmp_path / "lists" / "all.txt").read_text().splitlines()[0] == "../data/10/green_0.png 0"
-    samples, classes = read_list(tmp_path / "lists" / "all.txt", None, read_labels_file(tmp_path / "lists" / "classes.txt"))
+    samples, classes = read_list(
+        tmp_path / "lists" / "all.txt", None, read_labels_file(tmp_path / "lists" / "classes.txt")
+    )
     assert all(Path(path).parent.name == classes[label] for path, label in samples)
-    back = lists_to_folder([tmp_path / "lists" / "all.txt"], tmp_path / "back")  # classes.txt beside the list names the indices
+    # classes.txt beside the list names the indices
+    back = lists_to_folder([tmp_path / "lists" / "all.txt"], tmp_path / "back")
     assert back.counts == {"": {"10": 3, "3": 3, "7": 3}} and files_below(tmp_path / "back") == files_below(data)
 
 
@@ -220,11 +267,15 @@ def test_list_to_folder_keeps_names_apart_and_skips_non_images(tmp_path):
     make_colour_set(tmp_path / "a", per_class=1)
     make_colour_set(tmp_path / "b", per_class=1, seed=1)
     (tmp_path / "a" / "readme.md").write_text("#")
-    (tmp_path / "set.txt").write_text("a/red/red_0.png warm\nb/red/red_0.png warm\na/blue/blue_0.png cold\na/readme.md cold\n")
+    (tmp_path / "set.txt").write_text(
+        "a/red/red_0.png warm\nb/red/red_0.png warm\na/blue/blue_0.png cold\na/readme.md cold\n"
+    )
     result = lists_to_folder([tmp_path / "set.txt"], tmp_path / "out")
     assert result.counts == {"": {"cold": 1, "warm": 2}}
     assert sorted(files_below(tmp_path / "out")) == ["cold/blue_0.png", "warm/red_0-2.png", "warm/red_0.png"]
-    assert (tmp_path / "out" / "warm" / "red_0-2.png").read_bytes() == (tmp_path / "b" / "red" / "red_0.png").read_bytes()
+    assert (tmp_path / "out" / "warm" / "red_0-2.png").read_bytes() == (
+        tmp_path / "b" / "red" / "red_0.png"
+    ).read_bytes()
     assert any("readme.md" in n for n in result.notes) and any("renamed 1" in n for n in result.notes)
     with pytest.raises(DataError, match="one list file, or lists named train.txt"):
         lists_to_folder([tmp_path / "set.txt", tmp_path / "set.txt"], tmp_path / "out2")
@@ -234,26 +285,57 @@ def test_list_to_folder_keeps_names_apart_and_skips_non_images(tmp_path):
 
 def test_cli_split_then_list_then_train(tmp_path, optik):
     data = make_colour_set(tmp_path / "data", per_class=6)
-    done = optik("data", "convert", "split", data, tmp_path / "split", "--ratios", "0.5", "0.25", "0.25", "--seed", "7", "--link", "symlink")
+    done = optik(
+        "data",
+        "convert",
+        "split",
+        data,
+        tmp_path / "split",
+        "--ratios",
+        "0.5",
+        "0.25",
+        "0.25",
+        "--seed",
+        "7",
+        "--link",
+        "symlink",
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[:2] == ["class  train    val   test", "blue       3      2      1"]
     done = optik("data", "convert", "folder-to-list", tmp_path / "split", tmp_path / "lists")
     assert done.returncode == 0, done.stderr
     assert f"train_list: {tmp_path / 'lists' / 'train.txt'}" in done.stdout
     lists = tmp_path / "lists"
-    settings = [s for s in tiny_overrides(data, epochs=1) if not s.startswith("data.root=")] + ["data.format=list", f"data.train_list={lists / 'train.txt'}", f"data.val_list={lists / 'val.txt'}",
-                                                     f"data.test_list={lists / 'test.txt'}", f"data.classes={lists / 'classes.txt'}"]
-    trained = optik("train", "resnet18_small", "--work-dir", tmp_path / "run", *[arg for setting in settings for arg in ("--set", setting)])
+    settings = [s for s in tiny_overrides(data, epochs=1) if not s.startswith("data.root=")] + [
+        "data.format=list",
+        f"data.train_list={lists / 'train.txt'}",
+        f"data.val_list={lists / 'val.txt'}",
+        f"data.test_list={lists / 'test.txt'}",
+        f"data.classes={lists / 'classes.txt'}",
+    ]
+    trained = optik(
+        "train",
+        "resnet18_small",
+        "--work-dir",
+        tmp_path / "run",
+        *[arg for setting in settings for arg in ("--set", setting)],
+    )
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert (tmp_path / "run" / "model.pt").is_file()
 
 
 def test_cli_errors_are_one_line(tmp_path, optik):
     missing = optik("data", "convert", "split", tmp_path / "nowhere", tmp_path / "out")
-    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [f"error: source folder not found: {tmp_path / 'nowhere'}; give a folder with one sub-folder of images per class"]
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+        f"error: source folder not found: {tmp_path / 'nowhere'}; give a folder with one sub-folder of images per class"
+    ]
     data = make_colour_set(tmp_path / "data", per_class=2)
     bad = optik("data", "convert", "split", data, tmp_path / "out", "--ratios", "0.8", "0.2", "0.2")
-    assert bad.returncode == 2 and bad.stderr.startswith("error: --ratios 0.8 0.2 0.2: ") and len(bad.stderr.strip().splitlines()) == 1
+    assert (
+        bad.returncode == 2
+        and bad.stderr.startswith("error: --ratios 0.8 0.2 0.2: ")
+        and len(bad.stderr.strip().splitlines()) == 1
+    )
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     taken = optik("data", "convert", "split", data, tmp_path / "full")

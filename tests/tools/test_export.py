@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from conftest import colour_image, run_optik
 from service_helpers import Service
 
@@ -33,7 +32,11 @@ def shapes_images(tmp_path_factory):
 
 
 def objects(opex: dict, floor: float = 0.05 + SCORE_TOLERANCE) -> list[tuple[str, float, list[float]]]:
-    return [(o["label"], o["score"], [o["bbox"][k] for k in ("left", "top", "right", "bottom")]) for o in opex["objects"] if o["score"] > floor]
+    return [
+        (o["label"], o["score"], [o["bbox"][k] for k in ("left", "top", "right", "bottom")])
+        for o in opex["objects"]
+        if o["score"] > floor
+    ]
 
 
 def assert_same_objects(ours: dict, theirs: dict) -> int:
@@ -41,8 +44,12 @@ def assert_same_objects(ours: dict, theirs: dict) -> int:
     for a, b in ((ours, theirs), (theirs, ours)):
         everything = objects(b, floor=0.0)
         for label, score, box in objects(a):
-            assert any(label == l2 and abs(score - s2) <= SCORE_TOLERANCE and max(abs(u - v) for u, v in zip(box, b2)) <= BOX_PIXELS
-                       for l2, s2, b2 in everything), (label, score, box)
+            assert any(
+                label == l2
+                and abs(score - s2) <= SCORE_TOLERANCE
+                and max(abs(u - v) for u, v in zip(box, b2)) <= BOX_PIXELS
+                for l2, s2, b2 in everything
+            ), (label, score, box)
     return len(objects(theirs))
 
 
@@ -80,7 +87,10 @@ def test_a_file_drop_serves_the_onnx_file(colour_model, tmp_path, optik):
     assert done.returncode == 0, done.stderr
     for i in range(3):
         ours, theirs = (json.loads((folder / f"g{i}.json").read_text()) for folder in (outbox, tmp_path / "torch"))
-        assert max(ours, key=ours.get) == max(theirs, key=theirs.get) and max(abs(ours[k] - theirs[k]) for k in theirs) < 1e-3
+        assert (
+            max(ours, key=ours.get) == max(theirs, key=theirs.get)
+            and max(abs(ours[k] - theirs[k]) for k in theirs) < 1e-3
+        )
     assert not list(inbox.glob("*.png")) and all((outbox / f"g{i}.png").is_file() for i in range(3))
 
 
@@ -114,7 +124,9 @@ def test_exported_detector_predicts_like_pytorch(shapes_detector, shapes_images,
 
 
 @pytest.mark.parametrize("service", ["poll", "redis"])
-def test_services_run_a_model_pt_with_backend_onnxruntime(service, shapes_detector, shapes_images, tmp_path, optik, redis_server):
+def test_services_run_a_model_pt_with_backend_onnxruntime(
+    service, shapes_detector, shapes_images, tmp_path, optik, redis_server
+):
     """The package is exported in memory (and checked) at start-up; answers equal the torch backend's."""
     expected = optik("predict", shapes_detector, shapes_images, "--out-dir", tmp_path / "torch", "--backend", "torch")
     assert expected.returncode == 0, expected.stderr
@@ -124,7 +136,9 @@ def test_services_run_a_model_pt_with_backend_onnxruntime(service, shapes_detect
         inbox.mkdir()
         for picture in pictures:
             (inbox / picture.name).write_bytes(picture.read_bytes())
-        done = optik("serve", "poll", shapes_detector, "--in", inbox, "--out", outbox, "--backend", "onnxruntime", "--verbose")
+        done = optik(
+            "serve", "poll", shapes_detector, "--in", inbox, "--out", outbox, "--backend", "onnxruntime", "--verbose"
+        )
         assert done.returncode == 0, done.stderr
         assert "onnxruntime" in done.stderr
         answers = {p.stem: json.loads((outbox / f"{p.stem}.json").read_text()) for p in pictures}
@@ -149,7 +163,11 @@ def test_backend_choices_that_cannot_work_are_refused(colour_model, tmp_path, op
     picture = tmp_path / "p.png"
     colour_image((200, 30, 30), 40, np.random.default_rng(0)).save(picture)
     torch_on_onnx = optik("predict", model, picture, "--backend", "torch")
-    assert torch_on_onnx.returncode == 2 and "--backend onnxruntime" in torch_on_onnx.stderr and "Traceback" not in torch_on_onnx.stderr
+    assert (
+        torch_on_onnx.returncode == 2
+        and "--backend onnxruntime" in torch_on_onnx.stderr
+        and "Traceback" not in torch_on_onnx.stderr
+    )
     half = optik("predict", colour_model, picture, "--backend", "onnxruntime", "--precision", "bf16")
     assert half.returncode == 2 and "fp32" in half.stderr
     # a classifier package runs through onnxruntime too, with the same answer as the exported file
@@ -157,7 +175,9 @@ def test_backend_choices_that_cannot_work_are_refused(colour_model, tmp_path, op
     from_file = optik("predict", model, picture)
     assert in_memory.returncode == 0 and from_file.returncode == 0, in_memory.stderr + from_file.stderr
     ours, theirs = (json.loads(done.stdout.splitlines()[0])["prediction"] for done in (in_memory, from_file))
-    assert max(ours, key=ours.get) == max(theirs, key=theirs.get) and max(abs(ours[k] - theirs[k]) for k in theirs) < 1e-3
+    assert (
+        max(ours, key=ours.get) == max(theirs, key=theirs.get) and max(abs(ours[k] - theirs[k]) for k in theirs) < 1e-3
+    )
     # --backend torch keeps `auto` to PyTorch's modes (auto alone picks onnx on a CPU for 100+ images)
     from optik.tasks.loading import load_predictor
 
@@ -195,11 +215,19 @@ def test_batch_predict_runs_an_onnx_file_and_backend_onnxruntime(colour_model, t
     rng = np.random.default_rng(3)
     (tmp_path / "images").mkdir()
     for i in range(10):
-        colour_image([(220, 30, 30), (30, 200, 40), (30, 60, 220)][i % 3], 40, rng).save(tmp_path / "images" / f"i{i}.png")
+        colour_image([(220, 30, 30), (30, 200, 40), (30, 60, 220)][i % 3], 40, rng).save(
+            tmp_path / "images" / f"i{i}.png"
+        )
     rows = {}
-    for name, args in (("torch", (colour_model, "--backend", "torch")), ("file", (model,)), ("memory", (colour_model, "--backend", "onnxruntime"))):
+    for name, args in (
+        ("torch", (colour_model, "--backend", "torch")),
+        ("file", (model,)),
+        ("memory", (colour_model, "--backend", "onnxruntime")),
+    ):
         out = tmp_path / f"{name}.jsonl"
-        done = optik("batch-predict", tmp_path / "images", out, *args, "--format", "jsonl", "--top-k", "3", "--workers", "0")
+        done = optik(
+            "batch-predict", tmp_path / "images", out, *args, "--format", "jsonl", "--top-k", "3", "--workers", "0"
+        )
         assert done.returncode == 0, done.stderr
         rows[name] = {r["filename"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert len(rows["torch"]) == 10

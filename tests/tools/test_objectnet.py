@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import COLOURS, colour_image, run_optik
+from PIL import Image
 
 PLUGIN = '''
 import torch
@@ -73,7 +72,19 @@ def read_rows(path: Path) -> list[list[str]]:
 def test_objectnet_rows_for_a_nested_folder_and_the_scorer_accepts_them(plugin, tmp_path):
     truth = nested_images(tmp_path / "images")
     out = tmp_path / "predictions.csv"
-    done = run_optik("batch-predict", tmp_path / "images", out, "--model-class", plugin[0], "--checkpoint", plugin[1], "--batch-size", "5", "--workers", "1")
+    done = run_optik(
+        "batch-predict",
+        tmp_path / "images",
+        out,
+        "--model-class",
+        plugin[0],
+        "--checkpoint",
+        plugin[1],
+        "--batch-size",
+        "5",
+        "--workers",
+        "1",
+    )
     assert done.returncode == 0, done.stderr
     rows = read_rows(out)
     assert [r[0] for r in rows] == sorted(truth)  # one row per image, no header, sorted by base name
@@ -93,7 +104,19 @@ def test_model_package_csv_and_jsonl_with_labels(colour_model, tmp_path):
     truth = nested_images(tmp_path / "images", 12)
     for fmt in ("csv", "jsonl"):
         out = tmp_path / f"out.{fmt}"
-        done = run_optik("batch-predict", tmp_path / "images", out, colour_model, "--format", fmt, "--top-k", "2", "--no-softmax", "--workers", "0")
+        done = run_optik(
+            "batch-predict",
+            tmp_path / "images",
+            out,
+            colour_model,
+            "--format",
+            fmt,
+            "--top-k",
+            "2",
+            "--no-softmax",
+            "--workers",
+            "0",
+        )
         assert done.returncode == 0, done.stderr
         if fmt == "csv":
             header, *rows = read_rows(out)
@@ -101,7 +124,10 @@ def test_model_package_csv_and_jsonl_with_labels(colour_model, tmp_path):
             labels = {r[0]: r[5] for r in rows}
         else:
             records = [json.loads(line) for line in out.read_text().splitlines()]
-            assert all(len(r["ids"]) == 2 for r in records) and any(s > 1 or s < 0 for r in records for s in r["scores"])  # raw logits
+            # raw logits
+            assert all(len(r["ids"]) == 2 for r in records) and any(
+                s > 1 or s < 0 for r in records for s in r["scores"]
+            )
             labels = {r["filename"]: r["labels"][0] for r in records}
         assert sum(labels[name] == colour for name, colour in truth.items()) >= 10
 
@@ -110,7 +136,15 @@ def test_two_images_with_one_base_name_stop_the_run(plugin, tmp_path):
     for folder in ("a", "b"):
         (tmp_path / "images" / folder).mkdir(parents=True)
         colour_image(COLOURS["red"], 32, np.random.default_rng(0)).save(tmp_path / "images" / folder / "same.png")
-    done = run_optik("batch-predict", tmp_path / "images", tmp_path / "out.csv", "--model-class", plugin[0], "--checkpoint", plugin[1])
+    done = run_optik(
+        "batch-predict",
+        tmp_path / "images",
+        tmp_path / "out.csv",
+        "--model-class",
+        plugin[0],
+        "--checkpoint",
+        plugin[1],
+    )
     assert done.returncode == 2 and "share the base name 'same.png'" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out.csv").exists()
 
@@ -118,16 +152,40 @@ def test_two_images_with_one_base_name_stop_the_run(plugin, tmp_path):
 def write_mappings(folder: Path) -> dict[str, int]:
     """A small set of files in the ObjectNet dataset's formats; returns the expected PyTorch index -> ObjectNet id."""
     folder.mkdir()
-    (folder / "folder_to_objectnet_label.json").write_text(json.dumps({"zebra_toy": "Zebra toy", "apple": "apple", "banana": "Banana", "alarm_clock": "Alarm clock"}))
+    (folder / "folder_to_objectnet_label.json").write_text(
+        json.dumps({"zebra_toy": "Zebra toy", "apple": "apple", "banana": "Banana", "alarm_clock": "Alarm clock"})
+    )
     # sorted case-sensitively: Alarm clock 0, Banana 1, Zebra toy 2, apple 3
-    (folder / "objectnet_to_imagenet_1k.json").write_text(json.dumps({"Zebra toy": "zebra", "apple": "Granny Smith; pomegranate", "Alarm clock": "analog clock; digital clock; wall clock"}))
+    (folder / "objectnet_to_imagenet_1k.json").write_text(
+        json.dumps(
+            {
+                "Zebra toy": "zebra",
+                "apple": "Granny Smith; pomegranate",
+                "Alarm clock": "analog clock; digital clock; wall clock",
+            }
+        )
+    )
     labels = [f"class {i}" for i in range(1000)]
-    labels[340], labels[948], labels[957], labels[409], labels[530], labels[892] = "zebra", "Granny Smith", "pomegranate", "analog clock", "digital clock", "wall clock"
+    labels[340], labels[948], labels[957], labels[409], labels[530], labels[892] = (
+        "zebra",
+        "Granny Smith",
+        "pomegranate",
+        "analog clock",
+        "digital clock",
+        "wall clock",
+    )
     (folder / "imagenet_to_label_2012_v2").write_text("\n".join(labels) + "\n")
     shift = {i: (i + 7) % 1000 for i in range(1000)}  # PyTorch index i is ImageNet 2012 id i + 7
     (folder / "pytorch_to_imagenet_2012_id.json").write_text(json.dumps({str(k): v for k, v in shift.items()}))
     pytorch_of = {v: k for k, v in shift.items()}
-    return {pytorch_of[340]: 2, pytorch_of[948]: 3, pytorch_of[957]: 3, pytorch_of[409]: 0, pytorch_of[530]: 0, pytorch_of[892]: 0}
+    return {
+        pytorch_of[340]: 2,
+        pytorch_of[948]: 3,
+        pytorch_of[957]: 3,
+        pytorch_of[409]: 0,
+        pytorch_of[530]: 0,
+        pytorch_of[892]: 0,
+    }
 
 
 def test_mapping_files_follow_the_objectnet_rules(tmp_path):
@@ -152,12 +210,35 @@ def test_mode_1_writes_objectnet_ids_and_minus_one_for_unmapped(plugin, tmp_path
     torch.save(weights, tmp_path / "fixed.pth")
     nested_images(tmp_path / "images", 4)
     out = tmp_path / "out.csv"
-    done = run_optik("batch-predict", tmp_path / "images", out, "--model-class", plugin[0], "--checkpoint", tmp_path / "fixed.pth",
-                     "--convert_outputs_mode", "1", "--objectnet-mappings", tmp_path / "mappings", "--border-crop", "2")
+    done = run_optik(
+        "batch-predict",
+        tmp_path / "images",
+        out,
+        "--model-class",
+        plugin[0],
+        "--checkpoint",
+        tmp_path / "fixed.pth",
+        "--convert_outputs_mode",
+        "1",
+        "--objectnet-mappings",
+        tmp_path / "mappings",
+        "--border-crop",
+        "2",
+    )
     assert done.returncode == 0, done.stderr
     for row in read_rows(out):
         assert [int(v) for v in row[1::2]] == [expected[mapped[0]], -1, expected[mapped[1]], expected[mapped[2]], -1]
-    missing = run_optik("batch-predict", tmp_path / "images", out, "--model-class", plugin[0], "--checkpoint", plugin[1], "--convert-outputs-mode", "1")
+    missing = run_optik(
+        "batch-predict",
+        tmp_path / "images",
+        out,
+        "--model-class",
+        plugin[0],
+        "--checkpoint",
+        plugin[1],
+        "--convert-outputs-mode",
+        "1",
+    )
     assert missing.returncode == 2 and "--objectnet-mappings" in missing.stderr
 
 
@@ -165,7 +246,24 @@ def test_mode_1_writes_objectnet_ids_and_minus_one_for_unmapped(plugin, tmp_path
 def test_resume_after_sigkill_predicts_every_image_exactly_once(plugin, tmp_path):
     truth = nested_images(tmp_path / "images", 120)
     out = tmp_path / "out.csv"
-    args = [sys.executable, "-m", "optik.cli", "batch-predict", str(tmp_path / "images"), str(out), "--model-class", plugin[0], "--checkpoint", str(plugin[1]), "--batch-size", "2", "--workers", "0", "--optimize", "eager"]
+    args = [
+        sys.executable,
+        "-m",
+        "optik.cli",
+        "batch-predict",
+        str(tmp_path / "images"),
+        str(out),
+        "--model-class",
+        plugin[0],
+        "--checkpoint",
+        str(plugin[1]),
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--optimize",
+        "eager",
+    ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     part = tmp_path / "out.csv.part-0"
     deadline = time.monotonic() + 120
@@ -188,20 +286,59 @@ def test_resume_after_sigkill_predicts_every_image_exactly_once(plugin, tmp_path
 @pytest.mark.slow
 def test_torchrun_two_processes_write_the_same_csv_as_one(plugin, tmp_path):
     nested_images(tmp_path / "images", 30)
-    common = ["--model-class", plugin[0], "--checkpoint", str(plugin[1]), "--batch-size", "4", "--workers", "0", "--device", "cpu"]
+    common = [
+        "--model-class",
+        plugin[0],
+        "--checkpoint",
+        str(plugin[1]),
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     single = run_optik("batch-predict", tmp_path / "images", tmp_path / "one.csv", *common)
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "optik.cli", "batch-predict",
-                               str(tmp_path / "images"), str(tmp_path / "two.csv"), *common], capture_output=True, text=True, env=env, timeout=300)
+    launched = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "optik.cli",
+            "batch-predict",
+            str(tmp_path / "images"),
+            str(tmp_path / "two.csv"),
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert launched.returncode == 0, launched.stderr
-    spawned = run_optik("batch-predict", tmp_path / "images", tmp_path / "spawned.csv", *common, "--devices", "2", env={"OMP_NUM_THREADS": "1"})
+    spawned = run_optik(
+        "batch-predict",
+        tmp_path / "images",
+        tmp_path / "spawned.csv",
+        *common,
+        "--devices",
+        "2",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert spawned.returncode == 0, spawned.stderr
     one = read_rows(tmp_path / "one.csv")
     for name in ("two.csv", "spawned.csv"):
         two = read_rows(tmp_path / name)
         assert [r[0::2] for r in one] == [r[0::2] for r in two]  # names and ids, row by row
-        assert np.allclose([[float(v) for v in r[2::2]] for r in one], [[float(v) for v in r[2::2]] for r in two], atol=1e-5)
+        assert np.allclose(
+            [[float(v) for v in r[2::2]] for r in one], [[float(v) for v in r[2::2]] for r in two], atol=1e-5
+        )
     assert not list(tmp_path.glob("*.part-*"))
 
 
@@ -235,7 +372,10 @@ def test_score_top1_top5_and_missing_images(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:4] == ["top-1: 0.5000", "top-5: 0.7500", "images scored: 3", "total: 4"]
     (tmp_path / "far.csv").write_text("a.png,400,0.9\n")
-    assert run_optik("objectnet", "score", tmp_path / "far.csv", tmp_path / "answers.json", "--no-range-check").returncode == 0
+    assert (
+        run_optik("objectnet", "score", tmp_path / "far.csv", tmp_path / "answers.json", "--no-range-check").returncode
+        == 0
+    )
 
 
 def test_large_jpegs_decode_at_reduced_scale_with_the_same_picture(tmp_path):
@@ -243,11 +383,14 @@ def test_large_jpegs_decode_at_reduced_scale_with_the_same_picture(tmp_path):
     from optik.inference.batch import PLUGIN_PREPROCESS, FlatImages
 
     rng = np.random.default_rng(0)
-    smooth = np.kron(rng.integers(0, 255, (60, 50, 3)), np.ones((20, 20, 1))).astype(np.uint8)  # 1200x1000, photo-like detail
+    # 1200x1000, photo-like detail
+    smooth = np.kron(rng.integers(0, 255, (60, 50, 3)), np.ones((20, 20, 1))).astype(np.uint8)
     Image.fromarray(smooth).save(tmp_path / "big.jpg", quality=95)
     Image.fromarray(smooth[:400, :500]).save(tmp_path / "small.jpg", quality=95)
     dataset = FlatImages([tmp_path / "big.jpg", tmp_path / "small.jpg"], PLUGIN_PREPROCESS, None)
-    assert dataset._draft_size(tmp_path / "big.jpg") == (448, 448) and dataset._draft_size(tmp_path / "small.jpg") is None
+    assert (
+        dataset._draft_size(tmp_path / "big.jpg") == (448, 448) and dataset._draft_size(tmp_path / "small.jpg") is None
+    )
     _, drafted, _ = dataset[0]
     full = FlatImages([tmp_path / "big.jpg"], PLUGIN_PREPROCESS, None)
     full._draft_size = lambda path: None
@@ -260,7 +403,17 @@ def test_resume_after_a_row_cut_short(plugin, tmp_path):
     """A kill in the middle of writing a row: the fragment is dropped and that image predicted again."""
     truth = nested_images(tmp_path / "images", 8)
     out = tmp_path / "out.csv"
-    args = ["batch-predict", tmp_path / "images", out, "--model-class", plugin[0], "--checkpoint", plugin[1], "--workers", "0"]
+    args = [
+        "batch-predict",
+        tmp_path / "images",
+        out,
+        "--model-class",
+        plugin[0],
+        "--checkpoint",
+        plugin[1],
+        "--workers",
+        "0",
+    ]
     assert run_optik(*args).returncode == 0
     rows = out.read_text().splitlines(keepends=True)
     out.unlink()
@@ -275,7 +428,19 @@ def test_unreadable_images_are_reported_and_the_rest_written(plugin, tmp_path):
     (tmp_path / "images" / "broken.jpg").write_bytes(b"not a jpeg at all")
     (tmp_path / "images" / "tiny.png").write_bytes(_tiny_png())
     out = tmp_path / "out.csv"
-    done = run_optik("batch-predict", tmp_path / "images", out, "--model-class", plugin[0], "--checkpoint", plugin[1], "--border-crop", "2", "--workers", "1")
+    done = run_optik(
+        "batch-predict",
+        tmp_path / "images",
+        out,
+        "--model-class",
+        plugin[0],
+        "--checkpoint",
+        plugin[1],
+        "--border-crop",
+        "2",
+        "--workers",
+        "1",
+    )
     assert done.returncode == 2 and "2 image(s) could not be read" in done.stderr and "Traceback" not in done.stderr
     assert "broken.jpg: not an image" in done.stderr and "too small for --border-crop 2" in done.stderr
     assert len(read_rows(out)) == 6

@@ -7,13 +7,16 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import make_colour_set, run_optik, tiny_overrides
 from PIL import Image
 
-from conftest import make_colour_set, run_optik, tiny_overrides
 from optik.errors import DataError
 from optik.tools.report import write_report
 
 ODD_CLASS = "r&d <red>"  # a class name the page must escape
+
+# one worker trains the runs once; `plot` and `report` write into classify_run
+pytestmark = pytest.mark.xdist_group("report")
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,9 @@ def classify_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("report_classify")
     data = make_colour_set(root / "data", per_class=8)
     (data / "red").rename(data / ODD_CLASS)
-    done = run_optik("train", "resnet18_small", "--work-dir", root / "run", *(f"--set={o}" for o in tiny_overrides(data, epochs=2)))
+    done = run_optik(
+        "train", "resnet18_small", "--work-dir", root / "run", *(f"--set={o}" for o in tiny_overrides(data, epochs=2))
+    )
     assert done.returncode == 0, done.stderr
     return root / "run"
 
@@ -36,8 +41,18 @@ def detect_run(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("report_detect")
     data = write_shapes_set(root / "data", "coco", train=8, val=4, size=64)
-    cfg = load_config("fcos_resnet18_small", [f"data.root={data}", "train.epochs=2", "data.image_size=64", "data.num_workers=0", "data.batch_size=4",
-                                              "train.keep_checkpoints=1", "train.log_every_n_steps=1"])
+    cfg = load_config(
+        "fcos_resnet18_small",
+        [
+            f"data.root={data}",
+            "train.epochs=2",
+            "data.image_size=64",
+            "data.num_workers=0",
+            "data.batch_size=4",
+            "train.keep_checkpoints=1",
+            "train.log_every_n_steps=1",
+        ],
+    )
     return train(cfg, work_dir=root / "run").work_dir
 
 
@@ -93,7 +108,7 @@ def test_plot_no_eval_writes_only_the_curves_where_asked(classify_run, tmp_path)
 
 
 def test_report_page_shows_every_plot_the_classes_and_the_config(classify_run):
-    page, = written(run_optik("report", classify_run))
+    (page,) = written(run_optik("report", classify_run))
     assert page == classify_run / "report.html"
     assert set(page_images(page)) == {"loss", "metrics", "lr", "confusion_matrix"}
     text = page.read_text()
@@ -103,7 +118,7 @@ def test_report_page_shows_every_plot_the_classes_and_the_config(classify_run):
 
 
 def test_detection_report_has_ap_bars_and_pr_curves(detect_run, tmp_path):
-    page, = written(run_optik("report", detect_run, "--out", tmp_path / "pages" / "det.html"))
+    (page,) = written(run_optik("report", detect_run, "--out", tmp_path / "pages" / "det.html"))
     images = page_images(page)
     assert set(images) == {"loss", "metrics", "lr", "per_class_ap", "pr_curve"}
     assert all(path.parent == tmp_path / "pages" / "plots" for path in images.values())
@@ -138,22 +153,29 @@ def test_a_log_with_no_values_yet_says_what_to_do(tmp_path):
 
 
 def test_precision_curves_average_to_the_coco_ap():
-    from optik.metrics.coco import precision_curves
-    from optik.metrics.coco import coco_metrics
+    from optik.metrics.coco import coco_metrics, precision_curves
 
-    truth = {"images": [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.png"} for i in (1, 2)],
-             "categories": [{"id": 1, "name": "square"}, {"id": 2, "name": "circle"}, {"id": 3, "name": "unseen"}],
-             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0},
-                             {"id": 2, "image_id": 2, "category_id": 1, "bbox": [50, 50, 20, 20], "area": 400, "iscrowd": 0},
-                             {"id": 3, "image_id": 2, "category_id": 2, "bbox": [5, 5, 20, 20], "area": 400, "iscrowd": 0}]}
-    results = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.9},  # squares: both found, and one false alarm
-               {"image_id": 2, "category_id": 1, "bbox": [50, 50, 20, 20], "score": 0.5},
-               {"image_id": 1, "category_id": 1, "bbox": [60, 60, 20, 20], "score": 0.7},
-               {"image_id": 2, "category_id": 2, "bbox": [70, 5, 20, 20], "score": 0.8}]  # the circle missed
+    truth = {
+        "images": [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.png"} for i in (1, 2)],
+        "categories": [{"id": 1, "name": "square"}, {"id": 2, "name": "circle"}, {"id": 3, "name": "unseen"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [50, 50, 20, 20], "area": 400, "iscrowd": 0},
+            {"id": 3, "image_id": 2, "category_id": 2, "bbox": [5, 5, 20, 20], "area": 400, "iscrowd": 0},
+        ],
+    }
+    # squares: both found, and one false alarm; the circle missed
+    results = [
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.9},
+        {"image_id": 2, "category_id": 1, "bbox": [50, 50, 20, 20], "score": 0.5},
+        {"image_id": 1, "category_id": 1, "bbox": [60, 60, 20, 20], "score": 0.7},
+        {"image_id": 2, "category_id": 2, "bbox": [70, 5, 20, 20], "score": 0.8},
+    ]
     curves = precision_curves(truth, results)
     assert len(curves["recall"]) == 101 and set(curves["per_class"]) == {"square", "circle"}  # no objects, no curve
     square = curves["per_class"]["square"]["iou50"]
-    assert square[:51] == [1.0] * 51 and square[51:] == pytest.approx([2 / 3] * 50)  # precision 1 up to recall .5, then 2/3
+    # precision 1 up to recall .5, then 2/3
+    assert square[:51] == [1.0] * 51 and square[51:] == pytest.approx([2 / 3] * 50)
     ap = coco_metrics(truth, results)["per_class"]
     assert sum(curves["per_class"]["square"]["iou50_95"]) / 101 == pytest.approx(ap["square"])
     assert max(curves["per_class"]["circle"]["iou50"]) == 0.0
