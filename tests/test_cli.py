@@ -135,6 +135,7 @@ def build(num_classes=10):
 '''
 
 
+@pytest.mark.slow  # a plug-in trained, tested and predicted through the CLI
 def test_plugin_model_fine_tunes_tests_and_predicts(colour_set, tmp_path):
     import importlib.util
 

@@ -68,6 +68,7 @@ def runs(tmp_path_factory):
     return tmp / "one", tmp / "two", two.stdout
 
 
+@pytest.mark.slow  # two training runs under torchrun (gloo)
 def test_both_processes_train_and_report_once(runs):
     _, two, stdout = runs
     assert "process 0 of 2 (node 0, gloo on cpu): 1 batch per epoch" in stdout
@@ -78,6 +79,7 @@ def test_both_processes_train_and_report_once(runs):
     assert (two / "model.pt").is_file() and (two / "config.yaml").is_file()
 
 
+@pytest.mark.slow  # two training runs under torchrun (gloo)
 def test_two_processes_equal_one_on_the_combined_batch(runs):
     one, two, _ = runs
     single = torch.load(one / "model.pt", weights_only=True)["state_dict"]

@@ -26,6 +26,7 @@ def test_scores_per_class_and_mean():
     assert result.accuracy == pytest.approx(5 / 7) and result.mean_class_accuracy == pytest.approx(0.75)
 
 
+@pytest.mark.slow  # two probes through the CLI
 def test_probe_cli_on_a_trained_classifier_and_a_timm_name(colour_model, tmp_path, optik):
     data = make_colour_set(tmp_path / "data", per_class=10, splits=("train", "test"), seed=3)
     done = optik("probe", colour_model, data, "--out", tmp_path / "probe.json", "--workers", "0")

@@ -125,6 +125,7 @@ def test_bad_annotations_fail_the_cli_with_what_to_do(tmp_path, optik):
     assert done.returncode == 2 and "skip_bad" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # optik test through the CLI on three data layouts
 def test_test_on_a_folder_and_on_a_json(tmp_path, optik, shapes_run):
     root, package = shapes_run
     other = tmp_path / "elsewhere"

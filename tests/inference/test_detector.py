@@ -120,6 +120,7 @@ def test_min_score_keeps_the_confident_objects(detector_package, tmp_path):
     assert 0 < len(confident) < len(everything) and confident.scores.min() >= cut
 
 
+@pytest.mark.slow  # every output option through the CLI, each a run of the detector
 def test_predict_cli_writes_opex_and_roi(detector_package, tmp_path, optik):
     images = tmp_path / "images"
     images.mkdir()

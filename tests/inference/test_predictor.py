@@ -39,7 +39,9 @@ def reference(model, images):
         return model(batch).softmax(-1).numpy()
 
 
-@pytest.mark.parametrize("mode", ["eager", "fused", "compiled", "onnx"])
+@pytest.mark.parametrize(
+    "mode", ["eager", "fused", pytest.param("compiled", marks=pytest.mark.slow), "onnx"]
+)  # compiling: slow
 def test_every_mode_matches_eager_pytorch(model, images, mode):
     predictor = Predictor(model, CLASSES, PRE, device="cpu", batch_size=8, mode=mode)
     results = predictor.predict(images)  # 20 images: batches of 8, 8, 4 (the last one padded when compiled)

@@ -62,6 +62,7 @@ def digit_images(digits_root, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # eight methods trained until the loss falls
 @pytest.mark.parametrize("method", SSL_METHODS)
 def test_method_trains_and_its_loss_goes_down(method, digit_images, tmp_path):
     epochs = EPOCHS.get(method, 8)

@@ -66,6 +66,7 @@ def one_and_two(tmp_path_factory):
 ONE_AND_TWO = pytest.mark.xdist_group("ssl_ddp_steps")  # the tests of `one_and_two` on one worker: it is made once
 
 
+@pytest.mark.slow  # pretraining under torchrun (gloo)
 @ONE_AND_TWO
 @pytest.mark.parametrize("method", METHODS)
 def test_two_processes_see_the_whole_batch(method, one_and_two):
@@ -80,6 +81,7 @@ def test_two_processes_see_the_whole_batch(method, one_and_two):
     assert error < 1e-5, f"{method}: gradients differ by {error:.2e} of their norm"
 
 
+@pytest.mark.slow  # pretraining under torchrun (gloo)
 @ONE_AND_TWO
 def test_negatives_come_from_other_processes(one_and_two, tmp_path):
     """The check above can tell: contrasting only a process's own half gives another loss."""
@@ -92,6 +94,7 @@ def test_negatives_come_from_other_processes(one_and_two, tmp_path):
     assert abs(alone["loss"] - one["loss"]) > 100 * abs(two["loss"] - one["loss"])
 
 
+@pytest.mark.slow  # pretraining under torchrun (gloo)
 def test_optik_train_pretrains_under_torchrun(digits_root, tmp_path):
     images = tmp_path / "unlabelled"
     images.mkdir()

@@ -40,6 +40,7 @@ def backbone(tmp_path_factory, digits_root):
     return shared_once(tmp_path_factory, "pretrain_backbone", make)
 
 
+@pytest.mark.slow  # a classify run fine-tuned from the backbone
 def test_backbone_fine_tunes_with_every_backbone_key_matched(backbone, digits_root, tmp_path):
     done = run_optik(
         "train",

@@ -53,6 +53,7 @@ def assert_same_objects(ours: dict, theirs: dict) -> int:
     return len(objects(theirs))
 
 
+@pytest.mark.slow  # export, then onnxruntime end to end through the CLI
 def test_exported_classifier_predicts_like_pytorch(colour_model, tmp_path, optik):
     out = tmp_path / "colours.onnx"
     done = optik("export", colour_model, "--out", out)
@@ -73,6 +74,7 @@ def test_exported_classifier_predicts_like_pytorch(colour_model, tmp_path, optik
         assert max(abs(ours[k] - theirs[k]) for k in theirs) < 1e-3
 
 
+@pytest.mark.slow  # export, then onnxruntime end to end through the CLI
 def test_a_file_drop_serves_the_onnx_file(colour_model, tmp_path, optik):
     model = tmp_path / "m.onnx"
     assert optik("export", colour_model, "--out", model).returncode == 0
@@ -107,6 +109,7 @@ def test_foreign_onnx_files_and_other_tasks_are_refused(colour_model, tmp_path, 
     assert done.returncode == 2 and "cannot read" in done.stderr
 
 
+@pytest.mark.slow  # export, then onnxruntime end to end through the CLI
 def test_exported_detector_predicts_like_pytorch(shapes_detector, shapes_images, tmp_path, optik):
     out = tmp_path / "shapes.onnx"
     done = optik("export", shapes_detector, "--out", out, "--check-images", shapes_images)
@@ -123,6 +126,7 @@ def test_exported_detector_predicts_like_pytorch(shapes_detector, shapes_images,
     assert compared > 0  # real objects were compared, not just empty lists
 
 
+@pytest.mark.slow  # export, then onnxruntime end to end through the CLI
 @pytest.mark.parametrize("service", ["poll", "redis"])
 def test_services_run_a_model_pt_with_backend_onnxruntime(
     service, shapes_detector, shapes_images, tmp_path, optik, redis_server
@@ -157,6 +161,7 @@ def test_services_run_a_model_pt_with_backend_onnxruntime(
     assert compared > 0
 
 
+@pytest.mark.slow  # export, then onnxruntime end to end through the CLI
 def test_backend_choices_that_cannot_work_are_refused(colour_model, tmp_path, optik):
     model = tmp_path / "m.onnx"
     assert optik("export", colour_model, "--out", model).returncode == 0
@@ -189,6 +194,7 @@ def test_backend_choices_that_cannot_work_are_refused(colour_model, tmp_path, op
     assert compiled.returncode == 2 and "torch backend" in compiled.stderr
 
 
+@pytest.mark.slow  # export, then onnxruntime end to end through the CLI
 def test_a_static_batch_export_takes_any_number_of_images(colour_model, tmp_path, optik):
     """The graph takes batches of 16 only: optik pads every batch to it (here 5 images, then 2)."""
     model = tmp_path / "static.onnx"
@@ -208,6 +214,7 @@ def test_a_static_batch_export_takes_any_number_of_images(colour_model, tmp_path
     assert refused.returncode == 2 and "for detectors" in refused.stderr
 
 
+@pytest.mark.slow  # export, then onnxruntime end to end through the CLI
 def test_batch_predict_runs_an_onnx_file_and_backend_onnxruntime(colour_model, tmp_path, optik):
     """The same rows (ids, and scores within 1e-3) from PyTorch, the exported file, and a model.pt exported in memory."""
     model = tmp_path / "m.onnx"
