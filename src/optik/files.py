@@ -74,6 +74,27 @@ def move_atomic(source: str | Path, target: str | Path) -> Path:
     return target
 
 
+def temp_target(path: str | Path) -> str | None:
+    """The name of the file a `write_atomic` temp file (`.<name>.<random>.tmp`) was to become; None for other files."""
+    name = Path(path).name
+    if not (name.startswith(".") and name.endswith(".tmp")) or name.count(".") < 3:
+        return None
+    return name[1:].rsplit(".", 2)[0]
+
+
+def remove_temp_files_of(folder: str | Path, names: set[str]) -> int:
+    """Delete the `write_atomic` temp files in `folder` that were to become one of `names`, whatever their age.
+
+    For a writer that owns those names (a restarted service): its killed run's half-written outputs go at once.
+    """
+    removed = 0
+    for path in Path(folder).glob(".*.tmp"):
+        if temp_target(path) in names:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def remove_stale_temp_files(folder: str | Path, older_than: float = 600.0) -> int:
     """Delete `write_atomic` temp files (`.<name>.<random>.tmp`) a killed process left in `folder`.
 

@@ -243,23 +243,26 @@ def predict(
     from optik.data.decode import IMAGE_EXTENSIONS
     from optik.data.folder import find_images
     from optik.outputs.classification import write_error
+    from optik.outputs.names import output_stems
     from optik.tasks.loading import load_predictor
 
-    files = []
+    files = {}  # resolved path -> path as given: an image named twice (a.jpg and its folder) is predicted once
     for item in images:
         if not item.exists():
             fail(f"image or folder not found: {item}")
-        files += find_images(item) if item.is_dir() else [item]
+        for path in find_images(item) if item.is_dir() else [item]:
+            files.setdefault(path.resolve(), path)
+    files = list(files.values())
     if not files:
         fail(
             "no image files found in "
             + ", ".join(map(str, images))
             + f" (looked for {' '.join(sorted(IMAGE_EXTENSIONS))}, any case)"
         )
-    stems = {}
+    named = {}
     for path in files:
-        stems.setdefault(path.stem, []).append(path)
-    clashes = [paths for paths in stems.values() if len(paths) > 1]
+        named.setdefault(path.name, []).append(path)
+    clashes = [paths for paths in named.values() if len(paths) > 1]
     predictor = load_predictor(
         model,
         device=device,
@@ -283,18 +286,20 @@ def predict(
         ),
         0,
     )
-    if out_dir is not None and clashes:
+    if out_dir is not None and clashes:  # outputs are named as serve poll names them, by file name
         fail(
-            f"two images would write the same output {clashes[0][0].stem}{output.suffix}: {clashes[0][0]} and {clashes[0][1]}"
+            f"two images in different folders have the same name {clashes[0][0].name} ({clashes[0][0]} and {clashes[0][1]});"
+            " their outputs in --out-dir would be told apart by order only: rename one, or predict the folders separately"
         )
-    for path, result in zip(files, predictor.predict_stream(files)):
+    stems = output_stems(path.name for path in files)
+    for path, stem, result in zip(files, stems, predictor.predict_stream(files)):
         if not result.ok:
             failed += 1
             click.echo(f"error: {path}: {result.reason}", err=True)
             if out_dir is not None:
-                write_error(str(path), result.reason, out_dir / f"{path.stem}.error.json")
+                write_error(str(path), result.reason, out_dir / f"{stem}.error.json")
         elif out_dir is not None:
-            output.write(result, out_dir / f"{path.stem}{output.suffix}")
+            output.write(result, out_dir / f"{stem}{output.suffix}")
         else:
             click.echo(json.dumps({"file": str(path), "prediction": output.payload(result)}))
     if out_dir is not None:

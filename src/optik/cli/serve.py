@@ -18,6 +18,15 @@ def service_options(func):
     return output_options(model_options(backend_option(func)))
 
 
+def service_logging(verbose: bool, quiet: bool) -> None:
+    """Service log lines on stderr: time, level, message (set before the first one, also the connection check's)."""
+    import logging
+
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("optik").setLevel(level)
+
+
 def start_predictor(
     model: Path,
     device: str,
@@ -40,9 +49,7 @@ def start_predictor(
     from optik.inference.backends import COMPILE_MIN_IMAGES
     from optik.tasks.loading import load_predictor
 
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    logging.getLogger("optik").setLevel(level)
+    service_logging(verbose, quiet)
     expected_images = COMPILE_MIN_IMAGES if expected_images is None else expected_images
     predictor = load_predictor(
         model,
@@ -345,6 +352,7 @@ def serve_redis(
     connection = connect_options(
         redis_host, redis_port, redis_db, redis_username, redis_password, redis_password_env, redis_ssl, redis_ssl_ca
     )
+    service_logging(verbose, quiet)
     check_auth(connection)
     outputs = dict(
         fmt=fmt,

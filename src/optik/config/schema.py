@@ -48,6 +48,9 @@ class DataConfig(Section):
         "full", description="decode every image before training, or only read headers"
     )
     skip_bad: bool = Field(False, description="leave unreadable images out (and report them) instead of failing")
+    exif_orientation: bool = Field(
+        True, description="turn photos upright as their EXIF orientation says (recorded in model.pt for prediction)"
+    )
     download: bool = Field(False, description="fetch cifar/mnist files when online")
     image_size: int = Field(224, ge=8, le=4096)
     crop_pct: float = Field(0.875, gt=0, le=1, description="eval: resize to image_size / crop_pct, then center crop")
@@ -248,6 +251,9 @@ class PretrainDataConfig(Section):
         "full", description="decode every image before training, or only read headers"
     )
     skip_bad: bool = Field(False, description="leave unreadable images out (and report them) instead of failing")
+    exif_orientation: bool = Field(
+        True, description="turn photos upright as their EXIF orientation says (recorded in backbone.pt)"
+    )
     image_size: int = Field(224, ge=8, le=4096, description="size of the global views (and of the probe's input)")
     crop_pct: float = Field(
         0.875, gt=0, le=1, description="backbone.pt's eval preprocessing: resize to image_size / crop_pct, center crop"

@@ -1,4 +1,18 @@
-"""The one function that turns image files or bytes into RGB pictures, with clear reasons on failure."""
+"""The one function that turns image files or bytes into RGB pictures, with clear reasons on failure.
+
+Every path that reads pixels (training, testing, prediction, the services, batch-predict, probe,
+tools) goes through `open_image`, so a photo decodes the same everywhere. The rules:
+
+- EXIF orientation (as cameras and phones write it) is applied, unless the caller asks for the
+  stored pixels (`exif_orientation=False`: `data.exif_orientation: false`, recorded in the model
+  package). It is read from the header PIL has already parsed: no second decode.
+- 16-bit and 32-bit integer images (`I;16*`, `I`: 16-bit PNG and TIFF, scanners) are scaled by their
+  bit depth (value >> (bits - 8)), never clipped; 16-bit RGB is reduced to its high byte by Pillow.
+  Float images (`F`) with values in [0, 1] are scaled by 255, others clipped to 0..255.
+- Transparency (RGBA, LA, PA, palette or colour-key transparency) is composited onto **white**, as
+  a picture with a transparent background looks on a page; pixels hidden by alpha 0 never show.
+- CMYK becomes RGB by Pillow's plain formula (no ICC profile); 1-bit, gray, palette and YCbCr as Pillow converts them.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +21,8 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from optik.errors import ImageDecodeError
 
@@ -37,14 +52,18 @@ def describe_source(source) -> str:
 
 
 def open_image(
-    source: str | Path | bytes, name: str | None = None, draft_size: tuple[int, int] | None = None
+    source: str | Path | bytes,
+    name: str | None = None,
+    draft_size: tuple[int, int] | None = None,
+    exif_orientation: bool = True,
 ) -> Image.Image:
-    """Open and fully decode an image as RGB.
+    """Open and fully decode an image as 8-bit RGB, by the rules of the module docstring.
 
     Args:
         source: a file path or the encoded bytes.
         name: what to call the source in errors (defaults to the path).
         draft_size: let JPEG decode at a reduced scale that still covers this (width, height).
+        exif_orientation: turn the picture upright as its EXIF orientation says (false: the stored pixels).
 
     Raises:
         ImageDecodeError: empty, not an image, truncated or corrupt, or too large.
@@ -61,9 +80,67 @@ def open_image(
         image.load()
         if image.format == "PNG" and not has_png_end(fp):
             raise ImageDecodeError(label, "truncated or corrupt (the PNG ends before its IEND chunk)")
-    if image.mode != "RGB":
-        image = image.convert("RGBA").convert("RGB") if "transparency" in image.info else image.convert("RGB")
-    return image
+        picture = to_rgb(image)
+        transpose = ORIENTATIONS.get(orientation(image)) if exif_orientation else None
+    return picture.transpose(transpose) if transpose is not None else picture
+
+
+# EXIF orientation -> the transpose that makes the picture upright (as PIL's ImageOps.exif_transpose).
+ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+BACKGROUND = (255, 255, 255)  # what transparent pixels become
+ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+DEEP_GRAY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) of a loaded image; 1 when there is none or the EXIF block is malformed."""
+    try:
+        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # noqa: BLE001 - Pillow raises assorted errors on bad EXIF; a bad tag must not lose a good picture
+        return 1
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A decoded image of any mode as 8-bit RGB (see the module docstring for the rules)."""
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    if image.mode in DEEP_GRAY_MODES:
+        return Image.fromarray(scaled_to_8_bits(image)).convert("RGB")
+    if image.mode == "F":
+        values = np.asarray(image)
+        values = values * 255 if values.size and np.nanmax(values) <= 1 else values
+        return Image.fromarray(np.clip(np.nan_to_num(values), 0, 255).round().astype(np.uint8)).convert("RGB")
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, BACKGROUND)
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image.convert("RGB")
+
+
+def scaled_to_8_bits(image: Image.Image) -> np.ndarray:
+    """The uint8 levels of a 16- or 32-bit gray image: value >> (bits - 8), bits as the file states them."""
+    values = np.asarray(image)
+    bits = 16 if image.mode.startswith("I;16") else stated_bits(image, values)
+    return (np.clip(values, 0, None).astype(np.uint64) >> (bits - 8)).astype(np.uint8)
+
+
+def stated_bits(image: Image.Image, values: np.ndarray) -> int:
+    """Bits per sample of a 32-bit (`I`) image: the TIFF's BitsPerSample, else what its values need (16 or 32)."""
+    tags = getattr(image, "tag_v2", None)
+    if tags is not None and 258 in tags:
+        declared = tags[258]
+        return int(declared[0] if isinstance(declared, tuple) else declared)
+    return 16 if not values.size or values.max() <= 0xFFFF else 32
 
 
 def has_png_end(fp) -> bool:
@@ -71,6 +148,38 @@ def has_png_end(fp) -> bool:
     fp.seek(0, io.SEEK_END)
     fp.seek(max(0, fp.tell() - 65536))
     return PNG_END in fp.read()
+
+
+def has_jpeg_end(fp) -> bool:
+    """Whether a JPEG is whole: its header segments, walked by their lengths, lead to the image data
+    (start of scan), and the file ends with the end-of-image marker after it.
+
+    Walking the segments skips the EXIF thumbnail in APP1, whose own end-of-image marker can be where
+    a half-written file stops.
+    """
+    size = fp.seek(0, io.SEEK_END)
+    fp.seek(0)
+    if fp.read(2) != b"\xff\xd8":
+        return False
+    while True:
+        head = fp.read(2)
+        while head[:1] == b"\xff" and head[1:] == b"\xff":  # fill bytes before a marker
+            head = head[1:] + fp.read(1)
+        if len(head) < 2 or head[0] != 0xFF or head[1] == 0xD9:
+            return False  # cut short, not a marker, or an end of image before any image data
+        if head[1] == 0x01 or 0xD0 <= head[1] <= 0xD7:
+            continue  # markers without a length
+        length = fp.read(2)
+        if len(length) < 2:
+            return False
+        end = fp.tell() + int.from_bytes(length, "big") - 2
+        if end > size:
+            return False
+        if head[1] == 0xDA:  # start of scan: the entropy-coded data runs to the end of image
+            break
+        fp.seek(end)
+    fp.seek(max(end, size - 64))
+    return fp.read().rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")  # some writers pad after the EOI marker
 
 
 def _is_empty(fp) -> bool:

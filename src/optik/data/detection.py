@@ -36,8 +36,12 @@ def object_masks(record: ImageRecord, keep: np.ndarray) -> np.ndarray:
 
 
 def load_sample(record: ImageRecord, with_masks: bool) -> tuple[tv_tensors.Image, dict]:
-    """The decoded image and its training target (crowd and difficult objects left out)."""
-    picture = open_image(record.path)
+    """The decoded image and its training target (crowd and difficult objects left out).
+
+    The image is decoded as stored, without EXIF rotation: COCO, VOC and YOLO boxes and the image
+    sizes beside them are in the stored pixels' coordinates (as pycocotools and torchvision read them).
+    """
+    picture = open_image(record.path, exif_orientation=False)
     if picture.size != (record.width, record.height):
         raise DataError(
             f"{record.path} is {picture.size[0]}x{picture.size[1]} but was {record.width}x{record.height} when the data was read; did the file change?"

@@ -44,13 +44,15 @@ def seeded_index(key: int | tuple[int, int], seed: int | None) -> int:
 class ImageDataset(Dataset):
     """(image path, label) samples decoded through `open_image` and transformed.
 
-    With `seed` set (training), augmentation is seeded per sample and epoch (see `seed_sample`).
+    With `seed` set (training), augmentation is seeded per sample and epoch (see `seed_sample`);
+    `exif_orientation` is `data.exif_orientation` (see `open_image`).
     """
 
-    def __init__(self, samples: list[Sample], transform, seed: int | None = None):
+    def __init__(self, samples: list[Sample], transform, seed: int | None = None, exif_orientation: bool = True):
         self.samples = samples
         self.transform = transform
         self.seed = seed
+        self.exif_orientation = exif_orientation
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -58,7 +60,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]):
         index = seeded_index(key, self.seed)
         path, label = self.samples[index]
-        return self.transform(open_image(path)), label
+        return self.transform(open_image(path, exif_orientation=self.exif_orientation)), label
 
     @property
     def labels(self) -> list[int]:
@@ -159,9 +161,10 @@ def build_classify_data(data, seed: int | None = None) -> ClassifyData:
     skipped = drop_bad(splits, data.verify, data.skip_bad)
     if not splits.train:
         raise DataError("no training images left after leaving out unreadable ones")
-    datasets = {"train": ImageDataset(splits.train, train_transform(data), seed)}
+    upright = data.exif_orientation
+    datasets = {"train": ImageDataset(splits.train, train_transform(data), seed, upright)}
     for name in ("val", "test"):
-        datasets[name] = ImageDataset(splits.get(name), evaluation)
+        datasets[name] = ImageDataset(splits.get(name), evaluation, exif_orientation=upright)
     return ClassifyData(splits.classes, datasets, splits.origin, skipped)
 
 
@@ -184,7 +187,7 @@ def build_pretrain_data(data, transform, seed: int | None = None) -> tuple[Image
         raise DataError(
             f"{len(samples)} images for a batch size of {data.batch_size}; pretraining needs at least one full batch (lower data.batch_size)"
         )
-    return ImageDataset(samples, transform, seed), sorted(bad)
+    return ImageDataset(samples, transform, seed, data.exif_orientation), sorted(bad)
 
 
 def _torchvision_data(data, evaluation, seed: int | None) -> ClassifyData:

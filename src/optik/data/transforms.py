@@ -21,13 +21,16 @@ INTERPOLATIONS = {
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Eval preprocessing: resize the short side to `resize_size`, center-crop `image_size`, normalise."""
+    """Eval preprocessing: decode (upright by EXIF unless `exif_orientation` is false), resize the short
+    side to `resize_size`, center-crop `image_size`, normalise. Packages from before `exif_orientation`
+    was recorded get its default."""
 
     image_size: int
     resize_size: int
     interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    exif_orientation: bool = True
 
     @classmethod
     def from_data_config(cls, data) -> Preprocess:
@@ -37,6 +40,7 @@ class Preprocess:
             interpolation=data.interpolation,
             mean=tuple(data.mean),
             std=tuple(data.std),
+            exif_orientation=data.exif_orientation,
         )
 
     @classmethod

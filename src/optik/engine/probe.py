@@ -9,7 +9,7 @@ L2-regularised logistic regression (scikit-learn, L-BFGS) on standardised featur
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +73,10 @@ def feature_extractor(model: str | Path, image_size: int | None = None) -> tuple
         network = get_task(package.task).feature_network(package, str(model))
         preprocess = Preprocess.from_dict(package.preprocess)
         if image_size is not None:
-            preprocess = Preprocess(
-                image_size,
-                round(image_size * preprocess.resize_size / preprocess.image_size),
-                preprocess.interpolation,
-                preprocess.mean,
-                preprocess.std,
+            preprocess = replace(
+                preprocess,
+                image_size=image_size,
+                resize_size=round(image_size * preprocess.resize_size / preprocess.image_size),
             )
         return network.eval(), preprocess, f"{path} ({package.config['model']['name']})"
     import timm
@@ -135,7 +133,8 @@ def extract_features(
     workers: int,
     device: torch.device,
 ) -> tuple[np.ndarray, np.ndarray]:
-    loader = make_loader(ImageDataset(samples, eval_transform(preprocess)), batch_size, workers)
+    dataset = ImageDataset(samples, eval_transform(preprocess), exif_orientation=preprocess.exif_orientation)
+    loader = make_loader(dataset, batch_size, workers)
     network = network.to(device)
     features, labels = [], []
     for images, targets in loader:

@@ -156,7 +156,8 @@ class FlatImages(Dataset):
     def __getitem__(self, index: int):
         path = self.files[index]
         try:
-            image = open_image(path, draft_size=self._draft_size(path))
+            upright = self.preprocess.exif_orientation if self.preprocess is not None else True
+            image = open_image(path, draft_size=self._draft_size(path), exif_orientation=upright)
         except ImageDecodeError as exc:
             return index, None, exc.reason
         if self.border:

@@ -145,7 +145,10 @@ class Detector(Predictor):
 
     def load(self, source: ImageSource, name: str | None = None) -> torch.Tensor:
         """Decode (through `open_image`) to a uint8 (3, H, W) tensor; the model resizes it itself."""
-        image = source.convert("RGB") if isinstance(source, Image.Image) else open_image(source, name=name)
+        if isinstance(source, Image.Image):
+            image = source.convert("RGB")
+        else:  # as training decoded (stored pixels, see data.detection.load_sample), unless the package says otherwise
+            image = open_image(source, name=name, exif_orientation=self.preprocess.get("exif_orientation", False))
         return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
     def predict_tensors(self, images: list[torch.Tensor]) -> list[dict]:

@@ -422,4 +422,4 @@ def read_check_images(folder: Path, limit: int = 8) -> list[Image.Image]:
     paths = sorted(find_images(folder))[:limit]
     if not paths:
         raise DataError(f"--check-images: no images in {folder}")
-    return [open_image(path) for path in paths]
+    return [open_image(path, exif_orientation=False) for path in paths]  # as detectors decode

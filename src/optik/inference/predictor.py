@@ -77,7 +77,10 @@ class Predictor:
 
     def load(self, source: ImageSource, name: str | None = None) -> torch.Tensor:
         """Decode (through `open_image`) and preprocess one image to a (3, H, W) tensor."""
-        image = source.convert("RGB") if isinstance(source, Image.Image) else open_image(source, name=name)
+        if isinstance(source, Image.Image):
+            image = source.convert("RGB")
+        else:
+            image = open_image(source, name=name, exif_orientation=self.preprocess.exif_orientation)
         return self.transform(image)
 
     def predict_tensors(self, images: torch.Tensor) -> torch.Tensor:

@@ -21,27 +21,25 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from optik.data.decode import has_png_end, is_image_file
+from optik.data.decode import has_jpeg_end, has_png_end, is_image_file
 from optik.errors import ConfigError
-from optik.files import move_atomic, remove_stale_temp_files, write_atomic
+from optik.files import move_atomic, remove_stale_temp_files, remove_temp_files_of, write_atomic
 from optik.outputs.classification import write_error
+from optik.outputs.names import output_stems
 from optik.services.loop import Rate, Stop, log, predict_batches
 
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 
 
 def has_end_marker(path: Path) -> bool | None:
-    """Whether a JPEG or PNG file ends with its format's end marker; None for formats without a reliable one."""
+    """Whether a JPEG or PNG file is whole by its format's structure (`has_jpeg_end`, `has_png_end`); None
+    for formats without a reliable end marker."""
     suffix = path.suffix.lower()
     if suffix not in JPEG_SUFFIXES | {".png"}:
         return None
     try:
         with open(path, "rb") as fh:
-            if suffix == ".png":
-                return has_png_end(fh)
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 64))
-            return fh.read().rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")  # some writers pad after the EOI marker
+            return has_png_end(fh) if suffix == ".png" else has_jpeg_end(fh)
     except OSError:
         return False
 
@@ -160,8 +158,7 @@ class FilePoller:
         `locked`: the caller already holds `folder_lock(in_dir)`.
         """
         with nullcontext() if locked else folder_lock(self.options.in_dir), self._watching():
-            for folder in {self.options.out_dir, self.options.tmp_dir or self.options.out_dir}:
-                remove_stale_temp_files(folder)
+            self.remove_temp_outputs()
             self.recover()
             while not self.stop:
                 ready, waiting = self.scan()
@@ -178,6 +175,18 @@ class FilePoller:
                     self.stop.wait(self.options.poll_wait)
         log.info("file drop: %s", self.rate.summary())
         return self.rate
+
+    def remove_temp_outputs(self) -> None:
+        """Remove the temp files a killed run left: at once those of this folder's outputs (an image's output
+        is written before the image moves on, so its image is still here) and of the journal; any other after
+        `remove_stale_temp_files`'s age, as another writer may share the output folder."""
+        images = [p.name for p in self.options.in_dir.iterdir() if is_image_file(p.name)]
+        stems = {Path(name).stem for name in images} | set(images)
+        outputs = {f"{stem}{suffix}" for stem in stems for suffix in (self.output.suffix, ".error.json")}
+        for folder in {self.options.out_dir, self.options.tmp_dir or self.options.out_dir}:
+            removed = remove_temp_files_of(folder, outputs | {self.journal.name}) + remove_stale_temp_files(folder)
+            if removed:
+                log.info("removed %d temp file(s) a stopped run left in %s", removed, folder)
 
     def scan(self) -> tuple[list[Drop], int]:
         """Complete image files, oldest first, and how many are still being written."""
@@ -202,16 +211,11 @@ class FilePoller:
         return ready, len(present) - len(ready)
 
     def _name_outputs(self, names: list[str]) -> None:
-        """Output stem per file, fixed when first seen: its stem, or its whole name if another file in the
-        folder has that stem already (a.jpg and a.png at once: a.json and a.png.json)."""
+        """Output stem per file, fixed when first seen (`output_stems`: a.jpg and a.png at once: a.json and a.png.json)."""
         here = set(names)
         self.stems = {name: stem for name, stem in self.stems.items() if name in here}
-        taken = set(self.stems.values())
-        for name in names:
-            if name not in self.stems:
-                stem = Path(name).stem
-                self.stems[name] = name if stem in taken else stem
-                taken.add(self.stems[name])
+        new = [name for name in names if name not in self.stems]
+        self.stems.update(zip(new, output_stems(new, taken=self.stems.values())))
 
     def process(self, drops: list[Drop]) -> None:
         """Predict in micro-batches (the next batch decodes during this one's forward pass) and commit

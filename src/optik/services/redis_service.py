@@ -68,6 +68,13 @@ class RedisOptions:
         return f"{'rediss' if self.ssl else 'redis'}://{self.host}:{self.port}/{self.db}"
 
 
+def unreachable_hint(options: RedisOptions) -> str:
+    """What to check when nothing answers at host:port (a wrong --redis-port retries forever otherwise)."""
+    return (
+        f"is redis-server running on {options.host}:{options.port}, and is the port right (--redis-host, --redis-port)?"
+    )
+
+
 def check_auth(options: RedisOptions) -> None:
     """Fail fast, with a clear message, when the server refuses our credentials."""
     client = options.client()
@@ -94,7 +101,10 @@ def check_auth(options: RedisOptions) -> None:
                 f"cannot connect to Redis at {options.where()}: {_first_line(exc)}; check --redis-host and the TLS options"
             ) from None
         log.warning(
-            "Redis at %s is not reachable yet (%s); the service keeps trying", options.where(), _first_line(exc)
+            "Redis at %s is not reachable yet (%s); %s; the service keeps trying",
+            options.where(),
+            _first_line(exc),
+            unreachable_hint(options),
         )
     finally:
         client.close()
@@ -149,6 +159,7 @@ class RedisService:
         self.stop = stop if stop is not None else Stop()
         self.rate = Rate()
         self.backoff = Backoff()
+        self.hinted = False  # the first connection failure says what to check; the retries after it do not
 
     def run(self) -> Rate:
         while not self.stop:
@@ -156,7 +167,9 @@ class RedisService:
             try:
                 self.serve(client)
             except REDIS_ERRORS as exc:
-                self._retry(f"Redis at {self.options.where()} unavailable ({_first_line(exc)})")
+                hint = "" if self.hinted else f"; {unreachable_hint(self.options)}"
+                self.hinted = True
+                self._retry(f"Redis at {self.options.where()} unavailable ({_first_line(exc)}){hint}")
             except redis.ResponseError as exc:
                 if str(exc).startswith("WRONGTYPE"):
                     raise ConfigError(

@@ -43,6 +43,7 @@ class DetectTask(Task):
             "image_size": cfg.data.image_size,
             "mean": list(cfg.data.mean),
             "std": list(cfg.data.std),
+            "exif_orientation": False,  # boxes are annotated on the stored pixels (see data.detection.load_sample)
         }
         truth = sets["val"].to_coco() if cfg.train.validation else None
         module = DetectModule(model, config_to_dict(cfg), classes, preprocess, val_ground_truth=truth)
