@@ -120,3 +120,148 @@ def test_image_size_of_a_bad_file_is_a_decode_error(tmp_path, data, reason):
     assert reason in info.value.reason and info.value.source == str(path)
     with pytest.raises(ImageDecodeError, match="file not found"):
         image_size(tmp_path / "absent.png")
+
+
+# Photos as cameras and scanners write them: EXIF orientation, 16/32-bit and float samples, alpha, CMYK.
+
+UPRIGHT = np.random.default_rng(7).integers(0, 256, (30, 40, 3), dtype=np.uint8)  # 40 wide, 30 high
+
+# EXIF orientation -> how the camera stored an upright picture (the inverse of what decoding applies)
+STORED_AS = {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270, 3: Image.Transpose.ROTATE_180}
+
+
+def rotated_twin(orientation: int, fmt: str = "PNG", **options) -> bytes:
+    """UPRIGHT stored turned, with the EXIF orientation that turns it back."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(UPRIGHT).transpose(STORED_AS[orientation]).save(buffer, fmt, exif=exif, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+def test_exif_orientation_turns_a_photo_upright(orientation):
+    data = rotated_twin(orientation)
+    assert np.array_equal(np.asarray(open_image(data)), UPRIGHT)
+    stored = open_image(data, exif_orientation=False)  # the pixels as stored, for data annotated that way
+    assert np.array_equal(np.asarray(stored), np.asarray(Image.fromarray(UPRIGHT).transpose(STORED_AS[orientation])))
+
+
+def test_exif_orientation_of_a_jpeg_with_draft_decoding():
+    upright = io.BytesIO()
+    Image.fromarray(UPRIGHT).save(upright, "JPEG", quality=100, subsampling=0)
+    rotated = rotated_twin(6, "JPEG", quality=100, subsampling=0)
+    twin = np.asarray(open_image(upright.getvalue()), dtype=int)
+    assert np.abs(np.asarray(open_image(rotated), dtype=int) - twin).max() <= 2  # JPEG rounding, nothing more
+    small = open_image(rotated, draft_size=(10, 10))  # decoded at a reduced scale, then turned upright
+    assert small.width < 40 and small.width / small.height == pytest.approx(40 / 30)
+
+
+def saved(array: np.ndarray, fmt: str) -> bytes:
+    """`array` as a file: 16-bit RGB through OpenCV (Pillow writes no 16-bit colour), anything else through Pillow."""
+    if array.ndim == 3:
+        import cv2
+
+        ok, encoded = cv2.imencode(f".{fmt.lower()}", array[..., ::-1])  # OpenCV writes BGR
+        assert ok
+        return encoded.tobytes()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+EIGHT_BIT = np.random.default_rng(8).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+LOW_BYTE = np.random.default_rng(9).integers(0, 256, (30, 40, 3), dtype=np.uint16)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+@pytest.mark.parametrize("channels", ["gray", "rgb"])
+def test_16_bit_images_decode_as_their_8_bit_twins(fmt, channels):
+    twin = EIGHT_BIT[..., 0] if channels == "gray" else EIGHT_BIT
+    deep = (twin.astype(np.uint16) << 8) | (LOW_BYTE[..., 0] if channels == "gray" else LOW_BYTE)
+    data = saved(deep, fmt)
+    assert Image.open(io.BytesIO(data)).mode == ("I;16" if channels == "gray" else "RGB")
+    decoded = np.asarray(open_image(data), dtype=int)
+    expected = np.stack([twin] * 3, axis=-1) if channels == "gray" else twin
+    assert np.abs(decoded - expected).max() <= 1
+
+
+def test_32_bit_and_float_scanner_images_scale_by_their_range():
+    gray = EIGHT_BIT[..., 0]
+    signed = saved(gray.astype(np.int32) << 23, "TIFF")  # 32-bit signed: 31 bits of range
+    floats = saved(gray.astype(np.float32) / 255, "TIFF")  # float in [0, 1]
+    for data, mode in ((signed, "I"), (floats, "F")):
+        assert Image.open(io.BytesIO(data)).mode == mode
+        assert np.array_equal(np.asarray(open_image(data))[..., 1], gray), mode
+
+
+def test_one_bit_images_are_black_and_white():
+    bits = EIGHT_BIT[..., 0] > 127
+    decoded = np.asarray(open_image(saved(bits, "PNG")))
+    assert set(np.unique(decoded)) <= {0, 255} and np.array_equal(decoded[..., 0] == 255, bits)
+
+
+def test_transparency_is_composited_onto_white():
+    rgba = np.dstack([EIGHT_BIT, np.tile(np.array([0, 128, 255], dtype=np.uint8), (30, 14))[:, :40]])
+    decoded = np.asarray(open_image(_png(Image.fromarray(rgba, "RGBA"))), dtype=int)
+    alpha = rgba[..., 3:].astype(int)
+    expected = (EIGHT_BIT * alpha + 255 * (255 - alpha)) / 255
+    assert np.abs(decoded - expected).max() <= 1
+    assert (decoded[alpha[..., 0] == 0] == 255).all()  # a fully transparent pixel is white, whatever colour it hid
+    la = Image.fromarray(np.dstack([EIGHT_BIT[..., 0], rgba[..., 3]]), "LA")
+    decoded_la = np.asarray(open_image(_png(la)), dtype=int)[..., 0]
+    assert np.abs(decoded_la - (EIGHT_BIT[..., 0] * alpha[..., 0] + 255 * (255 - alpha[..., 0])) / 255).max() <= 1
+
+
+def test_palette_images_with_and_without_transparency():
+    palette = Image.fromarray(EIGHT_BIT).quantize(16)
+    opaque = np.asarray(open_image(_png(palette)))
+    assert np.array_equal(opaque, np.asarray(palette.convert("RGB")))
+    clear = np.asarray(open_image(_png(palette, transparency=0)))  # palette entry 0 is transparent
+    hidden = np.asarray(palette) == 0
+    assert hidden.any() and (clear[hidden] == 255).all() and np.array_equal(clear[~hidden], opaque[~hidden])
+
+
+def test_cmyk_jpeg_becomes_rgb_by_the_plain_formula():
+    cmyk = Image.fromarray(EIGHT_BIT).convert("CMYK")
+    buffer = io.BytesIO()
+    cmyk.save(buffer, "JPEG", quality=100)
+    decoded = np.asarray(open_image(buffer.getvalue()), dtype=int)
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode == "CMYK"
+    assert np.abs(decoded - EIGHT_BIT.astype(int)).mean() < 3  # RGB -> CMYK -> RGB, through JPEG at quality 100
+
+
+def _png(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **options)
+    return buffer.getvalue()
+
+
+def test_a_jpeg_is_whole_only_with_its_image_data_and_final_end_marker():
+    from optik.data.decode import has_jpeg_end
+
+    data = jpeg_with_thumbnail()
+    thumbnail_end = data.index(b"\xff\xd9") + 2
+    assert thumbnail_end < len(data) - 2  # the thumbnail's end-of-image marker is early in the file
+    assert has_jpeg_end(io.BytesIO(data)) and has_jpeg_end(io.BytesIO(data + b"\x00\x00"))
+    for cut in (thumbnail_end, len(data) // 2, len(data) - 1):
+        assert not has_jpeg_end(io.BytesIO(data[:cut])), cut
+
+
+def jpeg_with_thumbnail(size: int = 64, seed: int = 0) -> bytes:
+    """A JPEG whose EXIF block (APP1) holds a JPEG thumbnail, with its own end-of-image marker, as cameras write."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    thumb, main = io.BytesIO(), io.BytesIO()
+    Image.fromarray(pixels).resize((16, 16)).save(thumb, "JPEG")
+    Image.fromarray(pixels).save(main, "JPEG")
+    # TIFF (little-endian): IFD0 with the orientation, IFD1 pointing at the thumbnail right after it
+    ifd0 = struct.pack("<H", 1) + struct.pack("<HHII", 0x0112, 3, 1, 1) + struct.pack("<I", 26)
+    ifd1 = (
+        struct.pack("<H", 2)
+        + struct.pack("<HHII", 0x0201, 4, 1, 56)
+        + struct.pack("<HHII", 0x0202, 4, 1, len(thumb.getvalue()))
+    )
+    tiff = b"II*\x00" + struct.pack("<I", 8) + ifd0 + ifd1 + struct.pack("<I", 0) + thumb.getvalue()
+    app1 = b"\xff\xe1" + struct.pack(">H", 2 + 6 + len(tiff)) + b"Exif\x00\x00" + tiff
+    data = main.getvalue()
+    return data[:2] + app1 + data[2:]

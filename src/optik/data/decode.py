@@ -7,7 +7,8 @@ tools) goes through `open_image`, so a photo decodes the same everywhere. The ru
   stored pixels (`exif_orientation=False`: `data.exif_orientation: false`, recorded in the model
   package). It is read from the header PIL has already parsed: no second decode.
 - 16-bit and 32-bit integer images (`I;16*`, `I`: 16-bit PNG and TIFF, scanners) are scaled by their
-  bit depth (value >> (bits - 8)), never clipped; 16-bit RGB is reduced to its high byte by Pillow.
+  bit depth as the file states it (value >> (bits - 8); signed samples: bits - 1), never clipped;
+  16-bit RGB is reduced to its high byte by Pillow.
   Float images (`F`) with values in [0, 1] are scaled by 255, others clipped to 0..255.
 - Transparency (RGBA, LA, PA, palette or colour-key transparency) is composited onto **white**, as
   a picture with a transparent background looks on a page; pixels hidden by alpha 0 never show.
@@ -130,17 +131,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def scaled_to_8_bits(image: Image.Image) -> np.ndarray:
     """The uint8 levels of a 16- or 32-bit gray image: value >> (bits - 8), bits as the file states them."""
     values = np.asarray(image)
-    bits = 16 if image.mode.startswith("I;16") else stated_bits(image, values)
-    return (np.clip(values, 0, None).astype(np.uint64) >> (bits - 8)).astype(np.uint8)
+    if image.mode.startswith("I;16"):
+        return (values >> 8).astype(np.uint8)
+    bits, signed = sample_format(image, values)
+    if not signed:  # Pillow holds unsigned 32-bit samples in its signed mode I: read them back as unsigned
+        values = values.view(np.uint32)
+    return (np.clip(values, 0, None).astype(np.uint64) >> (bits - 1 - 8 if signed else bits - 8)).astype(np.uint8)
 
 
-def stated_bits(image: Image.Image, values: np.ndarray) -> int:
-    """Bits per sample of a 32-bit (`I`) image: the TIFF's BitsPerSample, else what its values need (16 or 32)."""
+def sample_format(image: Image.Image, values: np.ndarray) -> tuple[int, bool]:
+    """(bits per sample, signed) of a 32-bit integer (`I`) image: the TIFF's BitsPerSample and SampleFormat
+    tags, else signed 32-bit, or 16-bit when the values fit (Pillow's own 16-bit images)."""
     tags = getattr(image, "tag_v2", None)
     if tags is not None and 258 in tags:
-        declared = tags[258]
-        return int(declared[0] if isinstance(declared, tuple) else declared)
-    return 16 if not values.size or values.max() <= 0xFFFF else 32
+        bits, kind = (value[0] if isinstance(value, tuple) else value for value in (tags[258], tags.get(339, 1)))
+        return int(bits), kind == 2  # SampleFormat 2: signed integers
+    if not values.size or 0 <= values.min() and values.max() <= 0xFFFF:
+        return 16, False
+    return 32, True
 
 
 def has_png_end(fp) -> bool:
