@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -67,6 +69,25 @@ def colour_image(colour: tuple[int, int, int], size: int, rng: np.random.Generat
     x, y = rng.integers(0, size // 2, 2)
     pixels[y : y + size // 3, x : x + size // 3] = rng.integers(150, 255, 3)
     return Image.fromarray(pixels)
+
+
+def jpeg_with_thumbnail(size: int = 64, seed: int = 0) -> bytes:
+    """A JPEG whose EXIF block (APP1) holds a JPEG thumbnail, with its own end-of-image marker, as cameras write."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    thumb, main = io.BytesIO(), io.BytesIO()
+    Image.fromarray(pixels).resize((16, 16)).save(thumb, "JPEG")
+    Image.fromarray(pixels).save(main, "JPEG")
+    # TIFF (little-endian): IFD0 with the orientation, IFD1 pointing at the thumbnail right after it
+    ifd0 = struct.pack("<H", 1) + struct.pack("<HHII", 0x0112, 3, 1, 1) + struct.pack("<I", 26)
+    ifd1 = (
+        struct.pack("<H", 2)
+        + struct.pack("<HHII", 0x0201, 4, 1, 56)
+        + struct.pack("<HHII", 0x0202, 4, 1, len(thumb.getvalue()))
+    )
+    tiff = b"II*\x00" + struct.pack("<I", 8) + ifd0 + ifd1 + struct.pack("<I", 0) + thumb.getvalue()
+    app1 = b"\xff\xe1" + struct.pack(">H", 2 + 6 + len(tiff)) + b"Exif\x00\x00" + tiff
+    data = main.getvalue()
+    return data[:2] + app1 + data[2:]
 
 
 def make_colour_set(

@@ -238,6 +238,8 @@ def _png(image: Image.Image, **options) -> bytes:
 
 
 def test_a_jpeg_is_whole_only_with_its_image_data_and_final_end_marker():
+    from conftest import jpeg_with_thumbnail
+
     from optik.data.decode import has_jpeg_end
 
     data = jpeg_with_thumbnail()
@@ -246,22 +248,3 @@ def test_a_jpeg_is_whole_only_with_its_image_data_and_final_end_marker():
     assert has_jpeg_end(io.BytesIO(data)) and has_jpeg_end(io.BytesIO(data + b"\x00\x00"))
     for cut in (thumbnail_end, len(data) // 2, len(data) - 1):
         assert not has_jpeg_end(io.BytesIO(data[:cut])), cut
-
-
-def jpeg_with_thumbnail(size: int = 64, seed: int = 0) -> bytes:
-    """A JPEG whose EXIF block (APP1) holds a JPEG thumbnail, with its own end-of-image marker, as cameras write."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    thumb, main = io.BytesIO(), io.BytesIO()
-    Image.fromarray(pixels).resize((16, 16)).save(thumb, "JPEG")
-    Image.fromarray(pixels).save(main, "JPEG")
-    # TIFF (little-endian): IFD0 with the orientation, IFD1 pointing at the thumbnail right after it
-    ifd0 = struct.pack("<H", 1) + struct.pack("<HHII", 0x0112, 3, 1, 1) + struct.pack("<I", 26)
-    ifd1 = (
-        struct.pack("<H", 2)
-        + struct.pack("<HHII", 0x0201, 4, 1, 56)
-        + struct.pack("<HHII", 0x0202, 4, 1, len(thumb.getvalue()))
-    )
-    tiff = b"II*\x00" + struct.pack("<I", 8) + ifd0 + ifd1 + struct.pack("<I", 0) + thumb.getvalue()
-    app1 = b"\xff\xe1" + struct.pack(">H", 2 + 6 + len(tiff)) + b"Exif\x00\x00" + tiff
-    data = main.getvalue()
-    return data[:2] + app1 + data[2:]

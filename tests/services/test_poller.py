@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COLOURS, Served, colour_image, run_optik
+from conftest import COLOURS, Served, colour_image, jpeg_with_thumbnail, run_optik
 from service_helpers import Service
 
 CLASSES = ["red", "green", "blue"]
@@ -424,3 +424,43 @@ def test_a_second_poller_on_the_same_folder_is_refused(colour_model, tmp_path):
     second = serve_poll(colour_model, in_dir, tmp_path / "out2")
     assert second.returncode == 2 and "already serving" in second.stderr
     assert service.stop() == 0
+
+
+def test_a_jpeg_written_in_two_parts_ending_at_its_thumbnail_marker_is_predicted(colour_model, tmp_path):
+    """The first part ends with the EXIF thumbnail's end-of-image marker (FFD9), a second before the rest."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    data = jpeg_with_thumbnail(size=64, seed=3)
+    first = data.index(b"\xff\xd9") + 2
+    assert first < len(data) - 2
+    service = Service(
+        "poll", colour_model, "--in", in_dir, "--out", out_dir, "--optimize", "fused", "--continuous",
+        "--poll-wait", "0.05", "--settle", "5",
+    )  # fmt: skip
+    service.wait_for("ready")
+    with open(in_dir / "photo.jpg", "wb") as fh:
+        fh.write(data[:first])
+        fh.flush()
+        time.sleep(1.0)
+        fh.write(data[first:])
+    deadline = time.monotonic() + 30
+    while not (out_dir / "photo.jpg").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert service.stop() == 0
+    assert set(json.loads((out_dir / "photo.json").read_text())) == set(CLASSES), service.log
+    assert not (out_dir / "failed").exists() or not list((out_dir / "failed").iterdir())
+    assert (out_dir / "photo.jpg").read_bytes() == data
+
+
+def test_a_temp_output_left_by_a_killed_run_is_removed_at_start(colour_model, tmp_path):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    drop_images(in_dir, 1)  # 0000_red.jpg: its output was being written when the service was killed
+    out_dir.mkdir()
+    stale = out_dir / ".0000_red.json.k2j4x9q1.tmp"
+    stale.write_text('{"red": 0.')
+    others = out_dir / ".someone-else.json.a1b2c3d4.tmp"  # another writer's, fresh: left for the age sweep
+    others.write_text("{")
+    done = serve_poll(colour_model, in_dir, out_dir)
+    assert done.returncode == 0, done.stderr
+    assert not stale.exists() and others.exists()
+    assert set(json.loads((out_dir / "0000_red.json").read_text())) == set(CLASSES)
