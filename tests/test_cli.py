@@ -195,3 +195,28 @@ def test_option_errors_and_non_model_files_are_one_line(tmp_path):
     out = tmp_path / "mine.yaml"
     assert run_optik("config", "export", "resnet18_small", out).returncode == 0
     assert_user_error(run_optik("config", "export", "resnet18_small", out), "--force")
+
+
+def test_predict_takes_an_image_named_twice_once_and_names_outputs_as_serve_poll(colour_model, tmp_path):
+    from pathlib import Path
+
+    import numpy as np
+    from conftest import COLOURS, colour_image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    colour_image(COLOURS["red"], 32, rng).save(folder / "a.jpg")
+    colour_image(COLOURS["blue"], 32, rng).save(folder / "x.jpg")
+    colour_image(COLOURS["green"], 32, rng).save(folder / "x.png")
+    listed = run_optik("predict", colour_model, folder / "a.jpg", folder)  # a.jpg given, and again in its folder
+    assert listed.returncode == 0, listed.stderr
+    files = [json.loads(line)["file"] for line in listed.stdout.splitlines()]
+    assert (
+        len(files) == 3 and files[0] == str(folder / "a.jpg") and sorted(map(Path, files)) == sorted(folder.iterdir())
+    )
+    out = tmp_path / "out"
+    written = run_optik("predict", colour_model, folder / "a.jpg", folder, "--out-dir", out)
+    assert written.returncode == 0, written.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "x.json", "x.png.json"]  # as serve poll names them
+    assert max(json.loads((out / "x.png.json").read_text()).items(), key=lambda kv: kv[1])[0] == "green"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -320,3 +321,18 @@ def test_tls_with_a_ca_file_and_a_clear_error_with_the_wrong_one(colour_model, t
         (reply,) = collect(pubsub, 1)
         assert set(reply) == set(CLASSES)
         assert service.stop() == 0
+
+
+def test_nothing_listening_on_the_port_says_so_in_the_first_retry_and_keeps_trying(colour_model):
+    from service_helpers import free_port
+
+    port = free_port()
+    service = Service("redis", colour_model, "--redis-port", port, "--optimize", "fused")
+    service.wait_for("reconnecting")
+    assert service.process.poll() is None  # still trying
+    assert service.stop() == 0
+    first = next(line for line in service.lines if "not reachable" in line or "unavailable" in line)
+    assert f"localhost:{port}" in first and "is redis-server running" in first and "is the port right" in first
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ WARNING ", first), first  # as the other service lines
+    hints = [line for line in service.lines if "is the port right" in line]
+    assert len(hints) <= 2  # the connection check and the service's first retry, not every retry
