@@ -1,6 +1,7 @@
 """The `optik` command as a user meets it: bad input gets exit code 2 and one clear line, never a traceback."""
 
 import json
+import re
 
 import pytest
 from conftest import make_colour_set, run_optik, tiny_overrides
@@ -191,7 +192,7 @@ def test_option_errors_and_non_model_files_are_one_line(tmp_path):
     (tmp_path / "zero.pt").write_bytes(b"")
     assert_user_error(run_optik("predict", tmp_path / "zero.pt", tmp_path), "empty (0 bytes)")
     (tmp_path / "labels.txt").write_text("a\nb\n")
-    assert_user_error(run_optik("predict", tmp_path / "labels.txt", tmp_path), "not a PyTorch weights file")
+    assert_user_error(run_optik("predict", tmp_path / "labels.txt", tmp_path), "not a PyTorch or optik model file")
     out = tmp_path / "mine.yaml"
     assert run_optik("config", "export", "resnet18_small", out).returncode == 0
     assert_user_error(run_optik("config", "export", "resnet18_small", out), "--force")
@@ -220,3 +221,101 @@ def test_predict_takes_an_image_named_twice_once_and_names_outputs_as_serve_poll
     assert written.returncode == 0, written.stderr
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "x.json", "x.png.json"]  # as serve poll names them
     assert max(json.loads((out / "x.png.json").read_text()).items(), key=lambda kv: kv[1])[0] == "green"
+
+
+NO_GPU = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
+
+
+@pytest.mark.parametrize(
+    ("option", "needles"),
+    [
+        (["--devices", "0"], ["train.devices", "got 0", "'auto'"]),
+        (["--devices", "2.5"], ["train.devices: expected a positive whole number", "got 2.5"]),
+        (["--set", "train.devices=abc"], ["train.devices", "list of device ids", "got 'abc'"]),
+        (["--set", "model.name=resnet999"], ["unknown timm architecture 'resnet999'", "resnet18", "resnet50"]),
+        (["--set", "data.classes=5"], ["data.classes: expected a list of strings or a string", "got 5"]),
+        pytest.param(["--set", "train.accelerator=cuda"], ["train.accelerator: cuda", "no CUDA GPU"], marks=NO_GPU),
+        pytest.param(["--devices", "0,1"], ["train.devices", "picks GPUs", "on the CPU"], marks=NO_GPU),
+    ],
+)
+def test_devices_accelerator_and_model_name_are_checked_before_any_data_is_read(tmp_path, option, needles):
+    """The data root does not exist: had the data been scanned, that would have been the error."""
+    missing = tmp_path / "no_data_here"
+    proc = run_optik("train", "resnet18_small", "--set", f"data.root={missing}", *option, "--work-dir", tmp_path / "w")
+    assert_user_error(proc, *needles)
+    assert "data folder not found" not in proc.stderr and "data:" not in proc.stdout
+
+
+def test_devices_minus_one_is_all_devices_and_reaches_the_data(tmp_path):
+    assert "  devices: auto" in run_optik("config", "show", "resnet18_small", "--set", "train.devices=-1").stdout
+    missing = tmp_path / "no_data_here"
+    proc = run_optik("train", "resnet18_small", "--set", f"data.root={missing}", "--devices", "-1")
+    assert_user_error(proc, "data folder not found")
+
+
+def test_config_list_is_aligned_and_shows_whole_sentences():
+    lines = run_optik("config", "list").stdout.splitlines()  # a pipe: one line per preset
+    from optik.config.load import preset_names
+
+    assert [line.split()[0] for line in lines] == preset_names()
+    column = max(len(name) for name in preset_names()) + 2
+    assert all(line[column - 2 : column] == "  " and line[column] != " " for line in lines)
+    assert all(line.endswith((".", ")")) for line in lines), lines
+    ssl = next(line for line in lines if line.startswith("ssl_resnet18_small"))
+    assert ssl.endswith("medical thumbnails); a few minutes on a CPU.")
+
+
+def test_exported_yaml_is_block_style(tmp_path):
+    text = run_optik("config", "export", "fcos_resnet18_small").stdout
+    assert "model:\n  name: fcos\n  backbone: resnet18\n" in text and "{" not in text
+
+
+def test_a_truncated_or_foreign_model_file_says_what_it_is(tmp_path):
+    import numpy as np
+    import torch
+    from conftest import colour_image
+
+    colour_image((1, 2, 3), 8, np.random.default_rng(0)).save(tmp_path / "x.png")
+    torch.save({"fc.weight": torch.zeros(3, 4), "fc.bias": torch.zeros(3)}, tmp_path / "weights.pth")
+    whole = (tmp_path / "weights.pth").read_bytes()
+    (tmp_path / "model.pt").write_bytes(whole[: len(whole) - 40])
+    assert_user_error(run_optik("predict", tmp_path / "model.pt", tmp_path / "x.png"), "model.pt", "truncated")
+    (tmp_path / "model.pt").write_text("not a model at all\n" * 10)
+    assert_user_error(
+        run_optik("predict", tmp_path / "model.pt", tmp_path / "x.png"), "not a PyTorch or optik model file"
+    )
+    assert_user_error(
+        run_optik("predict", tmp_path / "weights.pth", tmp_path / "x.png"),
+        "bare weights",
+        "optik train",
+        "model.weights: ",
+    )
+
+
+def test_a_run_without_a_terminal_prints_progress_lines_and_names_the_checkpoint_of_model_pt(colour_set, tmp_path):
+    import re
+
+    proc = run_optik(*train_args(colour_set, "train.epochs=2", "train.max_steps=2"), "--work-dir", tmp_path / "w")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [
+        line
+        for line in proc.stdout.splitlines()
+        if re.fullmatch(r"epoch 1/2 step \d/\d loss \d+\.\d{4} [\d.]+ it/s", line)
+    ]
+    assert [line.split()[3] for line in steps] == ["1/3", "2/3"]  # log_every_n_steps=1; 30 images, 8 a batch
+    assert "could not find the monitored key" not in proc.stderr and "Warning" not in proc.stderr
+    assert "(from last.ckpt: step 2: train.max_steps ended training before any validation)" in proc.stdout
+
+
+@pytest.mark.parametrize("command", [["config"], ["train"], ["serve", "poll"], ["serve", "redis"]])
+def test_help_says_what_a_command_does_not_what_it_replaced(command):
+    text = run_optik(*command, "--help").stdout
+    assert text and not re.search(r"\bold\b|mmcls|mmdet|predict_poll|predict_redis", text), text
+
+
+def test_readme_maps_the_old_commands():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for old in ("mmcls_config", "mmcls_train", "mmcls_predict_poll", "mmcls_predict_redis", "mmdet_predict"):
+        assert f"| `{old}" in readme

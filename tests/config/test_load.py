@@ -88,3 +88,62 @@ def test_example_configs_validate():
     for path in examples:
         cfg = load_config(path)
         assert cfg.data.root is not None and cfg.task in ("classify", "pretrain")
+
+
+@pytest.mark.parametrize(
+    ("given", "meant"), [(-1, "auto"), ("-1", "auto"), ("auto", "auto"), (2, 2), ("2", 2), ("0,1", [0, 1]), ([1], [1])]
+)
+def test_devices_in_every_form_lightning_takes(given, meant):
+    assert parse_config({"train": {"devices": given}}).train.devices == meant
+
+
+@pytest.mark.parametrize("given", [0, -2, 2.5, "abc", "", True, [], [0, 0], [-1]])
+def test_devices_that_name_no_device_are_refused_in_the_users_terms(given):
+    with pytest.raises(ConfigError) as info:
+        parse_config({"train": {"devices": given}})
+    message = str(info.value)
+    assert message.startswith("train.devices: ") and f"got {given!r}" in message
+    assert "Input should be" not in message and " or Input" not in message
+
+
+def test_a_value_that_fits_no_branch_of_a_union_is_one_line():
+    with pytest.raises(ConfigError) as info:
+        parse_config({"data": {"classes": 5}})
+    assert str(info.value) == (
+        "data.classes: expected a list of strings or a string (class names, or a labels file); got 5"
+    )
+    with pytest.raises(ConfigError) as info:  # a list, but an item of the wrong type: that item is named
+        parse_config({"data": {"classes": ["cat", 7]}})
+    assert str(info.value) == "data.classes: item 1: expected a string; got 7"
+    with pytest.raises(ConfigError) as info:
+        parse_config({"train": {"grad_clip": "high"}})
+    assert str(info.value) == "train.grad_clip: expected a number; got 'high'"
+
+
+def test_dumped_config_is_block_style_and_never_wrapped():
+    text = dump_config(load_config("fcos_resnet18_small", ["data.root=" + "x" * 150]))
+    lines = text.splitlines()
+    assert "{" not in text and "model:" in lines and "  name: fcos" in lines
+    assert f"  root: {'x' * 150}" in lines
+    assert all(line.startswith(" ") or line.endswith(":") or ": " in line for line in lines)
+
+
+def test_preset_summary_is_the_whole_opening_comment():
+    from optik.config.load import first_sentence, preset_summary
+
+    summary = preset_summary("ssl_resnet18_small")
+    assert first_sentence(summary).endswith("medical thumbnails); a few minutes on a CPU.")
+    assert first_sentence("ViT-Small/16 at 224 px (e.g. DeiT). More text.") == "ViT-Small/16 at 224 px (e.g. DeiT)."
+
+
+ARCHITECTURE = r"resnet\d+|mobilenet|efficientnet_b\d|vit_small|vgg\d+|fasterrcnn|maskrcnn|retinanet|fcos|ssdlite"
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_each_presets_name_matches_its_model(name):
+    """A preset named for an architecture builds that architecture and names no other."""
+    import re
+
+    model = load_config(name).model
+    built = f"{model.name} {getattr(model, 'backbone', None) or ''}"
+    assert set(re.findall(ARCHITECTURE, name)) == set(re.findall(ARCHITECTURE, built)), (name, built)

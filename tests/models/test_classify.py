@@ -66,3 +66,17 @@ def test_plugin_with_and_without_num_classes(tmp_path):
         build_classifier(model_cfg(f"model.name={path}:nope"), 4, 32)
     with pytest.raises(ConfigError, match="model file not found"):
         build_classifier(model_cfg(f"model.name={tmp_path}/absent.py:build"), 4, 32)
+
+
+def test_an_unknown_size_of_a_family_suggests_its_main_sizes():
+    from optik.models.classify import check_architecture
+
+    with pytest.raises(ConfigError) as info:
+        check_architecture("resnet999")
+    similar = str(info.value).split("similar: ")[1].split(" (")[0].split(", ")
+    assert {"resnet18", "resnet50"} <= set(similar)
+    assert "path/to/file.py:factory" in str(info.value)
+    with pytest.raises(ConfigError, match="similar: .*vit_small_patch16_224"):
+        check_architecture("vit_smal_patch16_224")
+    with pytest.raises(ConfigError, match="model file not found"):
+        check_architecture("no/such/file.py:build")

@@ -89,3 +89,11 @@ def test_weights_that_fit_nothing_fail_clearly(tmp_path):
     cfg = detect_config("model.name=fcos_resnet50_fpn", "model.backbone=resnet18")
     with pytest.raises(ModelError, match="matches the model"):
         load_detector_weights(build_detector(cfg.model, cfg.data, 2), tmp_path / "junk.pth", None)
+
+
+def test_with_a_timm_backbone_the_head_alone_is_the_name():
+    cfg = detect_config("model.name=fcos", "model.backbone=resnet18")
+    model = build_detector(cfg.model, cfg.data, 2)
+    assert type(model).__name__ == "FCOS" and type(model.backbone).__name__ == "TimmFPN"
+    with pytest.raises(ConfigError, match="unknown detector 'fcos'.*with model.backbone also"):
+        build_detector(detect_config("model.name=fcos").model, cfg.data, 2)

@@ -15,16 +15,26 @@ from optik.cli.common import OptikGroup, backend_option, fail, main, make_output
 
 @main.group(cls=OptikGroup)
 def config():
-    """List, export and show configs (the old mmcls_config)."""
+    """List the shipped presets, export one to a file for editing, show a config fully resolved."""
 
 
 @config.command("list")
 def config_list():
-    """Name the shipped presets."""
-    from optik.config.load import preset_names, preset_summary
+    """Name the shipped presets, each with the first sentence of what it is for."""
+    import shutil
+    import textwrap
 
-    for name in preset_names():
-        click.echo(f"{name:24s} {preset_summary(name)}")
+    from optik.config.load import first_sentence, preset_names, preset_summary
+
+    names = preset_names()
+    width = max(map(len, names)) + 2
+    # wrapped under its column on a terminal; one line per preset into a pipe, for grep
+    text_width = max(40, shutil.get_terminal_size().columns - width) if sys.stdout.isatty() else 10_000
+    for name in names:
+        lines = textwrap.wrap(first_sentence(preset_summary(name)), text_width) or [""]
+        click.echo(f"{name:{width}s}{lines[0]}")
+        for line in lines[1:]:
+            click.echo(" " * width + line)
 
 
 @config.command("export")
@@ -75,7 +85,7 @@ def config_show(source, overrides):
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
-    help="override a config key, e.g. train.epochs=5 (repeatable; the old --cfg-options)",
+    help="override a config key, e.g. train.epochs=5 (repeatable)",
 )
 @click.option(
     "--resume",

@@ -176,7 +176,7 @@ def serve_poll(
     mode,
     backend,
 ):
-    """Predict images dropped into --in: <stem>.json (or -rois.csv) in --out, then move the image on (the old predict_poll).
+    """Predict images dropped into --in: write <stem>.json (or <stem>-rois.csv) to --out, then move each image on.
 
     Without --continuous or --watch it empties the folder once and exits.
     """
@@ -257,7 +257,7 @@ def redis_options(func):
         type=click.Choice(["pubsub", "stream"]),
         default="pubsub",
         show_default=True,
-        help="pubsub: the old images' protocol; stream: consumer groups, nothing lost",
+        help="pubsub: image bytes (or JSON envelopes) on a channel pattern, each reply published; stream: Redis Streams shared by a consumer group, nothing lost",
     )(func)
     return func
 
@@ -345,7 +345,7 @@ def serve_redis(
     mode,
     backend,
 ):
-    """Predict images sent through Redis (the old predict_redis; --mode stream to scale out and lose nothing)."""
+    """Predict images sent through Redis and send each prediction back (--mode stream to scale out over workers and lose nothing)."""
     from optik.services.loop import Stop
     from optik.services.redis_service import PubSubService, StreamOptions, StreamService, check_auth
 

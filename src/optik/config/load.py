@@ -30,11 +30,22 @@ def preset_text(name: str) -> str:
 
 
 def preset_summary(name: str) -> str:
-    """The first comment line of a preset: what it is for."""
+    """The comment a preset opens with (what it is for), its lines joined."""
+    lines = []
     for line in preset_text(name).splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").strip())
+    return " ".join(lines)
+
+
+def first_sentence(text: str) -> str:
+    """Up to and including the first full stop that ends a sentence (not the one of "e.g." or "i.e.")."""
+    text = text.strip()
+    for end in re.finditer(r"\.\s+(?=[A-Z`])", text):
+        if not re.search(r"\b(e\.g|i\.e|etc|vs)$", text[: end.start()]):
+            return text[: end.start() + 1]
+    return text
 
 
 def read_yaml(source: str | Path) -> dict[str, Any]:
@@ -104,40 +115,106 @@ def config_to_dict(config: BaseModel) -> dict[str, Any]:
 
 
 def dump_config(config: BaseModel) -> str:
-    return yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=None)
+    """YAML in block style, one key per line and never wrapped, in the schema's order: a file to edit."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False, width=10_000)
 
 
 def describe_validation_error(exc: ValidationError, schema: type[BaseModel]) -> str:
-    """One line per problem: the dotted key, what was wrong, the closest valid key for a typo."""
-    lines = []
+    """One entry per key: the dotted key, what was expected, what was given, the closest valid key for a typo.
+
+    pydantic reports a value that fits no branch of a union (`int | str | list[int]`) once per branch;
+    those become one "expected A, B or C; got V", unless the value had a branch's shape (a list) and only
+    its items were wrong, which is then what is said.
+    """
+    problems: dict[str, list[dict]] = {}
     for err in exc.errors():
-        loc = [str(part) for part in err["loc"]]
-        key = ".".join(loc) or "config"
-        if err["type"] == "extra_forbidden":
-            valid = _fields_at(schema, loc[:-1])
-            hint = _suggest(loc[-1], valid)
-            lines.append(f"unknown key {key!r}{hint}" + (f"; valid keys here: {', '.join(valid)}" if not hint else ""))
-        elif key == "config" or not loc:
-            lines.append(err["msg"].removeprefix("Value error, "))
-        else:
-            got = err.get("input")
-            message = err["msg"].removeprefix("Value error, ")
-            shown = "" if isinstance(got, (dict, BaseModel)) or "got" in message else f" (got {got!r})"
-            if err["type"] == "missing" and loc and loc[-1].isdigit():  # a tuple given too few values
-                key, message, shown = ".".join(loc[:-1]), f"expected {int(loc[-1]) + 1} values", ""
-            lines.append(f"{_strip_union_suffix(key)}: {message}{shown}")
-    merged: dict[str, list[str]] = {}
-    for line in lines:  # one entry per key: union types report one failure per branch
-        key, sep, rest = line.partition(": ")
-        merged.setdefault(key if sep else line, []).append(rest if sep else "")
-    return "; ".join(
-        f"{key}: {' or '.join(dict.fromkeys(parts))}" if parts[0] else key for key, parts in merged.items()
+        parts, tag, rest = _split_loc(err["loc"])
+        problems.setdefault(".".join(parts) or "config", []).append({**err, "parts": parts, "tag": tag, "rest": rest})
+    return "; ".join(_describe_key(key, errs, schema) for key, errs in problems.items())
+
+
+def _describe_key(key: str, errs: list[dict], schema: type[BaseModel]) -> str:
+    first = errs[0]
+    if first["type"] == "extra_forbidden":
+        valid = _fields_at(schema, first["parts"][:-1])
+        hint = _suggest(first["parts"][-1], valid)
+        return f"unknown key {key!r}{hint}" + (f"; valid keys here: {', '.join(valid)}" if not hint else "")
+    if not first["parts"]:
+        return first["msg"].removeprefix("Value error, ")
+    if any(err["tag"] for err in errs) and not any(err["rest"] for err in errs):
+        expected = list(dict.fromkeys(_expected(err["tag"]) for err in errs if err["tag"]))
+        field = _field_at(schema, first["parts"])
+        about = f" ({field.description})" if field is not None and field.description else ""
+        return f"{key}: expected {_either(expected)}{about}; got {first['input']!r}"
+    said = [_describe_one(err) for err in errs if err["rest"] or not err["tag"]]
+    return f"{key}: {'; '.join(dict.fromkeys(said))}"
+
+
+def _describe_one(err: dict) -> str:
+    if err["type"] == "missing" and err["rest"] and isinstance(err["rest"][-1], int):  # a tuple given too few values
+        return f"expected {err['rest'][-1] + 1} values"
+    message = TYPE_EXPECTED.get(err["type"]) or err["msg"].removeprefix("Value error, ").replace(
+        "Input should", "should"
     )
+    where = f"item {err['rest'][0]}: " if err["rest"] and isinstance(err["rest"][0], int) else ""
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, BaseModel)) or "got" in message else f"; got {got!r}"
+    return f"{where}{message}{shown}"
 
 
-def _strip_union_suffix(key: str) -> str:
-    # pydantic appends the union branch ("train.devices.int", "data.classes.list[str]"); users know only the key
-    return re.sub(r"\.(int|str|float|bool|list\[\w+\])$", "", key)
+TYPE_EXPECTED = {
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "string_type": "expected a string",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "list_type": "expected a list",
+    "tuple_type": "expected a list",
+}
+
+# how pydantic names a union's branch in an error's location: "int", "list[str]", "literal['a','b']"
+UNION_TAG = re.compile(r"(int|float|str|bool|none|(list|tuple|set|dict|literal)\[.*\]|function-\w+\[.*\])")
+TAG_WORDS = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false", "none": "null"}
+ITEM_WORDS = {"int": "whole numbers", "float": "numbers", "str": "strings", "bool": "true/false values"}
+
+
+def _split_loc(loc: tuple) -> tuple[list[str], str | None, list]:
+    """(field names, the union branch tag if any, what follows: item indices)."""
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            return parts, None, list(loc[i:])
+        if UNION_TAG.fullmatch(part):
+            return parts, part, list(loc[i + 1 :])
+        parts.append(part)
+    return parts, None, []
+
+
+def _expected(tag: str) -> str:
+    container = re.fullmatch(r"(list|tuple|set)\[(\w+)(, \.\.\.)?\]", tag)
+    if container:
+        return f"a list of {ITEM_WORDS.get(container.group(2), 'values')}"
+    if tag.startswith("literal["):
+        return "one of " + ", ".join(re.findall(r"'[^']*'", tag))
+    return TAG_WORDS.get(tag, tag)
+
+
+def _either(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def _field_at(schema: type[BaseModel], path: list[str]):
+    model: Any = schema
+    field = None
+    for part in path:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, Section) else None
+        if field is None:
+            return None
+        model = field.annotation
+    return field
 
 
 def _fields_at(schema: type[BaseModel], path: list[str]) -> list[str]:

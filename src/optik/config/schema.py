@@ -71,6 +71,39 @@ class ModelConfig(Section):
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
 
 
+DEVICES_EXPECTED = (
+    "expected a positive whole number of devices, a list of device ids such as [0, 1], or 'auto' (or -1) for all"
+)
+
+
+def parse_devices(value):
+    """`train.devices` in the forms Lightning takes, written as a user would (`--devices 2`, `0,1`, `-1`).
+
+    -1, Lightning's "every device", becomes 'auto', which also means every GPU (and one process on the CPU,
+    where Lightning refuses -1). Zero, negative, fractional or other values are refused here, before any data is read.
+    """
+    if isinstance(value, str):
+        text = value.strip().lower().strip("[]")
+        if text in ("auto", "-1"):
+            return "auto"
+        parts = [part.strip() for part in text.split(",")]
+        if not all(part.isdigit() for part in parts if part) or not any(parts):
+            raise ValueError(f"{DEVICES_EXPECTED}; got {value!r}")
+        value = [int(part) for part in parts if part] if "," in text else int(text)
+    if isinstance(value, bool) or not isinstance(value, (int, list, tuple)):
+        raise ValueError(f"{DEVICES_EXPECTED}; got {value!r}")
+    if isinstance(value, int):
+        if value == -1:
+            return "auto"
+        if value < 1:
+            raise ValueError(f"{DEVICES_EXPECTED}; got {value} (0 devices would train on nothing)")
+        return value
+    ids = list(value)
+    if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids) or len(set(ids)) < len(ids):
+        raise ValueError(f"a list of device ids holds distinct whole numbers from 0, such as [0, 1]; got {ids}")
+    return ids
+
+
 class BaseTrainConfig(Section):
     """What every task's training shares: schedule, optimizer, precision, devices, checkpoints."""
 
@@ -91,7 +124,10 @@ class BaseTrainConfig(Section):
     grad_clip: float | None = Field(None, gt=0)
     precision: Literal["32", "64", "bf16-mixed", "16-mixed", "bf16-true"] = "32"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    devices: int | str | list[int] = "auto"
+    devices: int | str | list[int] = Field(
+        "auto",
+        description="how many devices (GPUs, or CPU processes), a list of GPU ids, or 'auto' (also -1): all of them",
+    )
     num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
     sync_batchnorm: bool = Field(
@@ -104,12 +140,19 @@ class BaseTrainConfig(Section):
     validate_every: int = Field(1, ge=1, description="validate every N epochs")
     checkpoint_every: int = Field(1, ge=1, description="save epoch-N.ckpt every N epochs")
     keep_checkpoints: int = Field(3, ge=-1, description="how many epoch-N.ckpt to keep (-1: all)")
-    log_every_n_steps: int = Field(10, ge=1)
+    log_every_n_steps: int = Field(
+        10, ge=1, description="log metrics, and without a progress bar print a progress line, every N steps"
+    )
 
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_as_text(cls, value):
         return str(value) if isinstance(value, int) else value
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, value):
+        return parse_devices(value)
 
     @field_validator("optimizer")
     @classmethod

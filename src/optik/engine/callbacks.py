@@ -132,6 +132,34 @@ class EpochLog(L.Callback):
         )
 
 
+class StepLog(L.Callback):
+    """Without a progress bar (output to a file or pipe), a line every `every` steps and at least every
+    `seconds`, so a long epoch (detection on a CPU) shows it is moving: "epoch 3/10 step 40/120 loss 0.8123 2.1 it/s"."""
+
+    def __init__(self, epochs: int, every: int, seconds: float = 30.0):
+        self.epochs, self.every, self.seconds = epochs, every, seconds
+        self.since, self.steps = time.monotonic(), 0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.since, self.steps = time.monotonic(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps += 1
+        elapsed = time.monotonic() - self.since
+        if trainer.global_rank != 0 or ((batch_idx + 1) % self.every and elapsed < self.seconds):
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        total = trainer.num_training_batches
+        print(
+            f"epoch {trainer.current_epoch + 1}/{self.epochs} step {batch_idx + 1}/{total if total != float('inf') else '?'}"
+            + (f" loss {float(loss):.4f}" if isinstance(loss, torch.Tensor) else "")
+            + f" {self.steps / max(elapsed, 1e-9):.1f} it/s",
+            file=sys.stdout,
+            flush=True,
+        )
+        self.since, self.steps = time.monotonic(), 0
+
+
 class KeepHistoryWriter(ExperimentWriter):
     """Lightning's CSV writer deletes an existing metrics.csv; a resumed run keeps the rows of the
     epochs it does not redo (`epoch < keep_before_epoch`) and appends after them."""

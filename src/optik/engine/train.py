@@ -23,7 +23,9 @@ from optik.engine.callbacks import (
     LastCheckpoint,
     ProcessReport,
     RunCSVLogger,
+    StepLog,
 )
+from optik.engine.devices import check_devices
 from optik.errors import ConfigError
 from optik.files import write_atomic
 from optik.models.classify import is_plugin
@@ -95,6 +97,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings(
         "ignore", message=r".*the number of training batches .* is smaller than the logging interval.*"
     )
+    # train.max_steps can end a run before its first validation; finish() then says model.pt is the last step's
+    warnings.filterwarnings("ignore", message=r".*could not find the monitored key in the returned metrics.*")
 
 
 def build_callbacks(cfg: AnyConfig, ckpt_dir: Path) -> list[L.Callback]:
@@ -122,6 +126,8 @@ def build_callbacks(cfg: AnyConfig, ckpt_dir: Path) -> list[L.Callback]:
     callbacks.append(LastCheckpoint(ckpt_dir, every=t.checkpoint_every, keep=t.keep_checkpoints))
     if sys.stderr.isatty():
         callbacks.append(TQDMProgressBar())
+    else:
+        callbacks.append(StepLog(t.epochs, every=t.log_every_n_steps))
     return callbacks
 
 
@@ -167,6 +173,8 @@ def train(
         callbacks: extra Lightning callbacks (hook points for user extensions).
     """
     quiet_lightning()
+    check_devices(cfg.train)  # these and the model's name before the data scan, which can take minutes
+    get_task(cfg.task).check_config(cfg)
     if cfg.train.sync_batchnorm and (cfg.train.accelerator == "cpu" or not torch.cuda.is_available()):
         raise ConfigError(
             "train.sync_batchnorm needs GPUs: torch's SyncBatchNorm does not run on the CPU. Leave it false there "
@@ -192,14 +200,22 @@ def finish(trainer: L.Trainer, cfg: AnyConfig, work_dir: Path) -> TrainResult:
     if trainer.global_rank != 0:
         return TrainResult(work_dir, None, None, metrics)
     best = next((cb for cb in trainer.checkpoint_callbacks if cb.monitor == cfg.train.monitor), None)
-    chosen = (
-        Path(best.best_model_path)
-        if best is not None and best.best_model_path
-        else work_dir / "checkpoints" / "last.ckpt"
-    )
+    chosen, why = chosen_checkpoint(trainer, cfg, best, work_dir)
     task = get_task(cfg.task)
     package_path = save_package(load_package(chosen), work_dir / task.package_file)
     if best is not None and best.best_model_score is not None:
         metrics[f"best {cfg.train.monitor}"] = float(best.best_model_score)
-    print(f"{task.package_label}: {package_path} (from {chosen.name})")
+    print(f"{task.package_label}: {package_path} (from {chosen.name}: {why})")
     return TrainResult(work_dir, package_path, chosen, metrics)
+
+
+def chosen_checkpoint(trainer: L.Trainer, cfg: AnyConfig, best, work_dir: Path) -> tuple[Path, str]:
+    """The checkpoint the package is made from, and why, in words for the log."""
+    if best is not None and best.best_model_path:
+        return Path(best.best_model_path), f"the best {cfg.train.monitor}, {float(best.best_model_score):.4f}"
+    last = work_dir / "checkpoints" / "last.ckpt"
+    if best is None:
+        return last, f"the end of training, step {trainer.global_step}; train.validation is off"
+    if trainer.global_step == cfg.train.max_steps:
+        return last, f"step {trainer.global_step}: train.max_steps ended training before any validation"
+    return last, f"the end of training, step {trainer.global_step}: no validation ran"

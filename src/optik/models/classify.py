@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import inspect
+import math
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -69,13 +72,7 @@ def build_timm(
     embedding is interpolated), as the small crops of multi-crop pretraining need."""
     import timm
 
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
-        raise ConfigError(
-            f"model.name: unknown timm architecture {name!r}"
-            + (f"; similar: {', '.join(close)}" if close else "")
-            + " (or give path/to/file.py:factory)"
-        )
+    check_timm_name(name)
     kwargs = dict(pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
@@ -97,6 +94,52 @@ def build_timm(
             f"could not get the published weights of {name} ({type(exc).__name__}); they are fetched into timm's "
             "cache when online. Offline, set model.pretrained: false and model.weights: a local weights file"
         ) from None
+
+
+def check_architecture(name: str) -> None:
+    """A classifier's `model.name`: a timm architecture, or a plug-in whose file exists (checked before any data is read)."""
+    if not is_plugin(name):
+        return check_timm_name(name, also="; or give path/to/file.py:factory")
+    path = Path(name.rpartition(":")[0]).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"model.name: model file not found: {path} (from {name!r})")
+
+
+def check_timm_name(name: str, key: str = "model.name", also: str = "") -> None:
+    """An architecture timm knows, else an error naming similar ones."""
+    import timm
+
+    if not timm.is_model(name):
+        close = similar_architectures(name)
+        raise ConfigError(
+            f"{key}: unknown timm architecture {name!r}"
+            + (f"; similar: {', '.join(close)}" if close else "")
+            + f" (`timm.list_models()` names them all{also})"
+        )
+
+
+def similar_architectures(name: str, limit: int = 10) -> list[str]:
+    """timm names like `name`: of its family (names that start with the same letters, as resnet), the
+    main sizes (resnet18, resnet50, efficientnet_b0) nearest in number first, then close spellings."""
+    import timm
+
+    stem_match = re.match(r"[a-z]+", name.lower())
+    family = timm.list_models(f"{stem_match.group(0)}*") if stem_match else []
+    if not family:
+        return difflib.get_close_matches(name, timm.list_models(), n=limit, cutoff=0.6)
+    stem = stem_match.group(0)
+    wanted = _size_of(name[len(stem) :])
+    main = [m for m in family if re.fullmatch(r"_?[a-z]?\d+", m[len(stem) :])]
+    if wanted is not None:
+        main.sort(key=lambda m: abs(math.log1p(_size_of(m[len(stem) :])) - math.log1p(wanted)))
+    nearest = sorted(main[: limit - 2], key=lambda m: _size_of(m[len(stem) :]))
+    close = difflib.get_close_matches(name, family, n=limit, cutoff=0.6)
+    return list(dict.fromkeys([*close[:2], *nearest, *close]))[:limit]
+
+
+def _size_of(rest: str) -> int | None:
+    digits = re.search(r"\d+", rest)
+    return int(digits.group(0)) if digits else None
 
 
 def build_classifier(model_cfg, num_classes: int, image_size: int) -> nn.Module:

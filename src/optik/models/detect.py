@@ -30,8 +30,9 @@ DETECTORS: dict[str, str] = {
     "ssd300_vgg16": "ssd",
 }
 
-# detector classes a timm backbone can be put under, by the builder name's first word
-TIMM_HEADS = ("fasterrcnn", "maskrcnn", "retinanet", "fcos")
+# detector classes a timm backbone can be put under, by the builder name's first word, and their family;
+# with model.backbone the head's word alone is the name (`fcos`), as the builder's own backbone is not used
+TIMM_HEADS: dict[str, str] = {"fasterrcnn": "rcnn", "maskrcnn": "rcnn", "retinanet": "dense", "fcos": "dense"}
 
 
 def has_masks(name: str) -> bool:
@@ -93,8 +94,6 @@ def build_timm_detector(model_cfg, num_outputs: int, kwargs: dict) -> nn.Module:
     from torchvision.models import detection
 
     head = model_cfg.name.split("_")[0]
-    if head not in TIMM_HEADS:
-        raise ConfigError(f"model.backbone works with {', '.join(TIMM_HEADS)} detectors, not {model_cfg.name!r}")
     classes: dict[str, Callable[..., nn.Module]] = {
         "fasterrcnn": detection.FasterRCNN,
         "maskrcnn": detection.MaskRCNN,
@@ -109,6 +108,28 @@ def build_timm_detector(model_cfg, num_outputs: int, kwargs: dict) -> nn.Module:
     return classes[head](backbone, num_classes=num_outputs, **kwargs)
 
 
+def detector_family(model_cfg) -> str:
+    """The family of the detector `model.name` names (it decides the keyword names), checked before any
+    data is read: a torchvision builder, or with `model.backbone` one of the heads a timm backbone takes."""
+    name = model_cfg.name
+    if model_cfg.backbone and name.split("_")[0] not in TIMM_HEADS and name in DETECTORS:
+        raise ConfigError(f"model.backbone works with {', '.join(TIMM_HEADS)} detectors, not {name!r}")
+    if model_cfg.backbone and name in TIMM_HEADS:
+        return TIMM_HEADS[name]
+    if name in DETECTORS:
+        return DETECTORS[name]
+    import difflib
+
+    choices = [*DETECTORS, *TIMM_HEADS] if model_cfg.backbone else list(DETECTORS)
+    close = difflib.get_close_matches(name, choices, n=1)
+    raise ConfigError(
+        f"model.name: unknown detector {name!r}"
+        + (f" (did you mean {close[0]!r}?)" if close else "")
+        + f"; choose one of {', '.join(DETECTORS)}"
+        + f" (with model.backbone also {', '.join(TIMM_HEADS)})"
+    )
+
+
 def build_detector(model_cfg, data_cfg, num_classes: int) -> nn.Module:
     """The detector a `DetectModelConfig` names, with `num_classes` + 1 (background) outputs.
 
@@ -117,16 +138,7 @@ def build_detector(model_cfg, data_cfg, num_classes: int) -> nn.Module:
     """
     from torchvision.models import detection
 
-    family = DETECTORS.get(model_cfg.name)
-    if family is None:
-        import difflib
-
-        close = difflib.get_close_matches(model_cfg.name, list(DETECTORS), n=1)
-        raise ConfigError(
-            f"model.name: unknown detector {model_cfg.name!r}"
-            + (f" (did you mean {close[0]!r}?)" if close else "")
-            + f"; choose one of {', '.join(DETECTORS)}"
-        )
+    family = detector_family(model_cfg)
     kwargs = detector_kwargs(family, model_cfg, data_cfg)
     if model_cfg.backbone:
         return build_timm_detector(model_cfg, num_classes + 1, kwargs)

@@ -66,9 +66,28 @@ def load_package(path: str | Path) -> ModelPackage:
         return ModelPackage(
             hparams["config"]["task"], hparams["config"], list(hparams["classes"]), hparams["preprocess"], state
         )
-    raise ModelError(
-        f"{path} is neither an optik model package nor a checkpoint of an optik run; for bare weights use model.weights in a config"
+    raise ModelError(f"{path} {what_it_holds(content)}, not an optik model package: {USE_INSTEAD.format(path=path)}")
+
+
+USE_INSTEAD = (
+    "give the model.pt (or checkpoints/*.ckpt) an `optik train` run writes, which also holds the class names and "
+    "preprocessing; to train from these weights, set model.weights: {path} in a config"
+)
+
+
+def what_it_holds(content: dict) -> str:
+    """A few words on a weights file that is no optik package: bare weights, or another tool's checkpoint."""
+    tensors = sum(isinstance(v, torch.Tensor) for v in content.values())
+    if content and tensors == len(content):
+        return f"holds bare weights (a state_dict of {tensors} tensor{'s' if tensors != 1 else ''})"
+    if "pytorch-lightning_version" in content:
+        return "is a Lightning checkpoint of another program"
+    inner = next(
+        (content[k] for k in ("state_dict", "model", "model_state_dict") if isinstance(content.get(k), dict)), None
     )
+    if inner is not None:
+        return "holds a model's weights in a wrapper (keys " + ", ".join(list(content)[:5]) + ")"
+    return "holds no optik model (keys " + ", ".join(map(str, list(content)[:5])) + ")"
 
 
 def legacy_prefix(config: dict) -> str:

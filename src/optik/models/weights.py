@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,18 +30,44 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        unsafe = "Weights only load failed" in str(exc)
-        reason = (
-            "it holds Python objects that are not safe to load (only tensors and plain values are)"
-            if unsafe
-            else "it is not a PyTorch weights file"
-        )
-        raise ModelError(
-            f"cannot load {path}: {reason}; give a model.pt, a .ckpt, a state_dict .pth or a .safetensors file"
-        ) from None
+        raise ModelError(f"cannot load {path}: {unreadable_reason(path, exc)}") from None
     if not isinstance(content, dict):
         raise ModelError(f"{path} holds a {type(content).__name__}, not a state_dict or checkpoint")
     return content
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6 is a zip archive
+PICKLE_MAGIC = b"\x80"  # the legacy torch.save format, and plain pickles, start with the PROTO opcode
+
+
+def unreadable_reason(path: Path, exc: Exception) -> str:
+    """Why torch.load refused a file, in the user's terms: cut short, unsafe to load, or no PyTorch file at all."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    message = str(exc)
+    wanted = "give a model.pt, a .ckpt, a state_dict .pth or a .safetensors file"
+    if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        kind = "a text file" if _looks_like_text(head) else f"a file starting with {head[:8]!r}"
+        return f"it is {kind}, not a PyTorch or optik model file; {wanted}"
+    truncated = (
+        "the file is truncated ({}: cut short while saving or copying); copy it again, or take the run's "
+        "model.pt or checkpoints/last.ckpt again"
+    )
+    if "central directory" in message or "PytorchStreamReader" in message:
+        return truncated.format("its zip archive has lost its end, the central directory")
+    if "Weights only load failed" in message:
+        return f"it holds Python objects that are not safe to load (only tensors and plain values are); {wanted}"
+    if isinstance(exc, EOFError | pickle.UnpicklingError):
+        return truncated.format("its data stops early")
+    return f"it is a damaged PyTorch file ({message.splitlines()[0][:120]}); {wanted}"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(ch.isprintable() or ch in "\t\r\n" for ch in text)
 
 
 def extract_state_dict(content: dict) -> dict[str, torch.Tensor]:

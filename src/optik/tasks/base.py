@@ -70,6 +70,11 @@ class Task:
     package_file = "model.pt"  # what a run writes next to its checkpoints
     package_label = "model package"
 
+    def check_config(self, cfg: AnyConfig) -> None:
+        """What of a config can be checked before any data is read (the model's name), so that a
+        mistake there does not wait for the data scan."""
+        raise NotImplementedError
+
     def prepare(self, cfg: AnyConfig, resume: Resume) -> TrainingRun:
         """Data, model and LightningModule of a training run (the engine builds the Trainer)."""
         raise NotImplementedError

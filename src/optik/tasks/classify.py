@@ -16,13 +16,16 @@ from optik.data.loaders import build_classify_data, make_loader, read_splits
 from optik.data.transforms import Preprocess
 from optik.errors import ConfigError, DataError, ModelError
 from optik.metrics.evaluation import EvalResult
-from optik.models.classify import build_classifier
+from optik.models.classify import build_classifier, check_architecture
 from optik.models.package import ModelPackage, load_network
 from optik.tasks.base import Resume, Task, TrainingRun, onnx_metadata, say, untrained
 
 
 class ClassifyTask(Task):
     name = "classify"
+
+    def check_config(self, cfg) -> None:
+        check_architecture(cfg.model.name)
 
     def prepare(self, cfg, resume: Resume) -> TrainingRun:
         """The classifier's module and loaders."""

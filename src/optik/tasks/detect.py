@@ -11,13 +11,19 @@ from optik.config import parse_config
 from optik.errors import ConfigError, DataError
 from optik.metrics.coco import coco_metrics, detection_records, precision_curves
 from optik.metrics.evaluation import DetectionResult
-from optik.models.detect import build_detector, has_masks
+from optik.models.classify import check_timm_name
+from optik.models.detect import build_detector, detector_family, has_masks
 from optik.models.package import ModelPackage, load_network
 from optik.tasks.base import Resume, Task, TrainingRun, onnx_metadata, say, untrained
 
 
 class DetectTask(Task):
     name = "detect"
+
+    def check_config(self, cfg) -> None:
+        detector_family(cfg.model)
+        if cfg.model.backbone:
+            check_timm_name(cfg.model.backbone, key="model.backbone")
 
     def prepare(self, cfg, resume: Resume) -> TrainingRun:
         """The detector's module and loaders; the val split's COCO form is the validation ground truth."""

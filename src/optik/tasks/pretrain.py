@@ -9,6 +9,7 @@ from torch import nn
 from optik.config import parse_config
 from optik.data.transforms import Preprocess
 from optik.errors import ModelError
+from optik.models.classify import check_timm_name
 from optik.models.package import ModelPackage, load_network
 from optik.models.ssl import build_backbone
 from optik.tasks.base import Resume, Task, TrainingRun, say, untrained
@@ -20,6 +21,9 @@ class PretrainTask(Task):
     name = "pretrain"
     package_file = "backbone.pt"
     package_label = "backbone"
+
+    def check_config(self, cfg) -> None:
+        check_timm_name(cfg.model.name)
 
     def prepare(self, cfg, resume: Resume) -> TrainingRun:
         """The self-supervised method's module and the loader of multi-view batches (no validation)."""
