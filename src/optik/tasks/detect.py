@@ -45,6 +45,13 @@ class DetectTask(Task):
             "std": list(cfg.data.std),
         }
         truth = sets["val"].to_coco() if cfg.train.validation else None
+        if truth is not None and cfg.train.precision not in ("32", "64"):
+            # reduced precision changes a few scores, so the two numbers differ a little for that reason alone
+            test_precision = {"bf16-mixed": "bf16", "bf16-true": "bf16", "16-mixed": "16"}[cfg.train.precision]
+            say(
+                f"val/map is computed at train.precision {cfg.train.precision}; `optik test` runs in fp32 unless "
+                f"given --precision {test_precision}, which scores the val images as validation does"
+            )
         module = DetectModule(model, config_to_dict(cfg), classes, preprocess, val_ground_truth=truth)
         datasets = detect_datasets(sets, cfg.data.augment, with_masks, seed=cfg.train.seed)
         size, workers = cfg.data.batch_size, cfg.data.num_workers
