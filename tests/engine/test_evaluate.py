@@ -17,7 +17,7 @@ from sklearn.metrics import (
 )
 
 from optik.config import load_config
-from optik.engine.evaluate import evaluate, plot_confusion
+from optik.engine.evaluate import evaluate, plot_evaluation
 from optik.engine.train import train
 from optik.errors import ConfigError, DataError
 from optik.metrics.classification import classification_metrics, top_k_accuracies
@@ -71,8 +71,8 @@ def test_evaluate_files_and_plot(trained, tmp_path):
         assert len(content["predictions"]) == 30 and {"file", "label", "pred", "score"} <= set(
             content["predictions"][0]
         )
-    png = plot_confusion(result, tmp_path / "plots")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (png,) = plot_evaluation(result, tmp_path / "plots")
+    assert png.name == "confusion_matrix.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_default_data_is_the_runs_own_split(trained):

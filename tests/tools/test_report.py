@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -57,15 +59,15 @@ def detect_run(tmp_path_factory) -> Path:
 
 
 class Images(HTMLParser):
-    """Every <img src> of a page."""
+    """Every <img> of a page: (alt, src)."""
 
     def __init__(self):
         super().__init__()
-        self.sources: list[str] = []
+        self.images: list[tuple[str, str]] = []
 
     def handle_starttag(self, tag, attrs):
         if tag == "img":
-            self.sources.append(dict(attrs)["src"])
+            self.images.append((dict(attrs)["alt"], dict(attrs)["src"]))
 
 
 def written(done) -> list[Path]:
@@ -73,24 +75,28 @@ def written(done) -> list[Path]:
     return [Path(line.removeprefix("wrote ")) for line in done.stdout.splitlines()]
 
 
-def assert_png(path: Path) -> None:
-    assert path.is_file() and path.stat().st_size > 0, path
-    with Image.open(path) as image:
+def assert_png(picture: Path | bytes) -> None:
+    data = picture if isinstance(picture, bytes) else picture.read_bytes()
+    assert len(data) > 0, picture if isinstance(picture, Path) else "an empty image"
+    with Image.open(io.BytesIO(data)) as image:
         assert image.format == "PNG" and image.width > 100 and image.height > 100
         image.verify()
 
 
-def page_images(page: Path) -> dict[str, Path]:
-    """Plot name -> file of every image the page shows; each must exist beside the page and be a PNG."""
+def page_images(page: Path) -> dict[str, bytes]:
+    """Plot name -> PNG bytes of every image the page shows: each inside the page (a data: URI, nothing to
+    fetch from elsewhere), a PNG that opens, and the same as its copy in plots/ beside the page."""
     parser = Images()
     parser.feed(page.read_text())
-    files = {}
-    for source in parser.sources:
-        assert not Path(source).is_absolute()
-        path = page.parent / source
-        assert_png(path)
-        files[path.stem] = path
-    return files
+    pictures = {}
+    for name, source in parser.images:
+        prefix = "data:image/png;base64,"
+        assert source.startswith(prefix), source[:80]
+        data = base64.b64decode(source.removeprefix(prefix), validate=True)
+        assert_png(data)
+        assert (page.parent / "plots" / f"{name}.png").read_bytes() == data
+        pictures[name] = data
+    return pictures
 
 
 def test_plot_writes_the_curves_and_the_confusion_matrix(classify_run):
@@ -119,9 +125,7 @@ def test_report_page_shows_every_plot_the_classes_and_the_config(classify_run):
 
 def test_detection_report_has_ap_bars_and_pr_curves(detect_run, tmp_path):
     (page,) = written(run_optik("report", detect_run, "--out", tmp_path / "pages" / "det.html"))
-    images = page_images(page)
-    assert set(images) == {"loss", "metrics", "lr", "per_class_ap", "pr_curve"}
-    assert all(path.parent == tmp_path / "pages" / "plots" for path in images.values())
+    assert set(page_images(page)) == {"loss", "metrics", "lr", "per_class_ap", "pr_curve"}
     text = page.read_text()
     assert all(name in text for name in ("circle", "square", "triangle")) and "best val/map" in text
 

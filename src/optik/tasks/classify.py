@@ -112,6 +112,12 @@ class ClassifyTask(Task):
             package, data, split, batch_size or 32, device=device, precision=precision, mode=mode
         )
 
+    def plot_evaluation(self, result, folder):
+        """confusion_matrix.png."""
+        from optik.metrics.plots import plot_confusion
+
+        return [plot_confusion(result, folder)]
+
     def output_format(self, fmt=None, top_k=None, min_score=None, **detection_options):
         from optik.outputs.classification import ClassificationFormat
 
@@ -269,7 +275,7 @@ def evaluate_classifier(
         raise DataError(f"none of the {len(samples)} images in {origin} could be read")
     metrics = classification_metrics(np.stack(probs), np.array(labels), predictor.classes)
     metrics.update({"images": len(labels), "unreadable": len(failures), "data": origin, "split": split})
-    return EvalResult(metrics, predictor.classes, items, failures)
+    return EvalResult(metrics, predictor.classes, items, failures, task=CLASSIFY.name)
 
 
 CLASSIFY = ClassifyTask()

@@ -127,6 +127,14 @@ class DetectTask(Task):
             with_curves=with_curves,
         )
 
+    def plot_evaluation(self, result, folder):
+        """Per-class AP bars and precision-recall curves, for boxes (and masks); the result needs its curves."""
+        from optik.metrics.plots import plot_detection
+
+        if not result.curves:
+            raise ValueError("evaluate with with_curves=True to plot a detector's evaluation")
+        return plot_detection(result, folder)
+
     def output_format(self, fmt=None, top_k=None, min_score=None, **detection_options):
         from optik.outputs.detection import detection_format
 
@@ -245,7 +253,7 @@ def evaluate_detector(
             "split": split,
         }
     )
-    return DetectionResult(metrics, package.classes, items, failures, curves)
+    return DetectionResult(metrics, package.classes, items, failures, curves=curves, task=DETECT.name)
 
 
 DETECT = DetectTask()
