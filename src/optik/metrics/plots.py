@@ -74,7 +74,7 @@ def confusion_figure(matrix: np.ndarray, classes: list[str], top1: float):
     if n <= 30:
         for (i, j), value in np.ndenumerate(matrix):
             colour = text_colour(image.cmap(image.norm(value)))
-            ax.text(j, i, str(value), ha="center", va="center", color=colour, fontsize=8)
+            ax.text(j, i, str(value), ha="center", va="center", color=colour, fontsize=12 if n <= 8 else 8)
     fig.tight_layout()
     return fig
 
