@@ -185,3 +185,15 @@ def test_best_val_map_is_what_optik_test_reports_on_the_val_images(tmp_path, opt
     assert tested["images"] == 6
     # relative too: this tiny model's mAP is small, so 1e-4 alone would hide a real difference
     assert tested["bbox"]["map"] == pytest.approx(best, rel=1e-4, abs=1e-4)
+
+
+def test_images_repeated_across_ranks_are_scored_once():
+    from optik.tasks.training.detect import merge_shards
+
+    def found(image_id, score):
+        return {"image_id": image_id, "category_id": 1, "bbox": [0, 0, 5, 5], "score": score}
+
+    # two ranks; the sampler padded rank 1's shard with image 1 again
+    shards = [[found(1, 0.9), found(1, 0.4), found(2, 0.8)], [found(3, 0.7), found(1, 0.9), found(1, 0.4)]]
+    merged = merge_shards(shards)
+    assert sorted((r["image_id"], r["score"]) for r in merged) == [(1, 0.4), (1, 0.9), (2, 0.8), (3, 0.7)]

@@ -39,22 +39,26 @@ def as_targets(targets: list[dict], with_masks: bool) -> list[dict]:
 
 
 def gather_results(module: L.LightningModule, records: list[dict]) -> list[dict]:
-    """Every rank's COCO results (validation runs sharded under DDP), each image's once.
-
-    Lightning's distributed sampler pads the shards to one length with repeated images; scored
-    twice, an image's detections would count twice against its ground truth.
-    """
+    """Every rank's COCO results (validation runs sharded under DDP), merged by `merge_shards`."""
     if module.trainer is None or module.trainer.world_size == 1:
         return records
     import torch.distributed as dist
 
     everything: list = [None] * dist.get_world_size()
     dist.all_gather_object(everything, records)
+    return merge_shards(everything)
+
+
+def merge_shards(shards: list[list[dict]]) -> list[dict]:
+    """The COCO results of all ranks, each image's from the first rank that has it.
+
+    Lightning's distributed sampler pads the shards to one length with repeated images; scored
+    twice, an image's detections would count twice against its ground truth.
+    """
     merged, seen = [], set()
-    for part in everything:
-        images = {record["image_id"] for record in part}
-        merged.extend(record for record in part if record["image_id"] not in seen)
-        seen |= images
+    for shard in shards:
+        merged.extend(record for record in shard if record["image_id"] not in seen)
+        seen |= {record["image_id"] for record in shard}
     return merged
 
 
