@@ -17,10 +17,10 @@ from sklearn.metrics import (
 )
 
 from optik.config import load_config
-from optik.engine.evaluate import evaluate, plot_confusion
+from optik.engine.evaluate import evaluate, plot_evaluation
 from optik.engine.train import train
-from optik.errors import DataError
-from optik.metrics.classification import classification_metrics
+from optik.errors import ConfigError, DataError
+from optik.metrics.classification import classification_metrics, top_k_accuracies
 from optik.metrics.evaluation import write_results
 
 
@@ -71,8 +71,8 @@ def test_evaluate_files_and_plot(trained, tmp_path):
         assert len(content["predictions"]) == 30 and {"file", "label", "pred", "score"} <= set(
             content["predictions"][0]
         )
-    png = plot_confusion(result, tmp_path / "plots")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (png,) = plot_evaluation(result, tmp_path / "plots")
+    assert png.name == "confusion_matrix.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_default_data_is_the_runs_own_split(trained):
@@ -97,3 +97,37 @@ def test_unknown_classes_and_bad_images(trained, tmp_path):
         and result.metrics["unreadable"] == 1
         and result.failures[0]["error"] == "empty file (0 bytes)"
     )
+
+
+def test_top5_only_with_more_than_five_classes():
+    assert [a.k for a in top_k_accuracies(2)] == [1]
+    assert [a.k for a in top_k_accuracies(5)] == [1]
+    assert [(a.logged, a.reported) for a in top_k_accuracies(6)] == [
+        ("val/acc1", "accuracy_top1"),
+        ("val/acc5", "accuracy_top5"),
+    ]
+    rng = np.random.default_rng(0)
+    m = classification_metrics(rng.dirichlet(np.ones(2), 20), rng.integers(0, 2, 20), ["a", "b"])
+    assert [key for key in m if key.startswith("accuracy_top")] == ["accuracy_top1"]
+
+
+def test_a_two_class_run_logs_and_tests_the_same_top_k(tmp_path):
+    """No always-1.0 top-5 in a 2-class run, and `optik test` names the accuracies the run logged."""
+    import csv
+    import shutil
+
+    from conftest import make_colour_set
+
+    root = make_colour_set(tmp_path / "data", per_class=8, splits=("train", "val"))
+    for split in ("train", "val"):
+        shutil.rmtree(root / split / "blue")
+    run = train(load_config(None, tiny_overrides(root, epochs=1)), work_dir=tmp_path / "run")
+    with open(tmp_path / "run" / "logs" / "metrics.csv", newline="") as fh:
+        logged = {column for column in next(csv.reader(fh)) if column.startswith("val/acc")}
+    assert logged == {"val/acc1"}
+    tested = evaluate(run.package, root, split="val", mode="eager").metrics
+    reported = {key for key in tested if key.startswith("accuracy_top")}
+    assert reported == {a.reported for a in top_k_accuracies(2) if a.logged in logged} == {"accuracy_top1"}
+
+    with pytest.raises(ConfigError, match="train.monitor is val/acc5.*2 classes.*val/acc1"):
+        train(load_config(None, [*tiny_overrides(root, epochs=1), "train.monitor=val/acc5"]), work_dir=tmp_path / "r2")

@@ -150,3 +150,50 @@ def test_a_detector_learns_the_shapes(tmp_path):
     )
     result = evaluate(run.package, split="val")
     assert result.metrics["bbox"]["map_50"] > 0.25, result.metrics["bbox"]
+
+
+def give_mixed_shapes(split_folder):
+    """Pad every other image of a COCO split to a wide or a tall canvas (objects stay where they were):
+    a validation batch then mixes image shapes, which torchvision pads to one size."""
+    from PIL import Image
+
+    doc = json.loads((split_folder / "annotations.json").read_text())
+    for i, image in enumerate(doc["images"]):
+        if i % 2:
+            size = (128, 64) if i % 4 == 1 else (64, 128)
+            path = split_folder / image["file_name"]
+            canvas = Image.new("RGB", size, (90, 90, 90))
+            with Image.open(path) as picture:
+                canvas.paste(picture.convert("RGB"), (0, 0))
+            canvas.save(path)
+            image["width"], image["height"] = size
+    (split_folder / "annotations.json").write_text(json.dumps(doc))
+
+
+def test_best_val_map_is_what_optik_test_reports_on_the_val_images(tmp_path, optik):
+    """Training's val/map and `optik test --split val` score the same predictions with the same evaluator,
+    even when a validation batch mixes wide and tall images (it used to pad them together)."""
+    root = write_shapes_set(tmp_path / "shapes", "coco", train=16, val=6, size=64)
+    give_mixed_shapes(root / "val")
+    overrides = shapes_overrides(root, "coco", 3, "data.image_size=64")
+    run = train(load_config("fcos_resnet18_small", overrides), work_dir=tmp_path / "run")
+    best = run.metrics["best val/map"]
+    assert best > 0, "the model found nothing: nothing to compare"
+    done = optik("test", run.package, "--split", "val", "--out", tmp_path / "val.json")
+    assert done.returncode == 0, done.stderr
+    tested = json.loads((tmp_path / "val.json").read_text())["metrics"]
+    assert tested["images"] == 6
+    # relative too: this tiny model's mAP is small, so 1e-4 alone would hide a real difference
+    assert tested["bbox"]["map"] == pytest.approx(best, rel=1e-4, abs=1e-4)
+
+
+def test_images_repeated_across_ranks_are_scored_once():
+    from optik.tasks.training.detect import merge_shards
+
+    def found(image_id, score):
+        return {"image_id": image_id, "category_id": 1, "bbox": [0, 0, 5, 5], "score": score}
+
+    # two ranks; the sampler padded rank 1's shard with image 1 again
+    shards = [[found(1, 0.9), found(1, 0.4), found(2, 0.8)], [found(3, 0.7), found(1, 0.9), found(1, 0.4)]]
+    merged = merge_shards(shards)
+    assert sorted((r["image_id"], r["score"]) for r in merged) == [(1, 0.4), (1, 0.9), (2, 0.8), (3, 0.7)]

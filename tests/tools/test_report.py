@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -11,7 +13,8 @@ from conftest import make_colour_set, run_optik, tiny_overrides
 from PIL import Image
 
 from optik.errors import DataError
-from optik.tools.report import write_report
+from optik.metrics.plots import pyplot, save_figure
+from optik.tools.report import RunLog, learning_rate_figure, loss_figure, metrics_figure, write_report
 
 ODD_CLASS = "r&d <red>"  # a class name the page must escape
 
@@ -57,15 +60,15 @@ def detect_run(tmp_path_factory) -> Path:
 
 
 class Images(HTMLParser):
-    """Every <img src> of a page."""
+    """Every <img> of a page: (alt, src)."""
 
     def __init__(self):
         super().__init__()
-        self.sources: list[str] = []
+        self.images: list[tuple[str, str]] = []
 
     def handle_starttag(self, tag, attrs):
         if tag == "img":
-            self.sources.append(dict(attrs)["src"])
+            self.images.append((dict(attrs)["alt"], dict(attrs)["src"]))
 
 
 def written(done) -> list[Path]:
@@ -73,24 +76,28 @@ def written(done) -> list[Path]:
     return [Path(line.removeprefix("wrote ")) for line in done.stdout.splitlines()]
 
 
-def assert_png(path: Path) -> None:
-    assert path.is_file() and path.stat().st_size > 0, path
-    with Image.open(path) as image:
+def assert_png(picture: Path | bytes) -> None:
+    data = picture if isinstance(picture, bytes) else picture.read_bytes()
+    assert len(data) > 0, picture if isinstance(picture, Path) else "an empty image"
+    with Image.open(io.BytesIO(data)) as image:
         assert image.format == "PNG" and image.width > 100 and image.height > 100
         image.verify()
 
 
-def page_images(page: Path) -> dict[str, Path]:
-    """Plot name -> file of every image the page shows; each must exist beside the page and be a PNG."""
+def page_images(page: Path) -> dict[str, bytes]:
+    """Plot name -> PNG bytes of every image the page shows: each inside the page (a data: URI, nothing to
+    fetch from elsewhere), a PNG that opens, and the same as its copy in plots/ beside the page."""
     parser = Images()
     parser.feed(page.read_text())
-    files = {}
-    for source in parser.sources:
-        assert not Path(source).is_absolute()
-        path = page.parent / source
-        assert_png(path)
-        files[path.stem] = path
-    return files
+    pictures = {}
+    for name, source in parser.images:
+        prefix = "data:image/png;base64,"
+        assert source.startswith(prefix), source[:80]
+        data = base64.b64decode(source.removeprefix(prefix), validate=True)
+        assert_png(data)
+        assert (page.parent / "plots" / f"{name}.png").read_bytes() == data
+        pictures[name] = data
+    return pictures
 
 
 def test_plot_writes_the_curves_and_the_confusion_matrix(classify_run):
@@ -119,9 +126,7 @@ def test_report_page_shows_every_plot_the_classes_and_the_config(classify_run):
 
 def test_detection_report_has_ap_bars_and_pr_curves(detect_run, tmp_path):
     (page,) = written(run_optik("report", detect_run, "--out", tmp_path / "pages" / "det.html"))
-    images = page_images(page)
-    assert set(images) == {"loss", "metrics", "lr", "per_class_ap", "pr_curve"}
-    assert all(path.parent == tmp_path / "pages" / "plots" for path in images.values())
+    assert set(page_images(page)) == {"loss", "metrics", "lr", "per_class_ap", "pr_curve"}
     text = page.read_text()
     assert all(name in text for name in ("circle", "square", "triangle")) and "best val/map" in text
 
@@ -180,3 +185,57 @@ def test_precision_curves_average_to_the_coco_ap():
     assert sum(curves["per_class"]["square"]["iou50_95"]) / 101 == pytest.approx(ap["square"])
     assert max(curves["per_class"]["circle"]["iou50"]) == 0.0
     assert set(precision_curves(truth, [])["per_class"]) == {"square", "circle"}
+
+
+def one_epoch_log(groups: int = 1) -> RunLog:
+    """A 1-epoch run's log: three steps, one validation, one or more learning-rate groups."""
+    series = {
+        "train/loss_step": [(0, 0, 1.2), (1, 0, 1.0), (2, 0, 0.9)],
+        "train/loss_epoch": [(2, 0, 1.03)],
+        "val/loss": [(2, 0, 0.95)],
+        "val/acc1": [(2, 0, 0.61)],
+        "val/mean_class_acc": [(2, 0, 0.58)],
+    }
+    for group in range(1, groups + 1):
+        series[f"lr-AdamW/pg{group}"] = [(0, None, 0.001 * group), (2, None, 0.0005 * group)]
+    return RunLog(series)
+
+
+def visible_ticks(ax) -> list[float]:
+    low, high = ax.get_xlim()
+    return [tick for tick in ax.get_xticks() if low <= tick <= high]
+
+
+def test_a_one_epoch_run_is_ticked_in_whole_epochs_and_steps():
+    log = one_epoch_log()
+    metrics, loss = metrics_figure(log), loss_figure(log)
+    for fig in (metrics, loss):
+        fig.canvas.draw()
+    ax = metrics.axes[0]
+    assert ax.get_xlabel() == "epoch"
+    assert all(list(line.get_xdata()) == [1] for line in ax.get_lines())  # epochs counted from 1
+    assert visible_ticks(ax) == [1.0]
+    ax = loss.axes[0]
+    assert ax.get_xlabel() == "training step"
+    ticks = visible_ticks(ax)
+    assert ticks and all(float(tick).is_integer() for tick in ticks)
+    pyplot().close("all")
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_the_learning_rate_legend_hides_no_curve(groups, tmp_path):
+    fig = learning_rate_figure(one_epoch_log(groups))
+    fig.tight_layout()  # as save_figure does
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "training step"
+    legend = ax.get_legend()
+    if groups == 1:
+        assert legend is None  # one curve: the axis label names it
+    else:
+        assert [text.get_text() for text in legend.get_texts()] == [f"AdamW/pg{g}" for g in range(1, groups + 1)]
+        box, plot_area = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert box.x0 >= plot_area.x1  # beside the axes, not over the lines
+        assert box.x1 <= fig.bbox.x1 and box.y0 >= fig.bbox.y0  # and inside the picture
+    assert_png(save_figure(fig, tmp_path / "lr.png"))

@@ -141,23 +141,37 @@ def train(source, work_dir, overrides, resume, no_validate, seed, deterministic,
     show_default=True,
     help="pred: add per-image predictions to --out",
 )
-@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), help="write confusion_matrix.png here")
+@click.option(
+    "--plots",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="write the evaluation plots here: confusion_matrix.png (detectors: per_class_ap.png, pr_curve.png)",
+)
 @model_options
 def test_command(model, data, split, out, out_items, plots, device, precision, batch_size, mode):
     """Evaluate MODEL (model.pt or checkpoint) on DATA (class folders or list file; default: the run's own split)."""
-    from optik.engine.evaluate import evaluate, plot_confusion
+    from optik.engine.evaluate import evaluate, plot_evaluation
     from optik.metrics.evaluation import check_results_path, write_results
 
     if out_items == "pred" and out is None:
         fail("--out-items pred needs --out FILE to write the predictions to")
     if out is not None:
         check_results_path(out)
-    result = evaluate(model, data, split=split, batch_size=batch_size, device=device, precision=precision, mode=mode)
+    result = evaluate(
+        model,
+        data,
+        split=split,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        mode=mode,
+        with_curves=plots is not None,
+    )
     print_metrics(result)
     if out is not None:
         click.echo(f"wrote {write_results(result, out, include_items=out_items == 'pred')}")
     if plots is not None:
-        click.echo(f"wrote {plot_confusion(result, plots)}")
+        for path in plot_evaluation(result, plots):
+            click.echo(f"wrote {path}")
 
 
 def print_metrics(result) -> None:

@@ -168,7 +168,9 @@ class TrainConfig(BaseTrainConfig):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     mixup: float = Field(0.0, ge=0, description="mixup alpha (0: off)")
     cutmix: float = Field(0.0, ge=0, description="cutmix alpha (0: off)")
-    monitor: Literal["val/acc1", "val/acc5", "val/mean_class_acc", "val/loss"] = "val/acc1"
+    monitor: Literal["val/acc1", "val/acc5", "val/mean_class_acc", "val/loss"] = Field(
+        "val/acc1", description="selects best.ckpt; val/acc5 is logged only with more than 5 classes"
+    )
 
 
 class ClassifyConfig(Section):

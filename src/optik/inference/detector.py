@@ -152,20 +152,8 @@ class Detector(Predictor):
         return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
     def predict_tensors(self, images: list[torch.Tensor]) -> list[dict]:
-        """Raw torchvision outputs (boxes, labels 1-based, scores, masks) for uint8 images.
-
-        Images of one size run together, each size apart: torchvision pads a batch to its largest
-        image, which would make an object near an image's edge depend on the other images of the
-        batch. Grouped, an image gets the same objects alone or in any batch.
-        """
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, image in enumerate(images):
-            groups.setdefault(tuple(image.shape), []).append(index)
-        outputs: list[dict | None] = [None] * len(images)
-        for indices in groups.values():
-            for index, output in zip(indices, self.backend([images[i] for i in indices])):
-                outputs[index] = output
-        return outputs
+        """Raw torchvision outputs (boxes, labels 1-based, scores, masks) for uint8 images, run by size (`run_by_size`)."""
+        return run_by_size(self.backend, images)
 
     def _run_batch(self, loaded: list[tuple[str, torch.Tensor | str]]) -> list[Result]:
         good = [tensor for _, tensor in loaded if isinstance(tensor, torch.Tensor)]
@@ -179,19 +167,40 @@ class Detector(Predictor):
         return results
 
     def _detection(self, source: str, image: torch.Tensor, output: dict) -> Detection:
-        output = drop_background(output)
-        masks = output.get("masks")
-        height, width = int(image.shape[1]), int(image.shape[2])
-        boxes = output["boxes"].float().cpu().numpy().astype(np.float32)
-        np.clip(boxes, 0, [width, height, width, height], out=boxes)  # rescaling back can overshoot by a rounding error
-        detection = Detection(
-            source,
-            self.classes,
-            width,
-            height,
-            boxes=boxes,
-            labels=(output["labels"].cpu().numpy() - 1).astype(np.int64),
-            scores=output["scores"].float().cpu().numpy().astype(np.float32),
-            masks=None if masks is None else masks[:, 0].float().cpu().numpy(),
-        )
-        return detection.above(self.min_score)
+        return as_detection(output, source, self.classes, image).above(self.min_score)
+
+
+def run_by_size(model, images: list[torch.Tensor]) -> list[dict]:
+    """`model(images)` with the images of one size run together, each size apart.
+
+    torchvision pads a batch to its largest image, which would make an object near an image's edge
+    depend on the other images of the batch. Grouped, an image gets the same objects alone or in
+    any batch, and validation in training (which calls this too) scores what `optik test` scores.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(index)
+    outputs: list[dict | None] = [None] * len(images)
+    for indices in groups.values():
+        for index, output in zip(indices, model([images[i] for i in indices])):
+            outputs[index] = output
+    return outputs
+
+
+def as_detection(output: dict, source: str, classes: list[str], image: torch.Tensor) -> Detection:
+    """A torchvision output (1-based labels) for a (3, H, W) image as a `Detection`, boxes clipped to the image."""
+    output = drop_background(output)
+    masks = output.get("masks")
+    height, width = int(image.shape[-2]), int(image.shape[-1])
+    boxes = output["boxes"].float().cpu().numpy().astype(np.float32)
+    np.clip(boxes, 0, [width, height, width, height], out=boxes)  # rescaling back can overshoot by a rounding error
+    return Detection(
+        source,
+        classes,
+        width,
+        height,
+        boxes=boxes,
+        labels=(output["labels"].cpu().numpy() - 1).astype(np.int64),
+        scores=output["scores"].float().cpu().numpy().astype(np.float32),
+        masks=None if masks is None else masks[:, 0].float().cpu().numpy(),
+    )

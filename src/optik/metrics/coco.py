@@ -56,18 +56,6 @@ def coco_entries(
     return entries
 
 
-def coco_records(image_id: int, output: dict, mask_threshold: float = 0.5) -> list[dict]:
-    """A torchvision detector output (labels = category ids) as COCO result entries."""
-    masks = (output["masks"][:, 0] >= mask_threshold).cpu().numpy() if "masks" in output else None
-    return coco_entries(
-        image_id,
-        output["boxes"].detach().float().cpu().numpy(),
-        output["scores"].detach().float().cpu().numpy(),
-        output["labels"].cpu().numpy(),
-        masks,
-    )
-
-
 def detection_records(image_id: int, detection, mask_threshold: float = 0.5) -> list[dict]:
     """A `Detection` (0-based labels) as COCO result entries (category id = label + 1)."""
     masks = None if detection.masks is None else detection.masks >= mask_threshold

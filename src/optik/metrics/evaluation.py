@@ -20,6 +20,7 @@ class EvalResult:
     classes: list[str]
     items: list[dict] = field(default_factory=list)  # per image: file, label, pred, score, probs
     failures: list[dict] = field(default_factory=list)
+    task: str = "classify"  # the task that evaluated (`optik.tasks`): it also draws the plots
 
 
 @dataclass
@@ -27,6 +28,7 @@ class DetectionResult(EvalResult):
     """A detector's `EvalResult`, with its precision-recall curves per IoU type (`precision_curves`), for plots."""
 
     curves: dict = field(default_factory=dict)
+    task: str = "detect"
 
 
 RESULT_SUFFIXES = (".json", ".yaml", ".yml", ".pkl")

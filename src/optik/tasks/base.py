@@ -122,6 +122,10 @@ class Task:
         """Predict every image of a labelled split and score the predictions (`optik test`)."""
         raise ModelError(f"{source} is a {self.name} model; optik test evaluates classifiers and detectors")
 
+    def plot_evaluation(self, result: EvalResult, folder: Path) -> list[Path]:
+        """The PNGs of an evaluation of this task's model (`optik test --plots`, `optik plot`), written to `folder`."""
+        raise ModelError(f"{self.name} models are not evaluated, so they have no evaluation plots")
+
     def output_format(
         self, fmt: str | None = None, top_k: int | None = None, min_score: float | None = None, **detection_options
     ):

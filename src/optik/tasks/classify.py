@@ -37,6 +37,8 @@ class ClassifyTask(Task):
         if len(data.classes) < 2:
             raise DataError(f"a classifier needs at least 2 classes, found {len(data.classes)}: {data.classes}")
         resume.check(cfg, data.classes)
+        if cfg.train.validation:
+            check_monitor(cfg.train.monitor, len(data.classes))
         log_data_summary(data)
         model = build_classifier(cfg.model, len(data.classes), cfg.data.image_size)
         if cfg.model.weights is not None and resume.path is None:
@@ -113,6 +115,12 @@ class ClassifyTask(Task):
             package, data, split, batch_size or 32, device=device, precision=precision, mode=mode
         )
 
+    def plot_evaluation(self, result, folder):
+        """confusion_matrix.png."""
+        from optik.metrics.plots import plot_confusion
+
+        return [plot_confusion(result, folder)]
+
     def output_format(self, fmt=None, top_k=None, min_score=None, **detection_options):
         from optik.outputs.classification import ClassificationFormat
 
@@ -153,6 +161,18 @@ class ClassifyTask(Task):
         from optik.inference.onnx import OnnxModel
 
         return BatchModel(OnnxModel(model), Preprocess.from_dict(meta["preprocess"]), classes=meta["classes"])
+
+
+def check_monitor(monitor: str, num_classes: int) -> None:
+    """`train.monitor` must be a value validation logs for this many classes (top-5 needs more than 5)."""
+    from optik.metrics.classification import top_k_accuracies
+
+    logged = [accuracy.logged for accuracy in top_k_accuracies(num_classes)] + ["val/mean_class_acc", "val/loss"]
+    if monitor not in logged:
+        raise ConfigError(
+            f"train.monitor is {monitor}, but with {num_classes} classes validation does not log it "
+            f"(a top-k over k or fewer classes is always 1.0); choose one of {', '.join(logged)}"
+        )
 
 
 def log_data_summary(data) -> None:
@@ -258,7 +278,7 @@ def evaluate_classifier(
         raise DataError(f"none of the {len(samples)} images in {origin} could be read")
     metrics = classification_metrics(np.stack(probs), np.array(labels), predictor.classes)
     metrics.update({"images": len(labels), "unreadable": len(failures), "data": origin, "split": split})
-    return EvalResult(metrics, predictor.classes, items, failures)
+    return EvalResult(metrics, predictor.classes, items, failures, task=CLASSIFY.name)
 
 
 CLASSIFY = ClassifyTask()

@@ -52,6 +52,13 @@ class DetectTask(Task):
             "exif_orientation": False,  # boxes are annotated on the stored pixels (see data.detection.load_sample)
         }
         truth = sets["val"].to_coco() if cfg.train.validation else None
+        if truth is not None and cfg.train.precision not in ("32", "64"):
+            # reduced precision changes a few scores, so the two numbers differ a little for that reason alone
+            test_precision = {"bf16-mixed": "bf16", "bf16-true": "bf16", "16-mixed": "16"}[cfg.train.precision]
+            say(
+                f"val/map is computed at train.precision {cfg.train.precision}; `optik test` runs in fp32 unless "
+                f"given --precision {test_precision}, which scores the val images as validation does"
+            )
         module = DetectModule(model, config_to_dict(cfg), classes, preprocess, val_ground_truth=truth)
         datasets = detect_datasets(sets, cfg.data.augment, with_masks, seed=cfg.train.seed)
         size, workers = cfg.data.batch_size, cfg.data.num_workers
@@ -126,6 +133,14 @@ class DetectTask(Task):
             mode=mode,
             with_curves=with_curves,
         )
+
+    def plot_evaluation(self, result, folder):
+        """Per-class AP bars and precision-recall curves, for boxes (and masks); the result needs its curves."""
+        from optik.metrics.plots import plot_detection
+
+        if not result.curves:
+            raise ValueError("evaluate with with_curves=True to plot a detector's evaluation")
+        return plot_detection(result, folder)
 
     def output_format(self, fmt=None, top_k=None, min_score=None, **detection_options):
         from optik.outputs.detection import detection_format
@@ -245,7 +260,7 @@ def evaluate_detector(
             "split": split,
         }
     )
-    return DetectionResult(metrics, package.classes, items, failures, curves)
+    return DetectionResult(metrics, package.classes, items, failures, curves=curves, task=DETECT.name)
 
 
 DETECT = DetectTask()

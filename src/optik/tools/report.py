@@ -3,22 +3,22 @@ its model's evaluation plots (confusion matrix; per-class AP and PR curves), and
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 import numpy as np
 import yaml
 
 from optik.errors import DataError
 from optik.files import write_atomic
+from optik.metrics.plots import add_legend, pyplot, save_figure
 
 if TYPE_CHECKING:  # torch is imported only when a model is evaluated: curves alone come quickly
-    from optik.metrics.evaluation import DetectionResult, EvalResult
+    from optik.metrics.evaluation import EvalResult
 
 
 @dataclass
@@ -87,36 +87,18 @@ def read_config(work_dir: Path) -> dict:
 # ----------------------------------------------------------------------------- plots
 
 
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def label_axes(ax, title: str, xlabel: str, ylabel: str | None = None, integer_x: bool = True) -> None:
-    """Title, axis names, a light grid and the legend; steps and epochs ticked as whole numbers."""
+def label_axes(ax, title: str, xlabel: str, ylabel: str | None = None) -> None:
+    """Title, axis names, a light grid, the legend (`add_legend`); steps and epochs ticked as whole numbers,
+    even where a short run leaves a single one in view."""
     from matplotlib.ticker import MaxNLocator
 
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     if ylabel:
         ax.set_ylabel(ylabel)
-    if integer_x:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Write the figure as PNG atomically and free it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
-    pyplot().close(fig)
-    return path
+    add_legend(ax)
 
 
 def curve_label(column: str) -> str:
@@ -127,95 +109,57 @@ def curve_label(column: str) -> str:
     return column
 
 
-def plot_losses(log: RunLog, folder: Path) -> Path:
-    """loss.png: every training loss (per step, and epoch means) and the validation loss, by step."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+def loss_figure(log: RunLog):
+    """Every training loss (per step, and epoch means) and the validation loss, by training step."""
+    fig, ax = pyplot().subplots(figsize=(8, 4.5))
     for column in log.columns("loss"):
         steps, _, values = zip(*log.series[column])
         if column.endswith("_step"):
             ax.plot(steps, values, linewidth=0.8, alpha=0.6, label=curve_label(column))
         else:
             ax.plot(steps, values, marker="o", label=curve_label(column))
-    label_axes(ax, "loss", "step", "loss")
-    return save_figure(fig, folder / "loss.png")
+    label_axes(ax, "loss", "training step", "loss")
+    return fig
 
 
-def plot_metrics(log: RunLog, folder: Path) -> Path:
-    """metrics.png: every validation metric (accuracy, mAP...) by epoch."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for column in log.columns("metric"):
-        _, epochs, values = zip(*log.series[column])
-        ax.plot([epoch + 1 for epoch in epochs], values, marker="o", label=column)
-    label_axes(ax, "validation metrics", "epoch")
-    return save_figure(fig, folder / "metrics.png")
+def metrics_figure(log: RunLog):
+    """Every validation metric (accuracy, mAP...) by epoch, counted from 1."""
+    fig, ax = pyplot().subplots(figsize=(8, 4.5))
+    columns = log.columns("metric")
+    epochs = set()
+    for column in columns:
+        _, logged, values = zip(*log.series[column])
+        ax.plot([epoch + 1 for epoch in logged], values, marker="o", label=column)
+        epochs.update(epoch + 1 for epoch in logged)
+    if len(epochs) == 1:  # one epoch: a unit-wide view, not matplotlib's ±5% around the point
+        (epoch,) = epochs
+        ax.set_xlim(epoch - 0.5, epoch + 0.5)
+    label_axes(ax, "validation metrics", "epoch", columns[0] if len(columns) == 1 else "value")
+    return fig
 
 
-def plot_learning_rate(log: RunLog, folder: Path) -> Path:
-    """lr.png: the learning rate of each parameter group, by step."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+def learning_rate_figure(log: RunLog):
+    """The learning rate of each parameter group, by training step."""
+    fig, ax = pyplot().subplots(figsize=(8, 3.5))
     for column in log.columns("lr"):
         steps, _, values = zip(*log.series[column])
         ax.plot(steps, values, marker=".", drawstyle="steps-post", label=column.removeprefix("lr-"))
-    label_axes(ax, "learning rate (per parameter group)", "step", "learning rate")
-    return save_figure(fig, folder / "lr.png")
+    label_axes(ax, "learning rate (per parameter group)", "training step", "learning rate")
+    return fig
 
 
 def plot_curves(log: RunLog, folder: Path) -> list[Path]:
-    """The curves the log has data for: loss, validation metrics (with validation), learning rate."""
-    plots = {"loss": plot_losses, "metric": plot_metrics, "lr": plot_learning_rate}
-    return [plot(log, folder) for kind, plot in plots.items() if log.columns(kind)]
-
-
-def plot_class_ap(result: DetectionResult, iou_type: str, folder: Path) -> Path:
-    """per_class_ap[_segm].png: AP@[.5:.95] and AP@.5 of every class, side by side."""
-    plt = pyplot()
-    curves = result.curves[iou_type]["per_class"]
-    classes = [name for name in result.classes if name in curves]  # a class with no objects in the data has no AP
-    ap = [result.metrics[iou_type]["per_class"].get(name, 0.0) for name in classes]
-    ap50 = [float(np.mean(curves[name]["iou50"])) for name in classes]
-    positions = np.arange(len(classes))
-    fig, ax = plt.subplots(figsize=(min(24, 3 + 0.5 * len(classes)), 4.5))
-    ax.bar(positions - 0.2, ap, width=0.4, label="AP@[.5:.95]")
-    ax.bar(positions + 0.2, ap50, width=0.4, label="AP@.5")
-    ax.set_xticks(positions, classes, rotation=90 if len(classes) > 8 else 0)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("AP")
-    ax.set_title(f"{iou_type} AP per class (mAP {result.metrics[iou_type]['map']:.4f})")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, folder / f"per_class_ap{'' if iou_type == 'bbox' else '_' + iou_type}.png")
-
-
-def plot_pr_curves(result: DetectionResult, iou_type: str, folder: Path) -> Path:
-    """pr_curve[_segm].png: precision over recall at IoU 0.5, one line per class and their mean."""
-    plt = pyplot()
-    curves = result.curves[iou_type]
-    recall, per_class = curves["recall"], curves["per_class"]
-    fig, ax = plt.subplots(figsize=(7, 6))
-    for name, curve in per_class.items():
-        ax.plot(recall, curve["iou50"], linewidth=1, label=f"{name} (AP@.5 {np.mean(curve['iou50']):.3f})")
-    if per_class:
-        mean = np.mean([curve["iou50"] for curve in per_class.values()], axis=0)
-        ax.plot(recall, mean, color="black", linewidth=2.5, linestyle="--", label=f"mean (mAP@.5 {mean.mean():.3f})")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    label_axes(ax, f"{iou_type} precision-recall at IoU 0.5", "recall", "precision", integer_x=False)
-    if len(per_class) > 20:  # many classes: a smaller legend
-        ax.legend(fontsize=5, ncol=3)
-    return save_figure(fig, folder / f"pr_curve{'' if iou_type == 'bbox' else '_' + iou_type}.png")
+    """loss.png, metrics.png (with validation) and lr.png: the curves the log has data for."""
+    figures = {"loss": loss_figure, "metric": metrics_figure, "lr": learning_rate_figure}
+    names = {"loss": "loss.png", "metric": "metrics.png", "lr": "lr.png"}
+    return [save_figure(figure(log), folder / names[kind]) for kind, figure in figures.items() if log.columns(kind)]
 
 
 def plot_evaluation(result: EvalResult, folder: Path) -> list[Path]:
-    """Confusion matrix for a classifier; per-class AP bars and PR curves (per IoU type) for a detector."""
-    from optik.engine.evaluate import plot_confusion
-    from optik.metrics.evaluation import DetectionResult
+    """The evaluation's plots, as its task draws them (`optik.engine.evaluate.plot_evaluation`)."""
+    from optik.engine.evaluate import plot_evaluation as plot_task_evaluation
 
-    if not isinstance(result, DetectionResult):
-        return [plot_confusion(result, folder)]
-    return [plot(result, iou_type, folder) for iou_type in result.curves for plot in (plot_class_ap, plot_pr_curves)]
+    return plot_task_evaluation(result, folder)
 
 
 def evaluate_run(work_dir: Path) -> EvalResult | None:
@@ -329,11 +273,11 @@ def evaluation_section(result: EvalResult) -> str:
     return "".join(lines)
 
 
-def images_section(title: str, paths: list[Path], page: Path) -> str:
-    """The plots as <img> with paths relative to the page."""
+def images_section(title: str, paths: list[Path]) -> str:
+    """The plots as <img> with the PNG inside the page (a data: URI), so the page is one file to mail."""
     figures = "".join(
-        f'<figure><img src="{html.escape(quote(Path(os.path.relpath(path, page.parent)).as_posix()))}" alt="{html.escape(path.stem)}">'
-        f"<figcaption>{html.escape(path.stem)}</figcaption></figure>\n"
+        f'<figure><img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode("ascii")}" '
+        f'alt="{html.escape(path.stem)}"><figcaption>{html.escape(path.stem)}</figcaption></figure>\n'
         for path in paths
     )
     return f"<h2>{html.escape(title)}</h2>\n{figures}" if paths else ""
@@ -348,7 +292,8 @@ pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }"""
 
 
 def write_report(work_dir: str | Path, out: str | Path | None = None, with_eval: bool = True) -> Path:
-    """report.html (default in the work dir): summary, logged metrics, curves, evaluation and config; the plots go to plots/ beside it."""
+    """report.html (default in the work dir): summary, logged metrics, curves, evaluation and config, one file
+    with its plots inside; the PNGs are also written to plots/ beside it."""
     work_dir = check_work_dir(work_dir)
     page = Path(out) if out is not None else work_dir / "report.html"
     folder = page.parent / "plots"
@@ -359,12 +304,12 @@ def write_report(work_dir: str | Path, out: str | Path | None = None, with_eval:
     sections = [
         summary_section(config, log, classes, work_dir),
         log_metrics_section(log),
-        images_section("Curves", curves, page),
+        images_section("Curves", curves),
     ]
     if result is not None:
         sections += [
             evaluation_section(result),
-            images_section("Evaluation plots", plot_evaluation(result, folder), page),
+            images_section("Evaluation plots", plot_evaluation(result, folder)),
         ]
     elif with_eval:
         sections.append(

@@ -1,4 +1,5 @@
-"""Image classification as a LightningModule: cross-entropy (with smoothing / mixup), EMA, top-k metrics."""
+"""Image classification as a LightningModule: cross-entropy (with smoothing / mixup), EMA, top-k metrics
+(the k that `optik test` reports too: `top_k_accuracies`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from optik.config.schema import TrainConfig
+from optik.metrics.classification import top_k_accuracies
 from optik.tasks.training.base import TrainingModule
 
 
@@ -35,9 +37,16 @@ class ClassifyModule(TrainingModule):
             self.train_loss = nn.CrossEntropyLoss(label_smoothing=self.train_cfg.label_smoothing)
         self.eval_loss = nn.CrossEntropyLoss()
         self.setup_ema()
-        self.val_acc1 = MulticlassAccuracy(n, top_k=1, average="micro")
-        self.val_acc5 = MulticlassAccuracy(n, top_k=min(5, n), average="micro")
-        self.val_mean_class_acc = MulticlassAccuracy(n, top_k=1, average="macro")
+        # keyed by the logged name's last part (val/acc1 -> acc1): a ModuleDict key may not hold "/"
+        self.val_metrics = nn.ModuleDict(
+            {
+                **{
+                    accuracy.logged.removeprefix("val/"): MulticlassAccuracy(n, top_k=accuracy.k, average="micro")
+                    for accuracy in top_k_accuracies(n)
+                },
+                "mean_class_acc": MulticlassAccuracy(n, top_k=1, average="macro"),
+            }
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.eval_model()(images)
@@ -57,11 +66,7 @@ class ClassifyModule(TrainingModule):
         self.log(
             "val/loss", self.eval_loss(logits.float(), labels), on_epoch=True, sync_dist=True, batch_size=len(labels)
         )
-        for name, metric in (
-            ("acc1", self.val_acc1),
-            ("acc5", self.val_acc5),
-            ("mean_class_acc", self.val_mean_class_acc),
-        ):
+        for name, metric in self.val_metrics.items():
             metric(logits, labels)
             self.log(f"val/{name}", metric, on_epoch=True, prog_bar=name == "acc1", batch_size=len(labels))
 

@@ -1,4 +1,8 @@
-"""Object detection as a LightningModule (torchvision detectors), validated with COCO mAP (`optik.metrics.coco`)."""
+"""Object detection as a LightningModule (torchvision detectors), validated with COCO mAP (`optik.metrics.coco`).
+
+Validation predicts and scores as `optik test` does (images run by size, boxes clipped, the same
+COCO evaluator), so the best val/map of a run is what `optik test` reports on the same images.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ import torch
 from torch import nn
 
 from optik.config.schema import DetectTrainConfig
-from optik.metrics.coco import COCO_STATS, coco_metrics, coco_records
-from optik.models.detect import drop_background, has_masks
+from optik.inference.detector import as_detection, run_by_size
+from optik.metrics.coco import COCO_STATS, coco_metrics, detection_records
+from optik.models.detect import has_masks
 from optik.tasks.training.base import TrainingModule
 
 
@@ -34,14 +39,27 @@ def as_targets(targets: list[dict], with_masks: bool) -> list[dict]:
 
 
 def gather_results(module: L.LightningModule, records: list[dict]) -> list[dict]:
-    """Every rank's COCO results (validation runs sharded under DDP)."""
+    """Every rank's COCO results (validation runs sharded under DDP), merged by `merge_shards`."""
     if module.trainer is None or module.trainer.world_size == 1:
         return records
     import torch.distributed as dist
 
     everything: list = [None] * dist.get_world_size()
     dist.all_gather_object(everything, records)
-    return [record for part in everything for record in part]
+    return merge_shards(everything)
+
+
+def merge_shards(shards: list[list[dict]]) -> list[dict]:
+    """The COCO results of all ranks, each image's from the first rank that has it.
+
+    Lightning's distributed sampler pads the shards to one length with repeated images; scored
+    twice, an image's detections would count twice against its ground truth.
+    """
+    merged, seen = [], set()
+    for shard in shards:
+        merged.extend(record for record in shard if record["image_id"] not in seen)
+        seen |= {record["image_id"] for record in shard}
+    return merged
 
 
 class DetectModule(TrainingModule):
@@ -82,9 +100,10 @@ class DetectModule(TrainingModule):
 
     def validation_step(self, batch, batch_idx):
         images, targets = batch
-        outputs = self.eval_model()(as_inputs(images))
-        for target, output in zip(targets, outputs):
-            records = coco_records(int(target["image_id"]), drop_background(output))
+        outputs = run_by_size(self.eval_model(), as_inputs(images))
+        for image, target, output in zip(images, targets, outputs):
+            image_id = int(target["image_id"])
+            records = detection_records(image_id, as_detection(output, str(image_id), self.hparams["classes"], image))
             self._results["bbox"].extend({k: v for k, v in r.items() if k != "segmentation"} for r in records)
             if self.with_masks:
                 self._results["segm"].extend(records)
