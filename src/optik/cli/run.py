@@ -132,8 +132,18 @@ def train(source, work_dir, overrides, resume, no_validate, seed, deterministic,
     help="pred: add per-image predictions to --out",
 )
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), help="write confusion_matrix.png here")
+@click.option(
+    "--images",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="detectors: folder the images are in (as data.images; default: the run's for its own data)",
+)
+@click.option(
+    "--skip-bad",
+    is_flag=True,
+    help="detectors: leave missing or unreadable images out, reported as unreadable, instead of stopping (classifiers always do)",
+)
 @model_options
-def test_command(model, data, split, out, out_items, plots, device, precision, batch_size, mode):
+def test_command(model, data, split, out, out_items, plots, images, skip_bad, device, precision, batch_size, mode):
     """Evaluate MODEL (model.pt or checkpoint) on DATA (class folders or list file; default: the run's own split)."""
     from optik.engine.evaluate import evaluate, plot_confusion
     from optik.metrics.evaluation import check_results_path, write_results
@@ -142,7 +152,17 @@ def test_command(model, data, split, out, out_items, plots, device, precision, b
         fail("--out-items pred needs --out FILE to write the predictions to")
     if out is not None:
         check_results_path(out)
-    result = evaluate(model, data, split=split, batch_size=batch_size, device=device, precision=precision, mode=mode)
+    result = evaluate(
+        model,
+        data,
+        split=split,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        mode=mode,
+        images=images,
+        skip_bad=skip_bad,
+    )
     print_metrics(result)
     if out is not None:
         click.echo(f"wrote {write_results(result, out, include_items=out_items == 'pred')}")
