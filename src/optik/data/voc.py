@@ -72,19 +72,7 @@ def read_voc(
     source = Path(source)
     xmls, devkit = annotation_files(source)
     parsed = {xml: parse_voc_xml(xml) for xml in xmls}
-    folder = Path(images) if images is not None else None
-    if folder is not None and not folder.is_dir():
-        raise DataError(f"data.images folder not found: {folder} ({hints.images} to the folder that holds the images)")
-    pairs, missing = {}, {}
-    for xml, ann in parsed.items():
-        image, looked = find_image(xml, ann, devkit, folder)
-        if image is None:
-            image = looked[0] / (ann.filename or f"{xml.stem}.jpg")
-            places = ", ".join(dict.fromkeys(str(place) for place in looked))
-            missing[str(image)] = (
-                f"file not found: {xml} names it; looked in {places}; {hints.images} to the folder that holds the images"
-            )
-        pairs[image] = xml
+    pairs, missing = locate_images(parsed, devkit, Path(images) if images is not None else None, hints)
     report = []
     if devkit is None:
         background = [image for image in find_images(source) if image not in pairs]
@@ -112,6 +100,26 @@ def read_voc(
             ]
             builder.add(str(image), *sizes[str(image)], image_id, objects)
     return builder.build(classes, str(source), report, left_out)
+
+
+def locate_images(
+    parsed: dict[Path, VocFile], devkit: Path | None, images: Path | None, hints: Hints
+) -> tuple[dict[Path, Path | None], dict[str, str]]:
+    """Image -> its XML for every XML (see `find_image`), and the images found nowhere (a path -> what was looked for where)."""
+    if images is not None and not images.is_dir():
+        raise DataError(f"data.images folder not found: {images} ({hints.images} to the folder that holds the images)")
+    pairs: dict[Path, Path | None] = {}
+    missing = {}
+    for xml, ann in parsed.items():
+        image, looked = find_image(xml, ann, devkit, images)
+        if image is None:
+            image = looked[0] / (ann.filename or f"{xml.stem}.jpg")
+            places = ", ".join(dict.fromkeys(str(place) for place in looked))
+            missing[str(image)] = (
+                f"file not found: {xml} names it; looked in {places}; {hints.images} to the folder that holds the images"
+            )
+        pairs[image] = xml
+    return pairs, missing
 
 
 def annotation_files(source: Path) -> tuple[list[Path], Path | None]:
