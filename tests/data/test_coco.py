@@ -195,3 +195,27 @@ def test_images_folder_and_instances_layout(tmp_path):
     (tmp_path / "annotations" / "instances_train2014.json").write_text("{}")
     with pytest.raises(DataError, match="several train annotation files"):
         find_splits(tmp_path)
+
+
+def test_sub_folder_file_names_resolve_against_data_images(tmp_path):
+    """Label Studio writes `images/<name>`, CVAT task sub-folders, some tools the annotator's absolute path."""
+    export = tmp_path / "export"
+    blank_images(export / "images" / "task 1", ["a.png"])
+    blank_images(export / "images", ["b.png", "c.png"])
+    images = [
+        {"id": 1, "file_name": "task 1/a.png", "width": 40, "height": 30},
+        {"id": 2, "file_name": "images/b.png", "width": 40, "height": 30},
+        {"id": 3, "file_name": "/home/annotator/data/images/c.png", "width": 40, "height": 30},
+    ]
+    doc = {"images": images, "annotations": [ann(1, 1, 1, [1, 1, 4, 4])], "categories": [{"id": 1, "name": "cat"}]}
+    (export / "annotations").mkdir()
+    (export / "annotations" / "instances_default.json").write_text(json.dumps(doc))
+    found = find_splits(export)  # CVAT's one subset, named default
+    assert found == {"train": export / "annotations" / "instances_default.json"}
+    expected = [
+        str(export / "images" / "task 1" / "a.png"),
+        str(export / "images" / "b.png"),
+        str(export / "images" / "c.png"),
+    ]
+    assert [r.path for r in read_coco(found["train"], images=export / "images").records] == expected
+    assert [r.path for r in read_coco(found["train"]).records] == expected  # CVAT's images/ beside annotations/

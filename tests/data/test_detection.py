@@ -169,3 +169,32 @@ def test_mmdet_classes_name_the_order_and_a_mismatch_lists_both(tmp_path, monkey
     monkeypatch.setenv("MMDET_CLASSES", "circle,square")
     with pytest.raises(DataError, match=r"MMDET_CLASSES.*triangle"):
         build_detect_data(cfg)
+
+
+def test_data_images_for_voc_and_yolo_and_val_held_out_without_image_sets(tmp_path):
+    """Annotations apart from their images, which data.images (relative: under data.root) points at."""
+    shapes = write_shapes_set(tmp_path / "shapes", "voc", train=5, val=0, size=64)
+    root = tmp_path / "voc"
+    (root / "pictures").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for xml in (shapes / "train").glob("*.xml"):
+        xml.rename(root / "annotations" / xml.name)
+    for image in (shapes / "train").glob("*.png"):
+        image.rename(root / "pictures" / image.name)
+    with pytest.raises(DataError, match=r"looked in .*JPEGImages.*set data.images to the folder"):
+        build_detect_data(DetectDataConfig(format="voc", root=root))
+    _, sets = build_detect_data(DetectDataConfig(format="voc", root=root, images="pictures"))
+    assert (len(sets["train"]), len(sets["val"])) == (4, 1)
+    assert all(r.path.startswith(str(root / "pictures")) for part in sets.values() for r in part.records)
+    assert "no val split found, so 1 image(s) held out (data.val_split 0.2)" in sets["val"].report[0]
+
+    yolo = write_shapes_set(tmp_path / "yolo", "yolo", train=3, val=0, size=64)
+    (yolo / "train").rename(yolo / "labels")
+    (tmp_path / "yolo-images").mkdir()
+    for image in (yolo / "labels").glob("*.png"):
+        image.rename(tmp_path / "yolo-images" / image.name)
+    _, sets = build_detect_data(DetectDataConfig(format="yolo", root=yolo, images=tmp_path / "yolo-images"))
+    assert len(sets["train"]) + len(sets["val"]) == 3 and sets["train"].num_objects > 0
+
+    with pytest.raises(DataError, match=r"no voc train split found .*ImageSets/Main/<split>.txt lists"):
+        build_detect_data(DetectDataConfig(format="voc", root=tmp_path / "yolo-images"))

@@ -135,3 +135,76 @@ def test_to_coco_of_voc_is_valid_ground_truth(tmp_path):
     assert json.loads(json.dumps(doc)) == doc
     assert [i["file_name"] for i in doc["images"]] == ["a.png", "b.png"]
     assert doc["annotations"][0]["area"] == 100
+
+
+def labelimg_xml(stem, folder="images", path=None, size=(40, 30), filename=None):
+    """An XML as LabelImg writes it: the image folder's name in <folder>, the annotator's absolute <path>."""
+    filename = filename or f"{stem}.png"
+    path = path or f"/home/annotator/Desktop/{folder}/{filename}"
+    return voc_xml(filename, [("dog", (1, 1, 9, 9), 0)], size).replace(
+        "<annotation>", f"<annotation><folder>{folder}</folder><path>{path}</path>"
+    )
+
+
+def test_labelimg_layout_reads_from_the_folder_each_xml_names(tmp_path):
+    """images/ + annotations/ side by side, <path> a file of another machine, no ImageSets: read as it is."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    for stem in ("a", "b"):
+        Image.new("RGB", (40, 30)).save(tmp_path / "images" / f"{stem}.png")
+        (tmp_path / "annotations" / f"{stem}.xml").write_text(labelimg_xml(stem))
+    assert find_splits(tmp_path) == {"train": tmp_path}
+    data = read_voc(tmp_path)
+    assert [r.path for r in data.records] == [str(tmp_path / "images" / f"{s}.png") for s in ("a", "b")]
+    assert data.classes == ["dog"] and data.report == []
+
+
+@pytest.mark.parametrize("place", ["beside", "folder", "path", "JPEGImages", "data.images"])
+def test_each_place_an_image_is_looked_for_resolves(tmp_path, place):
+    annotations = tmp_path / "set" / "Annotations"
+    annotations.mkdir(parents=True)
+    image_folder = {
+        "beside": annotations,
+        "folder": tmp_path / "set" / "photos",
+        "path": tmp_path / "elsewhere",
+        "JPEGImages": tmp_path / "set" / "JPEGImages",
+        "data.images": tmp_path / "given",
+    }[place]
+    image_folder.mkdir(parents=True, exist_ok=True)
+    # the file name differs from the XML's stem, so only the named place can find it
+    Image.new("RGB", (40, 30)).save(image_folder / "photo 1.png")
+    folder = "photos" if place == "folder" else "VOC2007"
+    path = str(image_folder / "photo 1.png") if place == "path" else None
+    (annotations / "x.xml").write_text(labelimg_xml("x", folder, path, filename="photo 1.png"))
+    data = read_voc(tmp_path / "set", images=tmp_path / "given" if place == "data.images" else None)
+    assert [r.path for r in data.records] == [str(image_folder / "photo 1.png")]
+
+
+def test_a_missing_image_names_its_xml_the_places_looked_and_data_images(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations" / "x.xml").write_text(labelimg_xml("x", "pictures"))
+    with pytest.raises(DataError) as error:
+        read_voc(tmp_path)
+    message = str(error.value)
+    assert "file not found: " + str(tmp_path / "annotations" / "x.xml") in message
+    for place in ("annotations", "pictures", "JPEGImages", "images", "/home/annotator/Desktop/pictures"):
+        assert place in message
+    assert "set data.images to the folder that holds the images" in message and "data.skip_bad" in message
+    assert len(read_voc(tmp_path, skip_bad=True)) == 0
+
+
+def test_cvat_and_label_studio_exports(tmp_path):
+    """CVAT Pascal VOC 1.1: Annotations/, JPEGImages/, ImageSets/Main/default.txt; Label Studio: Annotations/ + images/."""
+    cvat, studio = tmp_path / "cvat", tmp_path / "studio"
+    for root, images in ((cvat, "JPEGImages"), (studio, "images")):
+        for folder in ("Annotations", images):
+            (root / folder).mkdir(parents=True)
+        for stem in ("frame_000000", "frame_000001"):
+            Image.new("RGB", (40, 30)).save(root / images / f"{stem}.jpg")
+            (root / "Annotations" / f"{stem}.xml").write_text(voc_xml(f"{stem}.jpg", [("car", (1, 1, 9, 9), 0)]))
+    (cvat / "ImageSets" / "Main").mkdir(parents=True)
+    (cvat / "ImageSets" / "Main" / "default.txt").write_text("frame_000000\nframe_000001\n")
+    for root, images in ((cvat, "JPEGImages"), (studio, "images")):
+        assert find_splits(root) == {"train": root}
+        assert [r.path for r in read_voc(root).records] == [str(root / images / f"frame_00000{i}.jpg") for i in (0, 1)]

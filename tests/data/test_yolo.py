@@ -111,3 +111,21 @@ def test_bad_boxes_and_images(tmp_path):
     assert any("1 image(s) without a label file" in line for line in read_yolo(folder, skip_bad=True).report)
     with pytest.raises(DataError, match="YOLO folder not found"):
         read_yolo(tmp_path / "nope")
+
+
+def test_data_images_holds_the_images_of_label_files_kept_apart(tmp_path):
+    """labels/ with classes.txt under the root, the images in another folder (data.images), found by path or stem."""
+    labels, pictures = tmp_path / "set" / "labels", tmp_path / "pictures"
+    (pictures / "day").mkdir(parents=True)
+    write_yolo(labels, {"a": "0 0.5 0.5 0.5 0.5\n", "b": "1 0.5 0.5 0.25 0.25\n"}, size=(40, 40))
+    for stem in ("a", "b"):
+        (labels / f"{stem}.png").rename(pictures / "day" / f"{stem}.png")
+    Image.new("RGB", (40, 40)).save(pictures / "unlabelled.png")
+    assert find_splits(tmp_path / "set") == {"train": tmp_path / "set"}
+    data = read_yolo(tmp_path / "set", images=pictures)
+    assert [r.path for r in data.records] == [str(pictures / "day" / f"{s}.png") for s in ("a", "b")]
+    assert data.records[1].labels.tolist() == [1] and data.classes == ["cat", "dog"]
+    assert any("1 image(s) without a label file" in line and "not used" in line for line in data.report)
+    (labels / "c.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    with pytest.raises(DataError, match=r"c.txt has no image in .*pictures.*set data.images"):
+        read_yolo(tmp_path / "set", images=pictures)

@@ -107,3 +107,17 @@ def test_resume_refuses_other_classes_finished_runs_and_non_checkpoints(colour_s
         train(reordered, work_dir=tmp_path / "run", resume="last")
     with pytest.raises(ConfigError, match="not a training checkpoint"):
         train(cfg, work_dir=tmp_path / "other", resume=first.package)
+
+
+def test_skip_bad_leaving_no_training_images_stops_before_training(tmp_path, optik):
+    from conftest import make_colour_set
+
+    root = make_colour_set(tmp_path / "colours", per_class=2, splits=("train", "val"))
+    for image in (root / "train").rglob("*.png"):
+        image.write_bytes(b"not a png")
+    overrides = [f"--set={o}" for o in tiny_overrides(root, epochs=1)] + ["--set=data.skip_bad=true"]
+    done = optik("train", "resnet18_small", "--work-dir", tmp_path / "run", *overrides)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "no training images left: data.skip_bad left out all 6 training image(s)" in done.stderr
+    assert "not an image" in done.stderr  # why they were left out
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "logs").exists()

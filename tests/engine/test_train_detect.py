@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
+from xml.etree import ElementTree as ET
 
 import pytest
 
@@ -197,3 +199,85 @@ def test_images_repeated_across_ranks_are_scored_once():
     shards = [[found(1, 0.9), found(1, 0.4), found(2, 0.8)], [found(3, 0.7), found(1, 0.9), found(1, 0.4)]]
     merged = merge_shards(shards)
     assert sorted((r["image_id"], r["score"]) for r in merged) == [(1, 0.4), (1, 0.9), (2, 0.8), (3, 0.7)]
+
+
+def write_labelimg_set(root: Path, count: int, images_folder: str = "images") -> Path:
+    """A shapes set as LabelImg leaves it: root/<images_folder>/ and root/annotations/ side by side, each XML
+    with <folder>images</folder> and the <path> of the annotator's machine, no ImageSets, no split folders."""
+    shapes = write_shapes_set(root.parent / f"{root.name}-shapes", "voc", train=count, val=0, size=64)
+    (root / images_folder).mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for xml in sorted((shapes / "train").glob("*.xml")):
+        tree = ET.parse(xml)
+        filename = tree.getroot().findtext("filename")
+        for tag, text in (("folder", "images"), ("path", f"/home/annotator/shapes/images/{filename}")):
+            ET.SubElement(tree.getroot(), tag).text = text
+        tree.write(root / "annotations" / xml.name)
+        shutil.move(shapes / "train" / filename, root / images_folder / filename)
+    shutil.rmtree(shapes)
+    return root
+
+
+@pytest.fixture(scope="module")
+def labelimg_run(tmp_path_factory):
+    """A detector trained on a LabelImg-layout VOC set (val held out of it): (data root, model package)."""
+    from conftest import shared_once
+
+    def make(tmp):
+        root = write_labelimg_set(tmp / "labelimg", 10)
+        run = train(load_config("fcos_resnet18_small", shapes_overrides(root, "voc")), work_dir=tmp / "run")
+        shutil.rmtree(tmp / "run" / "checkpoints")
+        return root, run.package
+
+    return shared_once(tmp_path_factory, "labelimg_run", make)
+
+
+@pytest.mark.slow  # a detector run with validation
+def test_a_labelimg_voc_set_trains_as_it_is(labelimg_run):
+    root, package = labelimg_run
+    assert package.is_file()
+    saved = load_config(package.parent / "config.yaml")
+    assert saved.data.format == "voc" and saved.data.root == root
+    result = evaluate(package, split="val")  # the share training held out
+    assert result.metrics["images"] == 2 and result.metrics["split"] == "val"
+
+
+def test_labelimg_set_converts_to_coco_with_images_elsewhere(tmp_path, optik):
+    root = write_labelimg_set(tmp_path / "labelimg", 4, images_folder="photos")  # <folder>images</folder> is no folder
+    out = tmp_path / "coco" / "train.json"
+    refused = optik("data", "convert", "voc", root, out)
+    assert refused.returncode == 2 and "pass --images DIR" in refused.stderr and "--skip-bad" in refused.stderr
+    done = optik("data", "convert", "voc", root, out, "--images", root / "photos")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(out.read_text())
+    assert len(doc["images"]) == 4 and doc["annotations"]
+    assert all((out.parent / image["file_name"]).is_file() for image in doc["images"])
+
+
+@pytest.mark.slow  # optik test through the CLI, three times
+def test_optik_test_reads_a_set_laid_out_as_for_training(tmp_path, optik, labelimg_run):
+    root, package = labelimg_run
+    done = optik("test", package, root, "--out", tmp_path / "all.json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "all.json").read_text())["metrics"]["images"] == 10  # no splits: all of it
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    next((broken / "images").iterdir()).unlink()
+    refused = optik("test", package, broken)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "pass --skip-bad" in refused.stderr and "data.skip_bad" not in refused.stderr
+    skipped = optik("test", package, broken, "--skip-bad")
+    assert skipped.returncode == 0, skipped.stderr
+    assert "9 images" in skipped.stdout and "1 unreadable" in skipped.stdout
+
+
+def test_skip_bad_leaving_no_training_images_stops_before_training(tmp_path, optik):
+    root = write_shapes_set(tmp_path / "voc", "voc", train=4, val=2, size=64)
+    for image in (root / "train").glob("*.png"):
+        image.write_bytes(b"not a png")
+    overrides = [f"--set={o}" for o in shapes_overrides(root, "voc")] + ["--set=data.skip_bad=true"]
+    done = optik("train", "fcos_resnet18_small", "--work-dir", tmp_path / "run", *overrides)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "no training images left: skip_bad left out all 4 image(s)" in done.stderr
+    assert "not an image" in done.stderr and "last.ckpt" not in done.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "logs").exists()

@@ -30,16 +30,23 @@ def coco_arguments(func):
         "--copy-images", is_flag=True, help="copy the images next to OUT (images/) so the COCO set stands alone"
     )(func)
     func = click.option("--classes", help="class names (comma list or labels file); default: found in the data")(func)
+    func = click.option(
+        "--images",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="folder the images are in, when the annotations' own places do not hold them (as data.images)",
+    )(func)
     func = click.argument("out", type=click.Path(dir_okay=False, path_type=Path))(func)
     return click.argument("source", type=click.Path(path_type=Path))(func)
 
 
-def write_coco(fmt: str, source: Path, out: Path, classes, copy_images: bool, skip_bad: bool) -> None:
+def write_coco(fmt: str, source: Path, out: Path, classes, images, copy_images: bool, skip_bad: bool) -> None:
     from optik.tools.convert import convert_to_coco
 
     if out.suffix.lower() != ".json":
         fail(f"{out}: the COCO output must be a .json file")
-    summary = convert_to_coco(fmt, source, out, classes=classes, copy_images=copy_images, skip_bad=skip_bad)
+    summary = convert_to_coco(
+        fmt, source, out, classes=classes, copy_images=copy_images, skip_bad=skip_bad, images=images
+    )
     for line in summary["report"]:
         click.echo(line, err=True)
     click.echo(
@@ -49,16 +56,16 @@ def write_coco(fmt: str, source: Path, out: Path, classes, copy_images: bool, sk
 
 @data_convert.command("voc")
 @coco_arguments
-def data_convert_voc(source, out, classes, copy_images, skip_bad):
+def data_convert_voc(source, out, classes, images, copy_images, skip_bad):
     """Convert a Pascal VOC dataset (an XML file per image) at SOURCE to one COCO JSON file OUT."""
-    write_coco("voc", source, out, classes, copy_images, skip_bad)
+    write_coco("voc", source, out, classes, images, copy_images, skip_bad)
 
 
 @data_convert.command("yolo")
 @coco_arguments
-def data_convert_yolo(source, out, classes, copy_images, skip_bad):
+def data_convert_yolo(source, out, classes, images, copy_images, skip_bad):
     """Convert a YOLO dataset (a txt file per image) at SOURCE to one COCO JSON file OUT."""
-    write_coco("yolo", source, out, classes, copy_images, skip_bad)
+    write_coco("yolo", source, out, classes, images, copy_images, skip_bad)
 
 
 LINK_OPTION = click.option(

@@ -146,8 +146,18 @@ def train(source, work_dir, overrides, resume, no_validate, seed, deterministic,
     type=click.Path(file_okay=False, path_type=Path),
     help="write the evaluation plots here: confusion_matrix.png (detectors: per_class_ap.png, pr_curve.png)",
 )
+@click.option(
+    "--images",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="detectors: folder the images are in (as data.images; default: the run's for its own data)",
+)
+@click.option(
+    "--skip-bad",
+    is_flag=True,
+    help="detectors: leave missing or unreadable images out, reported as unreadable, instead of stopping (classifiers always do)",
+)
 @model_options
-def test_command(model, data, split, out, out_items, plots, device, precision, batch_size, mode):
+def test_command(model, data, split, out, out_items, plots, images, skip_bad, device, precision, batch_size, mode):
     """Evaluate MODEL (model.pt or checkpoint) on DATA (class folders or list file; default: the run's own split)."""
     from optik.engine.evaluate import evaluate, plot_evaluation
     from optik.metrics.evaluation import check_results_path, write_results
@@ -165,6 +175,8 @@ def test_command(model, data, split, out, out_items, plots, device, precision, b
         precision=precision,
         mode=mode,
         with_curves=plots is not None,
+        images=images,
+        skip_bad=skip_bad,
     )
     print_metrics(result)
     if out is not None:

@@ -221,7 +221,8 @@ class DetectDataConfig(Section):
     )
     test: Path | None = Field(None, description="test split, as train")
     images: Path | None = Field(
-        None, description="coco: folder the file_name entries are relative to (default: next to the JSON)"
+        None,
+        description="folder the images are in: coco file_names are relative to it (default: next to the JSON); voc looks there first, yolo takes the images of its label files from there",
     )
     classes: list[str] | str | None = Field(
         None, description="class names, or a labels file (default: COCO categories / VOC names / YOLO data.yaml)"

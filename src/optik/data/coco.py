@@ -10,9 +10,11 @@ from pathlib import Path
 from faster_coco_eval.core import mask as mask_api
 
 from optik.data.detection_set import (
+    CONFIG_HINTS,
     SPLIT_FOLDERS,
     ClassNames,
     DetectionSet,
+    Hints,
     RawObject,
     Segmentation,
     SetBuilder,
@@ -25,7 +27,11 @@ LAYOUTS = "root/<split>/annotations.json (or the only .json file there) with its
 
 
 def read_coco(
-    path: str | Path, names: ClassNames | None = None, images: str | Path | None = None, skip_bad: bool = False
+    path: str | Path,
+    names: ClassNames | None = None,
+    images: str | Path | None = None,
+    skip_bad: bool = False,
+    hints: Hints = CONFIG_HINTS,
 ) -> DetectionSet:
     """A COCO JSON file as a DetectionSet.
 
@@ -39,20 +45,21 @@ def read_coco(
     categories = read_categories(doc, path)
     classes = (names or ClassNames()).resolve([categories[i] for i in sorted(categories)], f"the categories of {path}")
     label_of = {cid: classes.index(name) for cid, name in categories.items()}
-    entries = image_entries(doc, path, image_folder(path, images))
+    entries = image_entries(doc, path, image_folder(path, images, hints))
     by_image = group_annotations(doc, path, categories, entries)
-    sizes, report = probe_images(
+    sizes, left_out = probe_images(
         [file for file, _, _ in entries.values()],
         str(path),
         skip_bad,
         {file: (w, h) for file, w, h in entries.values()},
+        hints=hints,
     )
     builder = SetBuilder(str(path))
     for image_id, (file, width, height) in entries.items():
         if file in sizes:
             objects = [coco_object(ann, label_of, path, width, height) for ann in by_image.get(image_id, [])]
             builder.add(file, width, height, image_id, objects)
-    return builder.build(classes, str(path), report)
+    return builder.build(classes, str(path), left_out=left_out)
 
 
 def load_json(path: Path) -> dict:
@@ -95,18 +102,40 @@ def read_categories(doc: dict, path: Path) -> dict[int, str]:
     return categories
 
 
-def image_folder(path: Path, images: str | Path | None) -> Path:
-    """Where `file_name`s are relative to: data.images, else root/<x> for root/annotations/instances_<x>.json, else the JSON's folder."""
+def image_folder(path: Path, images: str | Path | None, hints: Hints = CONFIG_HINTS) -> Path:
+    """Where `file_name`s are relative to: data.images, else root/<x> (or root/images, as CVAT exports it) for
+    root/annotations/instances_<x>.json, else the JSON's folder."""
     if images is not None:
         folder = Path(images)
         if not folder.is_dir():
-            raise DataError(f"data.images folder not found: {folder}")
+            raise DataError(
+                f"data.images folder not found: {folder} ({hints.images} to the folder that holds the images)"
+            )
         return folder
     if path.parent.name == "annotations" and path.stem.startswith("instances_"):
-        candidate = path.parent.parent / path.stem[len("instances_") :]
-        if candidate.is_dir():
-            return candidate
+        for candidate in (path.parent.parent / path.stem[len("instances_") :], path.parent.parent / "images"):
+            if candidate.is_dir():
+                return candidate
     return path.parent
+
+
+def image_file(folder: Path, file_name: str) -> str:
+    """The image a `file_name` names in folder.
+
+    Exports write sub-folders into `file_name` (Label Studio `images/x.jpg`, CVAT task folders, an
+    absolute or `../` path of the annotator's machine) that data.images may already hold: when
+    `folder/file_name` is no file, its trailing parts are tried (`x.jpg` for `images/x.jpg`),
+    longest first; none found gives `folder/file_name` (reported missing).
+    """
+    whole = os.path.normpath(folder / file_name)
+    if os.path.isfile(whole):
+        return whole
+    parts = [part for part in file_name.replace("\\", "/").split("/") if part not in ("", ".", "..")]
+    for start in range(1, len(parts)):
+        candidate = os.path.normpath(folder.joinpath(*parts[start:]))
+        if os.path.isfile(candidate):
+            return candidate
+    return whole
 
 
 def image_entries(doc: dict, path: Path, folder: Path) -> dict[int, tuple[str, int, int]]:
@@ -126,7 +155,7 @@ def image_entries(doc: dict, path: Path, folder: Path) -> dict[int, tuple[str, i
             raise DataError(
                 f"{path}: image {image['id']} ({image['file_name']}) needs positive int 'width' and 'height'"
             )
-        entries[image["id"]] = (os.path.normpath(folder / image["file_name"]), width, height)
+        entries[image["id"]] = (image_file(folder, image["file_name"]), width, height)
     return entries
 
 
@@ -212,6 +241,11 @@ def find_splits(root: Path) -> dict[str, Path]:
                 )
             if matches:
                 found[split] = matches[0]
+    if not found and (root / "annotations").is_dir():
+        # a CVAT or Label Studio export: one annotations/instances_<subset>.json (e.g. instances_default.json)
+        only = sorted((root / "annotations").glob("instances_*.json"))
+        if len(only) == 1:
+            found["train"] = only[0]
     return found
 
 

@@ -15,11 +15,21 @@ from torchvision import tv_tensors
 from optik.data import coco, voc, yolo
 from optik.data.classes import configured_classes
 from optik.data.decode import open_image
-from optik.data.detection_set import SPLITS, ClassNames, DetectionSet, ImageRecord, segmentation_rle
+from optik.data.detection_set import (
+    CONFIG_HINTS,
+    SPLITS,
+    ClassNames,
+    DetectionSet,
+    Hints,
+    ImageRecord,
+    segmentation_rle,
+)
+from optik.data.images import listed_bad
 from optik.data.loaders import make_loader, seeded_index
 from optik.errors import DataError
 
-FORMATS = {"coco": coco, "voc": voc, "yolo": yolo}  # data.format -> the module that reads it
+FORMATS = {"coco": coco, "voc": voc, "yolo": yolo}  # data.format -> the module that finds its splits
+READERS = {"coco": coco.read_coco, "voc": voc.read_voc, "yolo": yolo.read_yolo}  # data.format -> its split reader
 
 
 def object_masks(record: ImageRecord, keep: np.ndarray) -> np.ndarray:
@@ -137,15 +147,21 @@ def detect_datasets(
     }
 
 
-def build_detect_data(cfg, with_masks: bool = False) -> tuple[list[str], dict[str, DetectionSet]]:
+def build_detect_data(
+    cfg, with_masks: bool = False, names: ClassNames | None = None, hints: Hints = CONFIG_HINTS
+) -> tuple[list[str], dict[str, DetectionSet]]:
     """Class names and the DetectionSets of train, val and test (those present) from a DetectDataConfig.
 
     Splits are the configured data.train/val/test, else found under data.root; without a val
-    split, data.val_split of train is held out (seeded by data.split_seed).
+    split, data.val_split of train is held out (seeded by data.split_seed). `names`: the class
+    names train must have (default: data.classes, else the data's own).
     """
     sources = split_sources(cfg)
-    named, origin = configured_classes(cfg.classes)
-    train = read_split(cfg, sources["train"], ClassNames(named, origin))
+    if names is None:
+        names = ClassNames(*configured_classes(cfg.classes))
+    train = read_split(cfg, sources["train"], names, hints)
+    if not len(train):
+        raise DataError(no_images_left(train, hints))
     if with_masks and not train.has_masks:
         raise DataError(
             f"the model predicts masks but {train.origin} has boxes only: choose a box detector (data with polygons or RLE masks is needed for masks)"
@@ -154,7 +170,7 @@ def build_detect_data(cfg, with_masks: bool = False) -> tuple[list[str], dict[st
     for name in ("val", "test"):
         if name in sources:
             sets[name] = read_split(
-                cfg, sources[name], ClassNames(train.classes, f"the train split ({train.origin})", subset=True)
+                cfg, sources[name], ClassNames(train.classes, f"the train split ({train.origin})", subset=True), hints
             )
     if "val" not in sets:
         sets["train"], sets["val"] = train.split(cfg.val_split, cfg.split_seed)
@@ -181,9 +197,17 @@ def _under_root(path: Path, root: Path | None) -> Path:
     return root / path if root is not None and not path.exists() and (root / path).exists() else path
 
 
-def read_split(cfg, source: Path, names: ClassNames) -> DetectionSet:
-    """One split in the configured format."""
-    if cfg.format == "coco":
-        return coco.read_coco(source, names, images=cfg.images, skip_bad=cfg.skip_bad)
-    reader = voc.read_voc if cfg.format == "voc" else yolo.read_yolo
-    return reader(source, names, skip_bad=cfg.skip_bad)
+def no_images_left(data: DetectionSet, hints: Hints = CONFIG_HINTS, what: str = "training images") -> str:
+    """Why a split has no images: every one was left out as bad (how many, and the first reasons), or it has none."""
+    if not data.left_out:
+        return f"no {what}: {data.origin} has none; add images, or point the data config at the folder that has them"
+    return (
+        f"no {what} left: skip_bad left out all {len(data.left_out)} image(s) of {data.origin} as missing "
+        f"or unreadable ({listed_bad(data.left_out)}); fix the images or where they are looked for ({hints.images})"
+    )
+
+
+def read_split(cfg, source: Path, names: ClassNames, hints: Hints = CONFIG_HINTS) -> DetectionSet:
+    """One split in the configured format; data.images, when relative and not found as given, is taken under data.root."""
+    images = _under_root(cfg.images, Path(cfg.root) if cfg.root is not None else None) if cfg.images else None
+    return READERS[cfg.format](source, names, images=images, skip_bad=cfg.skip_bad, hints=hints)

@@ -25,6 +25,19 @@ SPLITS = ("train", "val", "test")
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
 
 
+@dataclass(frozen=True)
+class Hints:
+    """How the user sets the options that an error about images points to: config keys when training,
+    command-line flags for `optik test` and `optik data convert`."""
+
+    skip_bad: str = "set data.skip_bad: true"
+    images: str = "set data.images"
+
+
+CONFIG_HINTS = Hints()
+FLAG_HINTS = Hints("pass --skip-bad", "pass --images DIR")
+
+
 @dataclass
 class RawObject:
     """One object as a reader found it, before it is checked against its image."""
@@ -65,6 +78,7 @@ class DetectionSet:
     records: list[ImageRecord]
     origin: str = ""
     report: list[str] = field(default_factory=list)  # human-readable lines: clipped boxes, skipped images, ...
+    left_out: dict[str, str] = field(default_factory=dict)  # image -> why: the bad images skip_bad left out
 
     def __len__(self) -> int:
         return len(self.records)
@@ -110,13 +124,17 @@ class DetectionSet:
         held = set(order[: min(count - 1, max(1, round(count * fraction)))] if count > 1 else [])
         origin = f"{fraction:.0%} of {self.origin} (seed {seed})"
         train = DetectionSet(
-            self.classes, [r for i, r in enumerate(self.records) if i not in held], self.origin, list(self.report)
+            self.classes,
+            [r for i, r in enumerate(self.records) if i not in held],
+            self.origin,
+            list(self.report),
+            dict(self.left_out),
         )
         val = DetectionSet(
             self.classes,
             [r for i, r in enumerate(self.records) if i in held],
             origin,
-            [f"val: {len(held)} image(s) held out: {origin}"],
+            [f"val: no val split found, so {len(held)} image(s) held out (data.val_split {fraction}): {origin}"],
         )
         return train, val
 
@@ -172,16 +190,23 @@ class ClassNames:
 
 
 def probe_images(
-    paths: list[str], where: str, skip_bad: bool, expected: dict[str, tuple[int, int]] | None = None
-) -> tuple[dict[str, tuple[int, int]], list[str]]:
-    """(width, height) of each readable image from its header, and report lines.
+    paths: list[str],
+    where: str,
+    skip_bad: bool,
+    expected: dict[str, tuple[int, int]] | None = None,
+    missing: dict[str, str] | None = None,
+    hints: Hints = CONFIG_HINTS,
+) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+    """(width, height) of each readable image from its header, and the bad images left out (path -> why).
 
-    Missing or unreadable images, and images of another size than their annotations say, fail
-    with a list of them, or with `skip_bad` are left out and reported.
+    Missing or unreadable images, images of another size than their annotations say, and the
+    `missing` ones a reader could not place (path -> why) fail with a list of them, or with
+    `skip_bad` are left out.
     """
-    unique = list(dict.fromkeys(paths))
+    missing = missing or {}
+    unique = [path for path in dict.fromkeys(paths) if path not in missing]
     sizes, unreadable = header_sizes(unique)
-    bad = {}
+    bad = dict(missing)
     for path in unique:
         want = (expected or {}).get(path)
         if path in unreadable:
@@ -189,10 +214,7 @@ def probe_images(
         elif want and tuple(want) != sizes[path]:
             width, height = sizes.pop(path)
             bad[path] = f"the file is {width}x{height} but its annotations say {want[0]}x{want[1]}"
-    left_out = refuse_or_skip(bad, skip_bad, f"image(s) of {where} missing or unreadable")
-    return sizes, [
-        f"{where}: {left_out_note(left_out, 'missing or unreadable image(s) (data.skip_bad)')}"
-    ] if left_out else []
+    return sizes, refuse_or_skip(bad, skip_bad, f"image(s) of {where} missing or unreadable", hints.skip_bad)
 
 
 class SetBuilder:
@@ -248,9 +270,13 @@ class SetBuilder:
         self.clipped.append(path)
         return clipped
 
-    def build(self, classes: list[str], origin: str, report: list[str] | None = None) -> DetectionSet:
-        """The DetectionSet, its report holding `report` and the box counts."""
+    def build(
+        self, classes: list[str], origin: str, report: list[str] | None = None, left_out: dict[str, str] | None = None
+    ) -> DetectionSet:
+        """The DetectionSet, its report holding `report`, the images left out and the box counts."""
         lines = list(report or [])
+        if left_out:
+            lines.append(f"{self.where}: {left_out_note(left_out, 'missing or unreadable image(s)')}")
         for paths, what in (
             (self.clipped, "reaching outside their image were clipped to it"),
             (self.emptied, "lying wholly outside their image were dropped"),
@@ -261,7 +287,7 @@ class SetBuilder:
                 lines.append(
                     f"{self.where}: {len(paths)} box(es) {what} (in {len(set(paths))} image(s), e.g. {examples})"
                 )
-        return DetectionSet(classes, self.records, origin, lines)
+        return DetectionSet(classes, self.records, origin, lines, dict(left_out or {}))
 
 
 def object_area(box: tuple[float, ...], segmentation: Segmentation, height: int, width: int) -> float:

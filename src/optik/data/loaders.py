@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from optik.data.classes import configured_classes, match_classes
 from optik.data.decode import open_image
 from optik.data.folder import Sample, Splits, complete_splits, find_images, folder_splits
-from optik.data.images import check_images, refuse_or_skip
+from optik.data.images import check_images, listed_bad, refuse_or_skip
 from optik.data.listfile import read_list, read_paths
 from optik.data.transforms import Preprocess, eval_transform, train_transform
 from optik.errors import DataError
@@ -144,9 +144,18 @@ def read_splits(data) -> Splits:
 
 
 def drop_bad(splits: Splits, mode: str, skip_bad: bool) -> list[str]:
-    """Check every image once; fail listing the bad ones, or leave them out when skip_bad."""
+    """Check every image once; fail listing the bad ones, or leave them out when skip_bad.
+
+    Leaving out every training image is an error (how many, and why) rather than a run that trains on nothing.
+    """
     paths = sorted({path for name in ("train", "val", "test") for path, _ in splits.get(name)})
     bad = refuse_or_skip(check_images(paths, mode), skip_bad)
+    train_bad = {path: bad[path] for path, _ in splits.train if path in bad}
+    if splits.train and len(train_bad) == len(splits.train):
+        raise DataError(
+            f"no training images left: data.skip_bad left out all {len(train_bad)} training image(s) of "
+            f"{splits.origin.get('train', 'the data')} as unreadable ({listed_bad(train_bad)}); fix or replace them"
+        )
     for name in ("train", "val", "test"):
         setattr(splits, name, [s for s in splits.get(name) if s[0] not in bad])
     return sorted(bad)

@@ -12,11 +12,27 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from optik.data.decode import IMAGE_EXTENSIONS
-from optik.data.detection_set import SPLIT_FOLDERS, ClassNames, DetectionSet, RawObject, SetBuilder, probe_images
+from optik.data.detection_set import (
+    CONFIG_HINTS,
+    SPLIT_FOLDERS,
+    ClassNames,
+    DetectionSet,
+    Hints,
+    RawObject,
+    SetBuilder,
+    probe_images,
+)
 from optik.data.folder import find_images
 from optik.errors import DataError
 
-LAYOUTS = "root/<split>/ with <stem>.xml beside each image, or the VOC devkit layout root/Annotations/ + root/JPEGImages/ + root/ImageSets/Main/<split>.txt"
+ANNOTATION_FOLDERS = ("Annotations", "annotations")
+# where exports put the images beside their annotation folder: the VOC devkit and CVAT, LabelImg, Label Studio
+IMAGE_FOLDERS = ("JPEGImages", "images", "Images")
+LAYOUTS = (
+    "root/<split>/ with <stem>.xml beside each image; or root/Annotations/ (or annotations/) with the images in "
+    "JPEGImages/, images/, the folder each XML's <folder> names, or data.images, and, optionally, "
+    "ImageSets/Main/<split>.txt lists (without them every XML is read and val is held out of train)"
+)
 
 
 @dataclass
@@ -34,54 +50,101 @@ class VocFile:
     width: int
     height: int
     objects: list[VocObject] = field(default_factory=list)
+    folder: str = ""  # <folder>: LabelImg writes the image folder's name, the devkit "VOC2007"
+    path: str = ""  # <path>: where the image was on the annotator's machine
 
 
-def read_voc(source: str | Path, names: ClassNames | None = None, skip_bad: bool = False) -> DetectionSet:
+def read_voc(
+    source: str | Path,
+    names: ClassNames | None = None,
+    images: str | Path | None = None,
+    skip_bad: bool = False,
+    hints: Hints = CONFIG_HINTS,
+) -> DetectionSet:
     """VOC annotations as a DetectionSet.
 
-    `source`: a folder of images with `<stem>.xml` beside them (images without one are kept as
-    images without objects), a devkit folder (Annotations/ + JPEGImages/: every XML), or a devkit
-    list file ImageSets/Main/<split>.txt. Class names are sorted unless named. Image ids are
-    1..n in path order.
+    `source`: a folder with `<stem>.xml` files (beside their images or not; images without one are
+    kept as images without objects), a devkit-like folder (Annotations/ or annotations/: every XML),
+    or a devkit list file ImageSets/Main/<split>.txt. Each XML's image is looked for where
+    `find_image` says, `images` (data.images) first. Class names are sorted unless named. Image
+    ids are 1..n in path order.
     """
     source = Path(source)
-    pairs, report = voc_pairs(source)
-    parsed = {xml: parse_voc_xml(xml) for _, xml in pairs if xml is not None}
+    xmls, devkit = annotation_files(source)
+    parsed = {xml: parse_voc_xml(xml) for xml in xmls}
+    pairs, missing = locate_images(parsed, devkit, Path(images) if images is not None else None, hints)
+    report = []
+    if devkit is None:
+        background = [image for image in find_images(source) if image not in pairs]
+        if background:
+            report.append(f"{source}: {len(background)} image(s) without an .xml file kept as images without objects")
+        pairs.update({image: None for image in background})
     found = sorted({obj.name for ann in parsed.values() for obj in ann.objects})
     classes = (names or ClassNames()).resolve(found, f"the object names of {source}")
     label_of = {name: i for i, name in enumerate(classes)}
     expected = {
         str(image): (parsed[xml].width, parsed[xml].height)
-        for image, xml in pairs
+        for image, xml in pairs.items()
         if xml is not None and parsed[xml].width > 0 and parsed[xml].height > 0
     }
-    sizes, skipped = probe_images([str(image) for image, _ in pairs], str(source), skip_bad, expected)
+    ordered = sorted(pairs.items())
+    sizes, left_out = probe_images(
+        [str(image) for image, _ in ordered], str(source), skip_bad, expected, missing, hints
+    )
     builder = SetBuilder(str(source))
-    for image_id, (image, xml) in enumerate(pairs, start=1):
+    for image_id, (image, xml) in enumerate(ordered, start=1):
         if str(image) in sizes:
             objects = [
                 RawObject(obj.box, label_of[obj.name], iscrowd=obj.difficult)
                 for obj in (parsed[xml].objects if xml is not None else [])
             ]
             builder.add(str(image), *sizes[str(image)], image_id, objects)
-    return builder.build(classes, str(source), report + skipped)
+    return builder.build(classes, str(source), report, left_out)
 
 
-def voc_pairs(source: Path) -> tuple[list[tuple[Path, Path | None]], list[str]]:
-    """(image, its XML or None) pairs of a VOC source, and report lines."""
+def locate_images(
+    parsed: dict[Path, VocFile], devkit: Path | None, images: Path | None, hints: Hints
+) -> tuple[dict[Path, Path | None], dict[str, str]]:
+    """Image -> its XML for every XML (see `find_image`), and the images found nowhere (a path -> what was looked for where)."""
+    if images is not None and not images.is_dir():
+        raise DataError(f"data.images folder not found: {images} ({hints.images} to the folder that holds the images)")
+    pairs: dict[Path, Path | None] = {}
+    missing = {}
+    for xml, ann in parsed.items():
+        image, looked = find_image(xml, ann, devkit, images)
+        if image is None:
+            image = looked[0] / (ann.filename or f"{xml.stem}.jpg")
+            places = ", ".join(dict.fromkeys(str(place) for place in looked))
+            missing[str(image)] = (
+                f"file not found: {xml} names it; looked in {places}; {hints.images} to the folder that holds the images"
+            )
+        pairs[image] = xml
+    return pairs, missing
+
+
+def annotation_files(source: Path) -> tuple[list[Path], Path | None]:
+    """The XML files of a VOC source, and its devkit-like folder (the one holding Annotations/) or None."""
     if source.is_file():
-        devkit = (
-            source.parents[2]
-            if source.parent.name == "Main" and source.parent.parent.name == "ImageSets"
-            else source.parent
-        )
-        return _devkit_pairs(devkit, _listed_ids(source), source), []
+        lists = source.parent
+        devkit = lists.parents[1] if lists.name == "Main" and lists.parent.name == "ImageSets" else lists
+        return _listed_xmls(devkit, _listed_ids(source), source), devkit
     if not source.is_dir():
         raise DataError(f"VOC folder not found: {source} (set data.root to a folder laid out as {LAYOUTS})")
-    if (source / "Annotations").is_dir():
-        ids = sorted(p.stem for p in (source / "Annotations").glob("*.xml"))
-        return _devkit_pairs(source, ids, source / "Annotations"), []
-    return _folder_pairs(source)
+    annotations = annotation_folder(source)
+    if annotations is not None:
+        xmls = sorted(p for p in annotations.rglob("*.xml") if not p.name.startswith("."))
+        if not xmls:
+            raise DataError(f"{annotations} holds no .xml annotation files")
+        return xmls, source
+    xmls = sorted(p for p in source.rglob("*.xml") if not p.name.startswith("."))
+    if not xmls:
+        raise DataError(f"no VOC .xml annotation files in {source}; expected {LAYOUTS}")
+    return xmls, None
+
+
+def annotation_folder(root: Path) -> Path | None:
+    """root/Annotations (the devkit, CVAT, Label Studio) or root/annotations (LabelImg users), when there is one."""
+    return next((root / name for name in ANNOTATION_FOLDERS if (root / name).is_dir()), None)
 
 
 def _listed_ids(list_file: Path) -> list[str]:
@@ -89,52 +152,48 @@ def _listed_ids(list_file: Path) -> list[str]:
     return [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
 
 
-def _devkit_pairs(devkit: Path, ids: list[str], where: Path) -> list[tuple[Path, Path | None]]:
-    missing = [i for i in ids if not (devkit / "Annotations" / f"{i}.xml").is_file()]
+def _listed_xmls(devkit: Path, ids: list[str], where: Path) -> list[Path]:
+    annotations = annotation_folder(devkit) or devkit / "Annotations"
+    missing = [i for i in ids if not (annotations / f"{i}.xml").is_file()]
     if missing:
         raise DataError(
-            f"{len(missing)} annotation file(s) listed in {where} not found in {devkit / 'Annotations'}: {missing[:10]}; "
+            f"{len(missing)} annotation file(s) listed in {where} not found in {annotations}: {missing[:10]}; "
             "fix the list or add the XML files"
         )
     if not ids:
         raise DataError(f"{where} lists no images")
-    pairs = []
-    for image_id in ids:
-        xml = devkit / "Annotations" / f"{image_id}.xml"
-        pairs.append((_image_for(xml, devkit / "JPEGImages"), xml))
-    return pairs
+    return [annotations / f"{image_id}.xml" for image_id in ids]
 
 
-def _folder_pairs(folder: Path) -> tuple[list[tuple[Path, Path | None]], list[str]]:
-    xmls = sorted(p for p in folder.rglob("*.xml") if not p.name.startswith("."))
-    if not xmls:
-        raise DataError(f"no VOC .xml annotation files in {folder}; expected {LAYOUTS}")
-    pairs = {_image_for(xml, xml.parent): xml for xml in xmls}
-    background = [image for image in find_images(folder) if image not in pairs]
-    report = (
-        [f"{folder}: {len(background)} image(s) without an .xml file kept as images without objects"]
-        if background
-        else []
-    )
-    pairs.update({image: None for image in background})
-    return sorted(pairs.items()), report
+def find_image(xml: Path, ann: VocFile, devkit: Path | None, images: Path | None) -> tuple[Path | None, list[Path]]:
+    """The image an XML file describes, and the folders looked in (in order).
 
-
-def _image_for(xml: Path, folder: Path) -> Path:
-    """The image an XML file describes: `<stem>.<ext>` in folder, else its <filename>, else `<stem>.jpg` (missing)."""
-    for ext in sorted(IMAGE_EXTENSIONS):
-        for candidate in (folder / f"{xml.stem}{ext}", folder / f"{xml.stem}{ext.upper()}"):
-            if candidate.is_file():
-                return candidate
-    filename = _filename(xml)
-    return folder / filename if filename else folder / f"{xml.stem}.jpg"
-
-
-def _filename(xml: Path) -> str:
-    try:
-        return (ET.parse(xml).getroot().findtext("filename") or "").strip()
-    except (ET.ParseError, OSError):
-        return ""
+    Looked for, by its <filename>, then as `<xml stem>.<image extension>`: in `images` (data.images),
+    beside the XML, in the folder its <folder> names (LabelImg writes the image folder's name:
+    a sibling of the XML's folder), at its <path> when that exists (an absolute path on the
+    annotator's machine usually does not), in the devkit's JPEGImages/ or images/.
+    """
+    folders = [images] if images is not None else []
+    folders.append(xml.parent)
+    if ann.folder:
+        folders += [xml.parent.parent / ann.folder, xml.parent / ann.folder]
+    if devkit is not None:
+        folders += [devkit / name for name in IMAGE_FOLDERS]
+    folders = list(dict.fromkeys(folders))
+    names = [ann.filename] if ann.filename else []
+    names += [f"{xml.stem}{ext}" for ext in sorted(IMAGE_EXTENSIONS)] + [
+        f"{xml.stem}{ext.upper()}" for ext in sorted(IMAGE_EXTENSIONS)
+    ]
+    path = Path(ann.path) if ann.path else None
+    if path is not None and not path.is_absolute():
+        path = xml.parent / path
+    for name in names:  # every folder by the file name first: a stem match elsewhere is a weaker guess
+        for folder in folders:
+            if (folder / name).is_file():
+                return folder / name, folders
+        if name == ann.filename and path is not None and path.is_file():
+            return path, folders
+    return None, folders + ([path.parent] if path is not None else [])
 
 
 def parse_voc_xml(path: Path) -> VocFile:
@@ -149,7 +208,8 @@ def parse_voc_xml(path: Path) -> VocFile:
         raise DataError(f"{path} is not a VOC annotation: its root element is <{root.tag}>, expected <annotation>")
     size = root.find("size")
     width, height = (_int(size.findtext(key)) if size is not None else 0 for key in ("width", "height"))
-    ann = VocFile((root.findtext("filename") or "").strip(), width, height)
+    text = {key: (root.findtext(key) or "").strip() for key in ("filename", "folder", "path")}
+    ann = VocFile(text["filename"], width, height, folder=text["folder"], path=text["path"])
     for number, obj in enumerate(root.findall("object"), start=1):
         ann.objects.append(_voc_object(obj, f"{path}: object {number}"))
     return ann
@@ -175,17 +235,23 @@ def _int(text: str | None) -> int:
 
 
 def find_splits(root: Path) -> dict[str, Path]:
-    """Split name -> VOC source found under root: split folders, else the devkit's ImageSets lists, else the devkit itself as train."""
+    """Split name -> VOC source found under root: split folders, else the devkit's ImageSets lists, else root itself as train.
+
+    Root itself is the train split when it has an Annotations/ (or annotations/) folder or .xml files anywhere below.
+    """
     found = {}
     for split, folders in SPLIT_FOLDERS.items():
         folder = next((root / name for name in folders if (root / name).is_dir()), None)
         if folder is not None:
             found[split] = folder
-    if found or not (root / "Annotations").is_dir():
+    if found:
         return found
-    lists = root / "ImageSets" / "Main"
-    for split, names in (("train", ("train", "trainval")), ("val", ("val",)), ("test", ("test",))):
-        list_file = next((lists / f"{name}.txt" for name in names if (lists / f"{name}.txt").is_file()), None)
-        if list_file is not None:
-            found[split] = list_file
-    return found if "train" in found else {"train": root}
+    if annotation_folder(root) is not None:
+        lists = root / "ImageSets" / "Main"
+        for split, names in (("train", ("train", "trainval")), ("val", ("val",)), ("test", ("test",))):
+            list_file = next((lists / f"{name}.txt" for name in names if (lists / f"{name}.txt").is_file()), None)
+            if list_file is not None:
+                found[split] = list_file
+        if "train" in found:
+            return found
+    return {"train": root} if next(root.rglob("*.xml"), None) is not None else {}

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import yaml
 
-from optik.data.detection_set import SPLIT_FOLDERS, ClassNames, DetectionSet, RawObject, SetBuilder, probe_images
+from optik.data.detection_set import (
+    CONFIG_HINTS,
+    SPLIT_FOLDERS,
+    ClassNames,
+    DetectionSet,
+    Hints,
+    RawObject,
+    SetBuilder,
+    probe_images,
+)
 from optik.data.folder import find_images
 from optik.errors import DataError
 
@@ -15,33 +24,44 @@ LAYOUTS = "root/<split>/ with <stem>.txt beside each image (or <split>/images/ +
 NAME_FILES = ("classes.txt", "obj.names", "data.yaml", "dataset.yaml")
 
 
-def read_yolo(source: str | Path, names: ClassNames | None = None, skip_bad: bool = False) -> DetectionSet:
+def read_yolo(
+    source: str | Path,
+    names: ClassNames | None = None,
+    images: str | Path | None = None,
+    skip_bad: bool = False,
+    hints: Hints = CONFIG_HINTS,
+) -> DetectionSet:
     """YOLO labels as a DetectionSet.
 
     `source`: a folder of images with `<stem>.txt` beside them, or an images folder whose labels
     are in the matching `labels` folder (`.../images/x.jpg` -> `.../labels/x.txt`), or a folder
-    holding `images/` and `labels/`. Class names: the named ones, else `classes.txt`, `obj.names`
-    or a `data.yaml` `names` in the source folder or up to two folders above. Images without a
-    label file have no objects. Image ids are 1..n in path order.
+    holding `images/` and `labels/`. With `images` (data.images), the label files under `source`
+    (its `labels/` when there is one) pick their images from that folder instead: by relative
+    path, else by stem. Class names: the named ones, else `classes.txt`, `obj.names` or a
+    `data.yaml` `names` in the source folder, its `labels/`, or up to two folders above. Images without a label
+    file have no objects. Image ids are 1..n in path order.
     """
     source = Path(source)
-    images = yolo_images(source)
+    if images is None:
+        pairs = [(image, label_path(image)) for image in yolo_images(source)]
+        missing, report = {}, []
+    else:
+        pairs, missing, report = images_for_labels(source, Path(images), hints)
     file_names, names_file = names_near(source)
     classes = (names or ClassNames()).resolve(file_names, f"the class names of {names_file or source}")
     index_map = [classes.index(n) for n in file_names] if file_names is not None else list(range(len(classes)))
-    sizes, report = probe_images([str(image) for image in images], str(source), skip_bad)
+    sizes, left_out = probe_images([str(image) for image, _ in pairs], str(source), skip_bad, None, missing, hints)
     builder, unlabelled = SetBuilder(str(source)), 0
-    for image_id, image in enumerate(images, start=1):
+    for image_id, (image, label_file) in enumerate(pairs, start=1):
         if str(image) not in sizes:
             continue
-        label_file = label_path(image)
         width, height = sizes[str(image)]
         unlabelled += not label_file.is_file()
         objects = parse_labels(label_file, width, height, index_map, classes) if label_file.is_file() else []
         builder.add(str(image), width, height, image_id, objects)
     if unlabelled:
         report.append(f"{source}: {unlabelled} image(s) without a label file kept as images without objects")
-    return builder.build(classes, str(source), report)
+    return builder.build(classes, str(source), report, left_out)
 
 
 def yolo_images(source: Path) -> list[Path]:
@@ -50,8 +70,45 @@ def yolo_images(source: Path) -> list[Path]:
         raise DataError(f"YOLO folder not found: {source} (set data.root to a folder laid out as {LAYOUTS})")
     images = find_images(source / "images" if (source / "images").is_dir() else source)
     if not images:
-        raise DataError(f"no images in {source}; expected {LAYOUTS}")
+        raise DataError(f"no images in {source}; expected {LAYOUTS}, or set data.images to the image folder")
     return images
+
+
+def images_for_labels(
+    source: Path, images: Path, hints: Hints
+) -> tuple[list[tuple[Path, Path]], dict[str, str], list[str]]:
+    """(image, label file) for every label file under source, each image found in `images` by relative path, else by stem;
+    the label files without an image (image path -> why), and report lines."""
+    if not images.is_dir():
+        raise DataError(f"data.images folder not found: {images} ({hints.images} to the folder that holds the images)")
+    labels_root = source / "labels" if (source / "labels").is_dir() else source
+    if not labels_root.is_dir():
+        raise DataError(f"YOLO folder not found: {source} (set data.root to a folder laid out as {LAYOUTS})")
+    label_files = sorted(
+        p for p in labels_root.rglob("*.txt") if p.name not in NAME_FILES and not p.name.startswith(".")
+    )
+    if not label_files:
+        raise DataError(f"no YOLO .txt label files in {labels_root}; expected {LAYOUTS}")
+    pictures = find_images(images)
+    by_relative = {p.relative_to(images).with_suffix(""): p for p in pictures}
+    by_stem: dict[str, list[Path]] = {}
+    for picture in pictures:
+        by_stem.setdefault(picture.stem, []).append(picture)
+    pairs, missing = [], {}
+    for label in label_files:
+        relative = label.relative_to(labels_root).with_suffix("")
+        same_stem = by_stem.get(label.stem, [])
+        image = by_relative.get(relative) or (same_stem[0] if len(same_stem) == 1 else None)
+        if image is None:
+            image = images / relative.with_suffix(".jpg")
+            why = f"{len(same_stem)} images named {label.stem}.* there" if same_stem else f"no {label.stem}.* there"
+            missing[str(image)] = (
+                f"file not found: {label} has no image in {images} ({why}); {hints.images} to the folder that holds the images"
+            )
+        pairs.append((image, label))
+    unused = len(pictures) - len({image for image, _ in pairs})
+    report = [f"{images}: {unused} image(s) without a label file in {labels_root} not used"] if unused > 0 else []
+    return sorted(pairs), missing, report
 
 
 def label_path(image: Path) -> Path:
@@ -66,8 +123,13 @@ def label_path(image: Path) -> Path:
 
 
 def names_near(source: Path) -> tuple[list[str] | None, Path | None]:
-    """Class names from the first names file in source or the two folders above it, with that file."""
-    for folder in (source, source.parent, source.parent.parent):
+    """Class names from the first names file in source (or its labels/) or the two folders above it, with that file."""
+    for folder in (
+        source,
+        source / "labels",
+        source.parent,
+        source.parent.parent,
+    ):  # LabelImg puts classes.txt in labels/
         for name in NAME_FILES:
             path = folder / name
             if path.is_file():
@@ -147,14 +209,14 @@ def _parse_line(line: str, where: str, width: int, height: int, index_map: list[
 
 
 def find_splits(root: Path) -> dict[str, Path]:
-    """Split name -> YOLO source under root: root/<split>/, else root/images/<split>/, else root itself as train."""
+    """Split name -> YOLO source under root: root/<split>/, else root/images/<split>/ (or labels/<split>/), else root itself as train."""
     found = {}
     for split, folders in SPLIT_FOLDERS.items():
-        for base in (root, root / "images"):
+        for base in (root, root / "images", root / "labels"):  # labels/<split>/ alone: the images are in data.images
             folder = next((base / name for name in folders if (base / name).is_dir()), None)
             if folder is not None:
                 found[split] = folder
                 break
-    if found or not find_images(root):
+    if found or not (find_images(root) or next(root.rglob("*.txt"), None)):
         return found
     return {"train": root}

@@ -20,10 +20,12 @@ def evaluate(
     precision: str = "32",
     mode: str = "auto",
     with_curves: bool = False,
+    images: str | Path | None = None,
+    skip_bad: bool = False,
 ) -> EvalResult:
     """Predict every image of the split and compute the metrics of the model's task (`with_curves`:
     a detector's precision-recall curves too, for plots). `data`: as the task reads it (default:
-    the run's own split)."""
+    the run's own split); `images`, `skip_bad`: see `Task.evaluate`."""
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
     package = load_package(model)
@@ -37,6 +39,8 @@ def evaluate(
         precision=precision,
         mode=mode,
         with_curves=with_curves,
+        images=images,
+        skip_bad=skip_bad,
     )
 
 

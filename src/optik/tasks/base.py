@@ -118,8 +118,14 @@ class Task:
         precision: str = "32",
         mode: str = "auto",
         with_curves: bool = False,
+        images: str | Path | None = None,
+        skip_bad: bool = False,
     ) -> EvalResult:
-        """Predict every image of a labelled split and score the predictions (`optik test`)."""
+        """Predict every image of a labelled split and score the predictions (`optik test`).
+
+        `images`: where a detection set's images are (--images); `skip_bad`: leave images that are
+        missing or unreadable out, reported, instead of stopping (--skip-bad).
+        """
         raise ModelError(f"{source} is a {self.name} model; optik test evaluates classifiers and detectors")
 
     def plot_evaluation(self, result: EvalResult, folder: Path) -> list[Path]:

@@ -110,7 +110,12 @@ class ClassifyTask(Task):
         precision="32",
         mode="auto",
         with_curves=False,
+        images=None,
+        skip_bad=False,
     ) -> EvalResult:
+        if images is not None:
+            raise ConfigError("--images is for detection sets; a classifier's DATA is class folders or a list file")
+        # skip_bad changes nothing here: unreadable images are always reported, never scored
         return evaluate_classifier(
             package, data, split, batch_size or 32, device=device, precision=precision, mode=mode
         )

@@ -122,6 +122,8 @@ class DetectTask(Task):
         precision="32",
         mode="auto",
         with_curves=False,
+        images=None,
+        skip_bad=False,
     ):
         return evaluate_detector(
             package,
@@ -132,6 +134,8 @@ class DetectTask(Task):
             precision=precision,
             mode=mode,
             with_curves=with_curves,
+            images=images,
+            skip_bad=skip_bad,
         )
 
     def plot_evaluation(self, result, folder):
@@ -170,35 +174,56 @@ def untrained_detector(model_cfg):
     return untrained(model_cfg).model_copy(update={"pretrained_backbone": False})
 
 
-def detect_test_set(package: ModelPackage, data: str | Path | None, split: str):
-    """The labelled images to score: DATA (a COCO JSON, or a dataset folder in the run's format), or the run's own split."""
+def detect_test_set(
+    package: ModelPackage, data: str | Path | None, split: str, images: str | Path | None = None, skip_bad: bool = False
+):
+    """The labelled images to score, found as training finds them (see `build_detect_data`).
+
+    DATA: a COCO JSON; a dataset folder in the run's format, whose splits are found as `optik train`
+    finds them (test falls back to val, and val without a val split is the share training held
+    out); or a folder without splits, all of whose images are scored. Without DATA, the run's own
+    split. `images` (--images) is where the images are (default: the run's data.images for its
+    own data). `skip_bad` (--skip-bad), or the run's data.skip_bad, leaves bad images out.
+    """
     from optik.data import coco
-    from optik.data.detection import FORMATS, build_detect_data, read_split
-    from optik.data.detection_set import ClassNames
+    from optik.data.detection import FORMATS, read_split
+    from optik.data.detection_set import FLAG_HINTS, ClassNames
 
     cfg = parse_config(package.config)
     names = ClassNames(package.classes, "the model", subset=True)
+    data_cfg = cfg.data.model_copy(update={"skip_bad": cfg.data.skip_bad or skip_bad})
+    if images is not None:
+        data_cfg = data_cfg.model_copy(update={"images": Path(images)})
     if data is None:
         if cfg.data.root is None and cfg.data.train is None:
             raise DataError("this model's run config names no data; give DATA (a COCO JSON or a dataset folder)")
-        _, sets = build_detect_data(cfg.data.model_copy(update={"classes": package.classes}), with_masks=False)
-        chosen = split if split in sets else "val"
-        return sets[chosen]
+        return _split_as_trained(data_cfg, split, names)
     data = Path(data)
     if data.is_file():
         if data.suffix.lower() != ".json":
             raise DataError(f"{data}: give a COCO JSON file or a dataset folder")
-        return coco.read_coco(data, names)
+        return coco.read_coco(data, names, images=images, skip_bad=data_cfg.skip_bad, hints=FLAG_HINTS)
     if not data.is_dir():
         raise DataError(f"data not found: {data} (give a COCO JSON file or a dataset folder)")
-    module = FORMATS[cfg.data.format]
-    sources = module.find_splits(data)
-    source = sources.get(split) or (sources.get("val") if split == "test" else None)
-    if source is None and sources:
-        raise DataError(f"{data} has no {split} split (found: {', '.join(sorted(sources))}); choose one with --split")
-    if source is None:  # DATA is itself one split's folder
+    local = data_cfg.model_copy(update={"root": data, "train": None, "val": None, "test": None, "images": images})
+    sources = FORMATS[cfg.data.format].find_splits(data)
+    if not sources or sources == {"train": data}:  # DATA is one set, not split
         source = coco.json_in(data) if cfg.data.format == "coco" else data
-    return read_split(cfg.data.model_copy(update={"root": data}), source, names)
+        return read_split(local, source, names, FLAG_HINTS)
+    return _split_as_trained(local, split, names)
+
+
+def _split_as_trained(data_cfg, split: str, names):
+    """The split of a data config as training made it: read alone when it is on disk, else held out of train."""
+    from optik.data.detection import build_detect_data, read_split, split_sources
+    from optik.data.detection_set import FLAG_HINTS
+
+    sources = split_sources(data_cfg)
+    chosen = "val" if split == "test" and "test" not in sources else split
+    if chosen in sources and (chosen != "train" or "val" in sources):
+        return read_split(data_cfg, sources[chosen], names, FLAG_HINTS)
+    _, sets = build_detect_data(data_cfg, names=names, hints=FLAG_HINTS)
+    return sets[chosen]
 
 
 def evaluate_detector(
@@ -210,17 +235,24 @@ def evaluate_detector(
     precision: str = "32",
     mode: str = "auto",
     with_curves: bool = False,
+    images: str | Path | None = None,
+    skip_bad: bool = False,
 ) -> DetectionResult:
     """Detect objects in every image of the split; COCO metrics as `metrics`, and with `with_curves`
-    the precision-recall curves as `curves` (a second COCO evaluation: for plots only)."""
-    test_set = detect_test_set(package, data, split)
+    the precision-recall curves as `curves` (a second COCO evaluation: for plots only). Images
+    left out by `skip_bad` are reported as unreadable, as those that fail to decode are."""
+    from optik.data.detection import no_images_left
+    from optik.data.detection_set import FLAG_HINTS
+
+    test_set = detect_test_set(package, data, split, images, skip_bad)
     if not len(test_set):
-        raise DataError(f"no images to evaluate in {test_set.origin}")
+        raise DataError(no_images_left(test_set, FLAG_HINTS, "images to evaluate"))
     detector = DETECT.predictor(
         package, test_set.origin, device=device, precision=precision, batch_size=batch_size, mode=mode
     )
     records = test_set.records
-    results, items, failures, failed_ids = [], [], [], set()
+    results, items, failed_ids = [], [], set()
+    failures = [{"file": path, "error": reason} for path, reason in test_set.left_out.items()]
     for record, result in zip(records, detector.predict_stream(r.path for r in records)):
         if not result.ok:
             failures.append({"file": record.path, "error": result.reason})

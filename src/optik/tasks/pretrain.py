@@ -83,6 +83,8 @@ class PretrainTask(Task):
         precision="32",
         mode="auto",
         with_curves=False,
+        images=None,
+        skip_bad=False,
     ):
         raise ModelError(f"{source} is a pretrained backbone (no classes); {NO_CLASSES}")
 

@@ -37,6 +37,7 @@ def convert_to_coco(
     classes: list[str] | str | None = None,
     copy_images: bool = False,
     skip_bad: bool = False,
+    images: str | Path | None = None,
 ) -> dict:
     """Read a VOC or YOLO source and write it as one COCO JSON; returns a summary.
 
@@ -47,11 +48,12 @@ def convert_to_coco(
         classes: class names (list, labels file or comma list); default: OPTIK_CLASSES, else the data's.
         copy_images: copy the images into `<out_json folder>/images/` (keeping their sub-folders).
         skip_bad: leave missing or unreadable images out instead of failing.
+        images: the folder the images are in, when the annotations do not say (as data.images).
 
     Returns:
         {"images": count, "objects": count, "classes": names, "report": lines, "json": path}.
     """
-    from optik.data.detection_set import ClassNames  # numpy and COCO masks: loaded for the annotation forms only
+    from optik.data.detection_set import FLAG_HINTS, ClassNames  # numpy and COCO masks: for the annotation forms only
     from optik.data.voc import read_voc
     from optik.data.yolo import read_yolo
 
@@ -59,7 +61,9 @@ def convert_to_coco(
         raise ConfigError(f"cannot convert from {fmt!r}: choose one of {', '.join(FORMATS)}")
     named, origin = configured_classes(classes)
     reader = read_voc if fmt == "voc" else read_yolo
-    data = reader(Path(source), ClassNames(named, origin or "classes"), skip_bad=skip_bad)
+    data = reader(
+        Path(source), ClassNames(named, origin or "classes"), images=images, skip_bad=skip_bad, hints=FLAG_HINTS
+    )
     out_json = Path(out_json)
     if copy_images:
         data = copy_images_into(data, out_json.parent / "images")
