@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from optik.config.pretrained import preprocessing_notes, resolve_model_preprocessing
 from optik.config.schema import TASK_SCHEMAS, ClassifyConfig, DetectConfig, PretrainConfig, Section
 from optik.errors import ConfigError
 
@@ -92,15 +93,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def parse_config(data: dict[str, Any]) -> AnyConfig:
-    """Validate a config mapping against its task's schema."""
+    """Validate a config mapping against its task's schema; the data keys it leaves out take a pretrained
+    model's own preprocessing (config/pretrained.py), so every command that reads a config sees the same values."""
     task = data.get("task", "classify")
     schema = TASK_SCHEMAS.get(task) if isinstance(task, str) else None
     if schema is None:
         raise ConfigError(f"task: unknown task {task!r}; choose one of {', '.join(TASK_SCHEMAS)}")
     try:
-        return schema.model_validate(data)
+        cfg = schema.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, schema)) from None
+    return resolve_model_preprocessing(cfg)
 
 
 def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> AnyConfig:
@@ -115,8 +118,24 @@ def config_to_dict(config: BaseModel) -> dict[str, Any]:
 
 
 def dump_config(config: BaseModel) -> str:
-    """YAML in block style, one key per line and never wrapped, in the schema's order: a file to edit."""
-    return yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False, width=10_000)
+    """YAML in block style, one key per line and never wrapped, in the schema's order: a file to edit.
+    A data key whose value came from the pretrained model (or differs from the model's) says so in a comment."""
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False, width=10_000)
+    notes = preprocessing_notes(config) if hasattr(config, "data") else {}
+    return annotate(text, "data", notes) if notes else text
+
+
+def annotate(text: str, section: str, notes: dict[str, str]) -> str:
+    """`text` (dump_config's YAML) with `  # note` after each key of the top-level `section` that has one."""
+    lines, current = [], None
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            current = line[:-1]
+        key = line.strip().partition(":")[0]
+        if current == section and line.startswith("  ") and not line.startswith("   ") and key in notes:
+            line = f"{line}  # {notes[key]}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def describe_validation_error(exc: ValidationError, schema: type[BaseModel]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,6 +60,8 @@ class DataConfig(Section):
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(2, ge=0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    # data key -> where its value came from, or how the pretrained model's differs (config/pretrained.py)
+    _notes: dict[str, str] = PrivateAttr(default_factory=dict)
 
 
 class ModelConfig(Section):
@@ -309,6 +311,8 @@ class PretrainDataConfig(Section):
     std: tuple[float, float, float] = IMAGENET_STD
     batch_size: int = Field(64, ge=2)
     num_workers: int = Field(2, ge=0)
+    # data key -> where its value came from, or how the pretrained model's differs (config/pretrained.py)
+    _notes: dict[str, str] = PrivateAttr(default_factory=dict)
 
 
 class ViewsConfig(Section):
