@@ -315,7 +315,7 @@ def plain_train(cfg, root: Path, out: Path, device: str) -> tuple[float, float]:
 
 def optik_train(cfg, out: Path) -> tuple[float, float]:
     clock = EpochClock()
-    result = train(cfg, work_dir=out, callbacks=[clock])
+    result = train(cfg, work_dir=out, callbacks=[clock], overwrite=True)
     images = len(json.loads((Path(cfg.data.root) / "train" / "annotations.json").read_text())["images"])
     size = cfg.data.batch_size
     seen = images // size * size if images > size else images  # both drop a last partial batch

@@ -78,7 +78,7 @@ def digits_model(root: Path) -> tuple[torch.nn.Module, Preprocess, torch.Tensor]
     if not (root / "run" / "model.pt").exists():
         write_digits(root / "digits", size=32)
         cfg = load_config("resnet18_small", [f"data.root={root / 'digits'}", "train.epochs=5", "data.augment.hflip=0"])
-        train(cfg, work_dir=root / "run")
+        train(cfg, work_dir=root / "run", overwrite=True)
     package = load_package(root / "run" / "model.pt")
     data = build_classify_data(load_config("resnet18_small", [f"data.root={root / 'digits'}"]).data)
     test = data.datasets["test"]

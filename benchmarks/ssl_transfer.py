@@ -78,7 +78,7 @@ def main() -> None:
             )
         )
         start = time.perf_counter()
-        result = train(cfg, work_dir=work / "run")
+        result = train(cfg, work_dir=work / "run", overwrite=True)
         minutes = (time.perf_counter() - start) / 60
         pretrained = probe(result.package, work / "digits")
         import timm

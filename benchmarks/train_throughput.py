@@ -76,7 +76,7 @@ def plain_loop(cfg, epochs: int, out: Path) -> tuple[float, int]:
 def optik_run(cfg, epochs: int, out: Path, index: int) -> tuple[float, int]:
     clock = EpochClock()
     run_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
-    train(run_cfg, work_dir=out / f"optik-{index}", callbacks=[clock])
+    train(run_cfg, work_dir=out / f"optik-{index}", callbacks=[clock], overwrite=True)
     images = sum(len(v) for v in class_folders(Path(cfg.data.root) / "train").values())
     seen = images // cfg.data.batch_size * cfg.data.batch_size  # both drop the last partial batch
     return seen * (epochs - 1) / (clock.marks[-1] - clock.marks[1]), seen

@@ -41,6 +41,7 @@ def main() -> None:
         args.out / "digits.yaml",
         "--work-dir",
         work,
+        "--overwrite",  # `make demo` again starts the run over
         "--set",
         f"data.root={data}",
         "--set",

@@ -39,6 +39,7 @@ def main() -> None:
         args.out / "shapes.yaml",
         "--work-dir",
         work,
+        "--overwrite",  # `make demo-detect` again starts the run over
         "--set",
         f"data.root={data}",
         "--set",

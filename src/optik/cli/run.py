@@ -95,11 +95,16 @@ def config_show(source, overrides):
     metavar="[CKPT]",
     help="continue the full training state (no value: last.ckpt of the work dir)",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="start over in a work dir that holds another run: remove its checkpoints, logs, plots, report and model package first",
+)
 @click.option("--no-validate", is_flag=True, help="skip validation (model.pt then comes from the last epoch)")
 @click.option("--seed", type=int, help="same as --set train.seed=N")
 @click.option("--deterministic", is_flag=True, help="same as --set train.deterministic=true")
 @click.option("--devices", help="same as --set train.devices=...")
-def train(source, work_dir, overrides, resume, no_validate, seed, deterministic, devices):
+def train(source, work_dir, overrides, resume, overwrite, no_validate, seed, deterministic, devices):
     """Train a model from CONFIG (file or preset). Without CONFIG, --resume reads the work dir's config.yaml."""
     from optik.config.load import load_config
     from optik.engine.train import train as run_train
@@ -120,7 +125,7 @@ def train(source, work_dir, overrides, resume, no_validate, seed, deterministic,
             fail("give a CONFIG (file or preset), or --resume with --work-dir to continue a run")
         source = work_dir / "config.yaml"
     cfg = load_config(source, overrides)
-    result = run_train(cfg, work_dir=work_dir, resume=resume)
+    result = run_train(cfg, work_dir=work_dir, resume=resume, overwrite=overwrite)
     if result.package is None:
         return  # not the first process of a distributed run: that one reports
     for key, value in sorted(result.metrics.items()):

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from optik.config.load import AnyConfig, dump_config
 from optik.engine.callbacks import (
@@ -26,6 +27,7 @@ from optik.engine.callbacks import (
     StepLog,
 )
 from optik.engine.devices import check_devices
+from optik.engine.work_dir import claim_work_dir
 from optik.errors import ConfigError
 from optik.files import write_atomic
 from optik.models.classify import is_plugin
@@ -163,13 +165,19 @@ def build_trainer(cfg: AnyConfig, work_dir: Path, extra_callbacks=(), resumed_ep
 
 
 def train(
-    cfg: AnyConfig, work_dir: str | Path | None = None, resume: str | Path | None = None, callbacks=()
+    cfg: AnyConfig,
+    work_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    callbacks=(),
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a classifier, detector or self-supervised backbone as `cfg` says; returns where the model package and best checkpoint are.
 
     Args:
         work_dir: overrides `cfg.work_dir` (default `work_dirs/<task>-<model>`).
         resume: `"last"` or a checkpoint path: continue with the full training state.
+        overwrite: a work dir that holds another run is refused unless this is set; then that run's
+            files are removed first (`optik.engine.work_dir`).
         callbacks: extra Lightning callbacks (hook points for user extensions).
     """
     quiet_lightning()
@@ -183,6 +191,11 @@ def train(
     work_dir = Path(work_dir or cfg.work_dir or default_work_dir(cfg))
     cfg = cfg.model_copy(update={"work_dir": work_dir, "model": absolute_plugin(cfg.model)})
     ckpt = resolve_resume(resume, work_dir)
+    if ckpt is not None and overwrite:
+        raise ConfigError("--resume continues the work dir's run and --overwrite removes it: give one of them")
+    # under DDP every process refuses alike, and only the first one removes an earlier run
+    if ckpt is None and (rank_zero_only.rank == 0 or not overwrite):
+        claim_work_dir(work_dir, overwrite, cfg.model.weights)
     resumed = Resume(ckpt, *inspect_checkpoint(ckpt)) if ckpt else Resume()
     L.seed_everything(cfg.train.seed, verbose=False)
 
