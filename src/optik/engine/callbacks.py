@@ -131,8 +131,9 @@ class EarlyStop(EarlyStopping):
             if self.validate_every == 1
             else f"{self.wait_count} validations (every {self.validate_every} epochs)"
         )
+        by = f" by {abs(self.min_delta):g}" if self.min_delta else ""
         return (
-            f"{where}: {self.monitor} has not improved by {abs(self.min_delta):g} for {waited} "
+            f"{where}: {self.monitor} has not improved{by} for {waited} "
             f"(best {self.best_value:.4f} at epoch {self.best_epoch})"
         )
 
