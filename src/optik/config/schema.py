@@ -59,6 +59,10 @@ class DataConfig(Section):
     std: tuple[float, float, float] = IMAGENET_STD
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(2, ge=0)
+    sampler: Literal["random", "balanced"] = Field(
+        "random",
+        description="balanced: draw training images with replacement so every class is seen equally often (epoch length: the train set's size)",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     # data key -> where its value came from, or how the pretrained model's differs (config/pretrained.py)
     _notes: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -106,6 +110,13 @@ def parse_devices(value):
     return ids
 
 
+class EarlyStoppingConfig(Section):
+    """Stop when `train.monitor` has not improved by `min_delta` for `patience` validations."""
+
+    patience: int = Field(ge=1, description="validations without improvement before training stops")
+    min_delta: float = Field(0.0, ge=0, description="smallest change of the monitor that counts as an improvement")
+
+
 class BaseTrainConfig(Section):
     """What every task's training shares: schedule, optimizer, precision, devices, checkpoints."""
 
@@ -145,6 +156,18 @@ class BaseTrainConfig(Section):
     log_every_n_steps: int = Field(
         10, ge=1, description="log metrics, and without a progress bar print a progress line, every N steps"
     )
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None, description="stop when train.monitor stops improving, e.g. {patience: 5, min_delta: 0.001} (null: off)"
+    )
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_validation(self):
+        if self.early_stopping is not None and not self.validation:
+            raise ValueError(
+                "train.early_stopping watches a validation metric, but train.validation is off; "
+                "turn validation on or remove train.early_stopping"
+            )
+        return self
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -173,6 +196,17 @@ class TrainConfig(BaseTrainConfig):
     monitor: Literal["val/acc1", "val/acc5", "val/mean_class_acc", "val/loss"] = Field(
         "val/acc1", description="selects best.ckpt; val/acc5 is logged only with more than 5 classes"
     )
+    class_weights: Literal["none", "balanced"] | list[float] = Field(
+        "none",
+        description="weights of the classes in the training loss: balanced = n_images / (n_classes * class count), or one weight per class",
+    )
+
+    @field_validator("class_weights")
+    @classmethod
+    def _positive_weights(cls, value):
+        if isinstance(value, list) and (not value or any(w < 0 for w in value) or not any(w > 0 for w in value)):
+            raise ValueError(f"class weights must be zero or more, at least one above zero; got {value}")
+        return value
 
 
 class ClassifyConfig(Section):

@@ -88,13 +88,17 @@ class TorchvisionImages(Dataset):
         return [int(t) for t in self.dataset.targets]
 
 
-class EpochShuffleSampler(Sampler[tuple[int, int]]):
-    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order.
+class EpochSampler(Sampler[tuple[int, int]]):
+    """An epoch's order that depends only on (seed, epoch), so a resumed run sees the same order.
 
     It yields (index, epoch) pairs: the dataset seeds each sample's augmentation from them,
     whatever process or moment the sample is loaded in. The epoch is the one last given to
     `set_epoch`; an iteration started before any `set_epoch` call (Lightning builds the first
     iterator early, also when resuming) counts on from `start_epoch`.
+
+    Under DDP every process draws the same order, and Lightning's sampler wrapper
+    (`use_distributed_sampler`, see `engine.train.build_trainer`) hands each process its own
+    positions of it: disjoint shares of one draw.
     """
 
     def __init__(self, size: int, seed: int, start_epoch: int = 0):
@@ -114,7 +118,31 @@ class EpochShuffleSampler(Sampler[tuple[int, int]]):
         epoch = self.epoch
         self.epoch += 1  # what the next iteration uses unless set_epoch says otherwise
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return iter([(index, epoch) for index in torch.randperm(self.size, generator=generator).tolist()])
+        return iter([(index, epoch) for index in self.draw(generator)])
+
+    def draw(self, generator: torch.Generator) -> list[int]:
+        raise NotImplementedError
+
+
+class EpochShuffleSampler(EpochSampler):
+    """Every sample once per epoch, shuffled."""
+
+    def draw(self, generator: torch.Generator) -> list[int]:
+        return torch.randperm(self.size, generator=generator).tolist()
+
+
+class BalancedSampler(EpochSampler):
+    """As many draws per epoch as there are samples, with replacement, each class equally likely
+    (`data.sampler: balanced`): a minority class is seen as often as the largest one."""
+
+    def __init__(self, labels: list[int], seed: int, start_epoch: int = 0):
+        super().__init__(len(labels), seed, start_epoch)
+        labels_t = torch.tensor(labels)
+        counts = torch.bincount(labels_t).double()
+        self.weights = 1.0 / counts[labels_t]
+
+    def draw(self, generator: torch.Generator) -> list[int]:
+        return torch.multinomial(self.weights, self.size, replacement=True, generator=generator).tolist()
 
 
 @dataclass
@@ -239,9 +267,12 @@ def make_loader(
     drop_last: bool = False,
     start_epoch: int = 0,
     collate_fn=None,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
-    """A DataLoader; with `shuffle_seed` the order is reshuffled per epoch from (seed, epoch)."""
-    sampler = EpochShuffleSampler(len(dataset), shuffle_seed, start_epoch) if shuffle_seed is not None else None
+    """A DataLoader; with `shuffle_seed` the order is reshuffled per epoch from (seed, epoch); a `sampler`
+    (such as `BalancedSampler`) chooses the order instead."""
+    if sampler is None and shuffle_seed is not None:
+        sampler = EpochShuffleSampler(len(dataset), shuffle_seed, start_epoch)
     return DataLoader(
         dataset,
         batch_size=batch_size,

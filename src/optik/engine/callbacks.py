@@ -14,7 +14,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -88,6 +89,60 @@ class EpochReseed(L.Callback):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
+
+
+class EarlyStop(EarlyStopping):
+    """Lightning's EarlyStopping (`train.early_stopping`), which also keeps the best value and its epoch
+    (any improvement, as best.ckpt is chosen) and says at the end when and why it stopped:
+    "stopped at epoch 7: val/acc1 has not improved by 0.001 for 3 epochs (best 0.9100 at epoch 4)".
+
+    Its counter, best values and those of Lightning are in the checkpoint (`state_dict`), so a resumed run
+    stops at the epoch an uninterrupted one would have.
+    """
+
+    def __init__(self, monitor: str, patience: int, min_delta: float, validate_every: int):
+        mode = "min" if monitor.endswith("loss") else "max"
+        # not strict: train.max_steps may end an epoch before its validation; the monitor is checked before training
+        super().__init__(monitor=monitor, patience=patience, min_delta=min_delta, mode=mode, strict=False)
+        self.validate_every = validate_every
+        self.best_value: float | None = None
+        self.best_epoch = 0
+
+    def _run_early_stopping_check(self, trainer) -> None:
+        # the one place Lightning checks the monitor, after each validation
+        super()._run_early_stopping_check(trainer)
+        current = trainer.callback_metrics.get(self.monitor)
+        if current is None:
+            return
+        value = float(current)
+        if self.best_value is None or (value < self.best_value if self.mode == "min" else value > self.best_value):
+            self.best_value, self.best_epoch = value, trainer.current_epoch + 1
+
+    def on_train_end(self, trainer, pl_module):
+        if trainer.global_rank == 0 and self.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
+            print(self.stopped_message(), file=sys.stdout, flush=True)
+
+    def stopped_message(self) -> str:
+        where = f"stopped at epoch {self.stopped_epoch + 1}"
+        if self.stopping_reason != EarlyStoppingReason.PATIENCE_EXHAUSTED:
+            return f"{where}: {self.stopping_reason_message}"  # a non-finite monitor
+        waited = (
+            f"{self.wait_count} epochs"
+            if self.validate_every == 1
+            else f"{self.wait_count} validations (every {self.validate_every} epochs)"
+        )
+        by = f" by {abs(self.min_delta):g}" if self.min_delta else ""
+        return (
+            f"{where}: {self.monitor} has not improved{by} for {waited} "
+            f"(best {self.best_value:.4f} at epoch {self.best_epoch})"
+        )
+
+    def state_dict(self):
+        return {**super().state_dict(), "best_value": self.best_value, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self.best_value, self.best_epoch = state_dict.get("best_value"), state_dict.get("best_epoch", 0)
 
 
 class ProcessReport(L.Callback):

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from optik.config.load import AnyConfig, dump_config
 from optik.engine.callbacks import (
     AtomicCheckpointIO,
+    EarlyStop,
     EpochLog,
     EpochReseed,
     LastCheckpoint,
@@ -125,6 +126,9 @@ def build_callbacks(cfg: AnyConfig, ckpt_dir: Path) -> list[L.Callback]:
                 enable_version_counter=False,
             )
         )
+    if t.early_stopping is not None:
+        stop = t.early_stopping
+        callbacks.append(EarlyStop(t.monitor, stop.patience, stop.min_delta, t.validate_every))
     callbacks.append(LastCheckpoint(ckpt_dir, every=t.checkpoint_every, keep=t.keep_checkpoints))
     if sys.stderr.isatty():
         callbacks.append(TQDMProgressBar())
@@ -151,6 +155,9 @@ def build_trainer(cfg: AnyConfig, work_dir: Path, extra_callbacks=(), resumed_ep
         gradient_clip_val=t.grad_clip,
         check_val_every_n_epoch=t.validate_every,
         limit_val_batches=None if t.validation else 0,
+        # our train samplers draw the same (seed, epoch) order in every process; Lightning's wrapper then
+        # gives each process its own positions of that draw (disjoint shares), and val its shard
+        use_distributed_sampler=True,
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every_n_steps,
         logger=[

@@ -9,10 +9,11 @@ import numpy as np
 from torch import nn
 
 from optik.config import parse_config
+from optik.data.balance import class_counts, loss_weights
 from optik.data.classes import match_classes
 from optik.data.folder import Sample, class_folders, has_split_folders, samples_from
 from optik.data.listfile import read_list
-from optik.data.loaders import build_classify_data, make_loader, read_splits
+from optik.data.loaders import BalancedSampler, build_classify_data, make_loader, read_splits
 from optik.data.transforms import Preprocess
 from optik.errors import ConfigError, DataError, ModelError
 from optik.metrics.evaluation import EvalResult
@@ -40,15 +41,19 @@ class ClassifyTask(Task):
         if cfg.train.validation:
             check_monitor(cfg.train.monitor, len(data.classes))
         log_data_summary(data)
+        train_set = data.datasets["train"]
+        counts = class_counts(train_set.labels, len(data.classes))
+        weights = loss_weights(cfg.train.class_weights, counts)
+        say(balance_summary(data.classes, counts, cfg.train.class_weights, weights, cfg.data.sampler))
         model = build_classifier(cfg.model, len(data.classes), cfg.data.image_size)
         if cfg.model.weights is not None and resume.path is None:
             for line in load_weights(model, cfg.model.weights, cfg.model.weights_prefix).lines():
                 say(line)
         preprocess = Preprocess.from_data_config(cfg.data).to_dict()
-        module = ClassifyModule(model, config_to_dict(cfg), data.classes, preprocess)
+        module = ClassifyModule(model, config_to_dict(cfg), data.classes, preprocess, class_weights=weights)
         workers = cfg.data.num_workers
+        balanced = cfg.data.sampler == "balanced"
         # a last batch of one image breaks batch norm, and mixup needs full batches: drop the remainder
-        train_set = data.datasets["train"]
         train_loader = make_loader(
             train_set,
             cfg.data.batch_size,
@@ -56,6 +61,7 @@ class ClassifyTask(Task):
             shuffle_seed=cfg.train.seed,
             drop_last=len(train_set) > cfg.data.batch_size,
             start_epoch=resume.epochs_done,
+            sampler=BalancedSampler(train_set.labels, cfg.train.seed, resume.epochs_done) if balanced else None,
         )
         val_loader = make_loader(data.datasets["val"], cfg.data.batch_size, workers) if cfg.train.validation else None
         return TrainingRun(module, train_loader, val_loader)
@@ -188,6 +194,21 @@ def log_data_summary(data) -> None:
     )
     for path in data.skipped[:10]:
         say(f"  left out: {path}")
+
+
+def balance_summary(
+    classes: list[str], counts: list[int], setting: str | list[float], weights: list[float] | None, sampler: str
+) -> str:
+    """The run summary's line on class balance: "train images per class: cat 120, dog 15; loss weights: balanced
+    (cat 0.562, dog 4.5); sampler: random"."""
+    per_class = ", ".join(f"{name} {count}" for name, count in zip(classes, counts))
+    if weights is None:
+        weighting = "none"
+    else:
+        listed = ", ".join(f"{name} {w:.3g}" for name, w in zip(classes, weights))
+        weighting = f"{'balanced' if setting == 'balanced' else 'as listed'} ({listed})"
+    drawn = "balanced (each class equally often, with replacement)" if sampler == "balanced" else "random"
+    return f"train images per class: {per_class}; loss weights: {weighting}; sampler: {drawn}"
 
 
 def classifier_session(source: bytes | str, meta: dict) -> nn.Module:

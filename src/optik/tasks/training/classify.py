@@ -1,9 +1,10 @@
-"""Image classification as a LightningModule: cross-entropy (with smoothing / mixup), EMA, top-k metrics
-(the k that `optik test` reports too: `top_k_accuracies`)."""
+"""Image classification as a LightningModule: cross-entropy (with smoothing / mixup / class weights), EMA,
+top-k metrics (the k that `optik test` reports too: `top_k_accuracies`)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -20,21 +21,28 @@ class ClassifyModule(TrainingModule):
         config: the resolved run config (plain dict), kept in checkpoints.
         classes: class names, index = label.
         preprocess: eval preprocessing (`Preprocess.to_dict()`), kept in checkpoints.
+        class_weights: one weight per class in the training loss (None: unweighted); val/loss stays unweighted.
     """
 
-    def __init__(self, model: nn.Module, config: dict, classes: list[str], preprocess: dict):
+    def __init__(
+        self,
+        model: nn.Module,
+        config: dict,
+        classes: list[str],
+        preprocess: dict,
+        class_weights: list[float] | None = None,
+    ):
         super().__init__()
-        self.save_hyperparameters({"config": config, "classes": classes, "preprocess": preprocess})
+        self.save_hyperparameters(
+            {"config": config, "classes": classes, "preprocess": preprocess, "class_weights": class_weights}
+        )
         self.model = model
         self.train_cfg = TrainConfig.model_validate(config["train"])
         n = len(classes)
         self.mixup = build_mixup(self.train_cfg, n)
-        if self.mixup is not None:
-            from timm.loss import SoftTargetCrossEntropy
-
-            self.train_loss = SoftTargetCrossEntropy()
-        else:
-            self.train_loss = nn.CrossEntropyLoss(label_smoothing=self.train_cfg.label_smoothing)
+        # mixup folds label smoothing into its soft targets; without it the loss smooths
+        smoothing = 0.0 if self.mixup is not None else self.train_cfg.label_smoothing
+        self.train_loss = WeightedCrossEntropy(class_weights, label_smoothing=smoothing)
         self.eval_loss = nn.CrossEntropyLoss()
         self.setup_ema()
         # keyed by the logged name's last part (val/acc1 -> acc1): a ModuleDict key may not hold "/"
@@ -73,6 +81,33 @@ class ClassifyModule(TrainingModule):
     def predict_step(self, batch, batch_idx):
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self.eval_model()(images).float().softmax(dim=-1)
+
+
+class WeightedCrossEntropy(nn.Module):
+    """Cross-entropy over class labels (N,) or soft targets (N, C) from mixup/cutmix, with optional class weights.
+
+    Labels: torch's `cross_entropy(weight=..., label_smoothing=...)`, the weighted mean over the batch.
+    Soft targets: each sample's loss -sum_c t_c log p_c is weighted by sum_c t_c w_c (a mix of two images
+    counts as much as its classes' weights in that mix), and the batch mean is divided by the sum of
+    those weights; one-hot targets give exactly the label case.
+    """
+
+    def __init__(self, class_weights: list[float] | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+        # not in the state_dict: the weights come from the config and data, and a resumed run may change them
+        self.register_buffer("weight", weight, persistent=False)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(logits.dtype)
+        if targets.ndim == 1:
+            return F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.label_smoothing)
+        per_sample = -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1)
+        if weight is None:
+            return per_sample.mean()
+        sample_weight = targets.to(weight.dtype) @ weight
+        return (per_sample * sample_weight).sum() / sample_weight.sum()
 
 
 def build_mixup(cfg: TrainConfig, num_classes: int):
