@@ -94,9 +94,7 @@ def test_one_forward_pass_per_batch_holds_every_view(colour_model, pictures):
 
 def test_a_package_records_a_default_that_the_option_overrides(colour_model, pictures, tmp_path):
     package = load_package(colour_model)
-    recorded = save_package(
-        replace(package, preprocess={**package.preprocess, "tta": "hflip"}), tmp_path / "model.pt"
-    )
+    recorded = save_package(replace(package, preprocess={**package.preprocess, "tta": "hflip"}), tmp_path / "model.pt")
     default = probs_of(load_predictor(recorded, device="cpu", mode="eager").predict(pictures))
     np.testing.assert_allclose(default, by_hand(colour_model, pictures, "hflip"), atol=1e-5)
     off = probs_of(load_predictor(recorded, device="cpu", mode="eager", tta="none").predict(pictures))
@@ -144,6 +142,7 @@ def test_a_detector_refuses_tta_in_every_command(untrained_detector, pictures, t
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.slow  # four CLI runs
 def test_predict_test_batch_predict_and_serve_poll_with_tta(colour_model, pictures, tmp_path):
     expected = by_hand(colour_model, pictures, "hflip")
     classes = load_package(colour_model).classes
@@ -165,7 +164,9 @@ def test_predict_test_batch_predict_and_serve_poll_with_tta(colour_model, pictur
     np.testing.assert_allclose([items[p.name] for p in pictures], expected, atol=1e-5)
 
     rows = tmp_path / "rows.csv"
-    run = run_optik("batch-predict", pictures[0].parent, rows, colour_model, "--format", "csv", "--top-k", "1", "--tta", "hflip")
+    run = run_optik(
+        "batch-predict", pictures[0].parent, rows, colour_model, "--format", "csv", "--top-k", "1", "--tta", "hflip"
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     top = {row["filename"]: float(row["c1"]) for row in csv.DictReader(rows.open())}
     np.testing.assert_allclose([top[p.name] for p in pictures], expected.max(1), atol=1e-5)
