@@ -103,6 +103,10 @@ def test_a_package_records_a_default_that_the_option_overrides(colour_model, pic
 
 
 def test_the_config_key_is_checked_and_only_classifiers_have_it():
+    from optik.config.schema import TTA_CHOICES
+    from optik.inference.backends import TEST_TIME_FLIPS
+
+    assert set(TEST_TIME_FLIPS) == set(TTA_CHOICES)  # every value the config and CLI accept has its flips
     assert load_config("resnet18_small", ["data.tta=hflip,vflip"]).data.tta == "hflip,vflip"
     with pytest.raises(ConfigError, match="tta"):
         load_config("resnet18_small", ["data.tta=rotate"])

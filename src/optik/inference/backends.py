@@ -29,6 +29,7 @@ from optik.errors import ConfigError, ModelError
 from optik.inference.onnx import OnnxModel, export_onnx
 
 PRECISIONS = ("32", "bf16", "16")
+MODES = ("eager", "fused", "compiled", "onnx")
 
 # The flipped views of each test-time augmentation (the original is always the first view), as the
 # image dimensions each flip reverses: 3 is width (left-right), 2 is height (upside down).
@@ -38,7 +39,6 @@ TEST_TIME_FLIPS: dict[str, tuple[tuple[int, ...], ...]] = {
     "vflip": ((2,),),
     "hflip,vflip": ((3,), (2,)),
 }
-MODES = ("eager", "fused", "compiled", "onnx")
 
 # Images of the first batch on which an optimised form is checked against eager.
 CHECK_IMAGES = 8
@@ -149,7 +149,7 @@ def layout_of(mode: str) -> torch.memory_format:
     return torch.channels_last if mode in ("fused", "compiled") else torch.contiguous_format
 
 
-def test_time_flips(tta: str) -> tuple[tuple[int, ...], ...]:
+def flips_of(tta: str) -> tuple[tuple[int, ...], ...]:
     """The flips of a test-time augmentation by name, or a ConfigError listing the names."""
     if tta not in TEST_TIME_FLIPS:
         raise ConfigError(f"test-time augmentation must be one of {', '.join(TEST_TIME_FLIPS)}, got {tta!r}")
@@ -213,7 +213,7 @@ class TorchBackend:
         fallback: bool = True,
         tta: str = "none",
     ):
-        self.flips = test_time_flips(tta)
+        self.flips = flips_of(tta)
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if mode not in MODES and mode != "auto":
@@ -247,7 +247,8 @@ class TorchBackend:
         if not self._checked:
             return average_views(self._choose(images), self.views)
         with self.autocast():
-            return average_views(self.model(images.contiguous(memory_format=self.layout)), self.views)
+            outputs = self.model(images.contiguous(memory_format=self.layout))
+        return average_views(outputs, self.views)
 
     def _choose(self, images: torch.Tensor) -> torch.Tensor:
         """Try the optimised forms on a slice of this first batch; keep the first that matches eager."""
