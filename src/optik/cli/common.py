@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from optik.config.schema import TTA_CHOICES
 from optik.errors import OptikError
 
 PRESET_HELP = "a config file, or a preset name (`optik config list`)"
@@ -147,7 +148,19 @@ def make_output(
     )
 
 
+TTA_HELP = (
+    "test-time augmentation (classifiers): the softmax averaged over the original image and each flip named, "
+    "in one forward pass; hflip adds the image mirrored left-right, vflip upside down, hflip,vflip both "
+    "(three views: not the two flips at once); none: off [default: what the model records, data.tta]"
+)
+
+
+def tta_option(func):
+    return click.option("--tta", type=click.Choice(TTA_CHOICES), help=TTA_HELP)(func)
+
+
 def model_options(func):
+    func = tta_option(func)
     func = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto")(func)
     func = click.option(
         "--precision",

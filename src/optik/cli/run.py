@@ -162,7 +162,7 @@ def train(source, work_dir, overrides, resume, overwrite, no_validate, seed, det
     help="detectors: leave missing or unreadable images out, reported as unreadable, instead of stopping (classifiers always do)",
 )
 @model_options
-def test_command(model, data, split, out, out_items, plots, images, skip_bad, device, precision, batch_size, mode):
+def test_command(model, data, split, out, out_items, plots, images, skip_bad, device, precision, batch_size, mode, tta):
     """Evaluate MODEL (model.pt or checkpoint) on DATA (class folders or list file; default: the run's own split)."""
     from optik.engine.evaluate import evaluate, plot_evaluation
     from optik.metrics.evaluation import check_results_path, write_results
@@ -182,6 +182,7 @@ def test_command(model, data, split, out, out_items, plots, images, skip_bad, de
         with_curves=plots is not None,
         images=images,
         skip_bad=skip_bad,
+        tta=tta,
     )
     print_metrics(result)
     if out is not None:
@@ -278,6 +279,7 @@ def predict(
     precision,
     batch_size,
     mode,
+    tta,
     backend,
 ):
     """Classify or detect objects in IMAGES (files or folders) with MODEL; one output per image."""
@@ -312,6 +314,7 @@ def predict(
         mode=mode,
         expected_images=len(files),
         backend=backend,
+        tta=tta,
     )
     output, failed = (
         make_output(

@@ -38,6 +38,7 @@ def start_predictor(
     quiet: bool,
     output_options: dict,
     expected_images: int | None = None,
+    tta: str | None = None,
 ):
     """Logging on stderr, the predictor loaded, its output format, then the warm-up (a service
     compiles before its first request; output options that do not fit the model fail before that).
@@ -59,6 +60,7 @@ def start_predictor(
         mode=mode,
         expected_images=expected_images,
         backend=backend,
+        tta=tta,
     )
     output = make_output(predictor.task, **output_options)
     predictor.warmup()
@@ -174,6 +176,7 @@ def serve_poll(
     precision,
     batch_size,
     mode,
+    tta,
     backend,
 ):
     """Predict images dropped into --in: write <stem>.json (or <stem>-rois.csv) to --out, then move each image on.
@@ -211,7 +214,17 @@ def serve_poll(
             bbox_as_fallback=bbox_as_fallback,
         )
         predictor, output = start_predictor(
-            model, device, precision, batch_size, mode, backend, verbose, quiet, outputs, expected_images=one_pass
+            model,
+            device,
+            precision,
+            batch_size,
+            mode,
+            backend,
+            verbose,
+            quiet,
+            outputs,
+            expected_images=one_pass,
+            tta=tta,
         )
         with stop.on_signals():
             FilePoller(predictor, output, options, stop).run(locked=True)
@@ -343,6 +356,7 @@ def serve_redis(
     precision,
     batch_size,
     mode,
+    tta,
     backend,
 ):
     """Predict images sent through Redis and send each prediction back (--mode stream to scale out over workers and lose nothing)."""
@@ -364,7 +378,9 @@ def serve_redis(
         fit_bbox_to_polygon=fit_bbox_to_polygon,
         bbox_as_fallback=bbox_as_fallback,
     )
-    predictor, output = start_predictor(model, device, precision, batch_size, mode, backend, verbose, quiet, outputs)
+    predictor, output = start_predictor(
+        model, device, precision, batch_size, mode, backend, verbose, quiet, outputs, tta=tta
+    )
     stop = Stop()
     if transport == "pubsub":
         service = PubSubService(predictor, output, connection, redis_in, redis_out, max_wait_ms, stop)

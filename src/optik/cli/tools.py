@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from optik.cli.common import OptikGroup, backend_option, fail, main
+from optik.cli.common import TTA_CHOICES, OptikGroup, backend_option, fail, main, tta_option
 from optik.outputs.objectnet import FORMATS as ROW_FORMATS
 
 
@@ -90,11 +90,16 @@ def flops_command(model, shape, num_classes, depth):
     type=click.Path(path_type=Path),
     help="a folder of real images to check a detector's export on [default: synthetic pictures]",
 )
-def export_command(model, fmt, out, dynamic_batch, check_images):
+@click.option(
+    "--tta",
+    type=click.Choice(TTA_CHOICES),
+    help="classifiers: the test-time augmentation the .onnx records, applied by every runner of it (see optik predict --tta) [default: the package's]",
+)
+def export_command(model, fmt, out, dynamic_batch, check_images, tta):
     """Export MODEL (model.pt or checkpoint, classifier or detector) to ONNX, checked against PyTorch; run it by giving the .onnx as MODEL."""
     from optik.tools.export import export_model
 
-    path, result = export_model(model, out, dynamic_batch=dynamic_batch, check_images=check_images)
+    path, result = export_model(model, out, dynamic_batch=dynamic_batch, check_images=check_images, tta=tta)
     click.echo(f"wrote {path}: {result.summary}")
     if result.unchecked:
         click.echo(
@@ -213,6 +218,7 @@ def report_command(work_dir, out, no_eval):
     "--optimize", type=click.Choice(["auto", "fused", "compiled", "onnx", "eager"]), default="auto", show_default=True
 )
 @click.option("--resume", is_flag=True, help="keep the rows already in OUT (and its part files) and predict the rest")
+@tta_option
 @backend_option
 def batch_predict(
     images,
@@ -234,6 +240,7 @@ def batch_predict(
     precision,
     optimize,
     resume,
+    tta,
     backend,
 ):
     """Predict every image below IMAGES into one CSV (ObjectNet challenge format by default).
@@ -289,6 +296,7 @@ def batch_predict(
         optimize,
         resume,
         backend,
+        tta,
     )
     report = run_batch(job)
     if os.environ.get("RANK", "0") != "0":

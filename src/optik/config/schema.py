@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Test-time augmentation of a classifier: the views averaged besides the original image. Each name
+# adds one view: "hflip,vflip" is three (original, mirrored left-right, flipped upside down).
+TestTimeAugment = Literal["none", "hflip", "vflip", "hflip,vflip"]
+TTA_CHOICES: tuple[str, ...] = get_args(TestTimeAugment)
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "nadamw", "rmsprop", "lamb", "lars", "lion", "adan")
 
@@ -57,6 +62,11 @@ class DataConfig(Section):
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    tta: TestTimeAugment = Field(
+        "none",
+        description="test-time augmentation recorded in model.pt for test/predict/services (softmax averaged over "
+        "the original and each flip named; --tta overrides); validation during training does not use it",
+    )
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(2, ge=0)
     sampler: Literal["random", "balanced"] = Field(

@@ -7,7 +7,7 @@ prediction reproduces exactly what validation saw.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torchvision.transforms import InterpolationMode, v2
@@ -22,8 +22,9 @@ INTERPOLATIONS = {
 @dataclass(frozen=True)
 class Preprocess:
     """Eval preprocessing: decode (upright by EXIF unless `exif_orientation` is false), resize the short
-    side to `resize_size`, center-crop `image_size`, normalise. Packages from before `exif_orientation`
-    was recorded get its default."""
+    side to `resize_size`, center-crop `image_size`, normalise; `tta` names the flipped views whose
+    softmax is averaged with the original's (see `optik.inference.backends.TEST_TIME_FLIPS`). Packages
+    from before `exif_orientation` or `tta` were recorded get their defaults."""
 
     image_size: int
     resize_size: int
@@ -31,6 +32,7 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     exif_orientation: bool = True
+    tta: str = "none"
 
     @classmethod
     def from_data_config(cls, data) -> Preprocess:
@@ -46,6 +48,10 @@ class Preprocess:
     @classmethod
     def from_dict(cls, values: dict) -> Preprocess:
         return cls(**{**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])})
+
+    def with_tta(self, tta: str | None) -> Preprocess:
+        """This preprocessing with the test-time augmentation `tta` (None: the recorded one)."""
+        return self if tta is None else replace(self, tta=tta)
 
     def to_dict(self) -> dict:
         values = asdict(self)

@@ -22,13 +22,17 @@ def evaluate(
     with_curves: bool = False,
     images: str | Path | None = None,
     skip_bad: bool = False,
+    tta: str | None = None,
 ) -> EvalResult:
     """Predict every image of the split and compute the metrics of the model's task (`with_curves`:
     a detector's precision-recall curves too, for plots). `data`: as the task reads it (default:
-    the run's own split); `images`, `skip_bad`: see `Task.evaluate`."""
+    the run's own split); `images`, `skip_bad`: see `Task.evaluate`; `tta`: a classifier's
+    test-time augmentation (None: the one the package records)."""
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
-    package = load_package(model)
+    from optik.tasks.loading import with_tta
+
+    package = with_tta(load_package(model), tta, str(model))
     return get_task(package.task).evaluate(
         package,
         str(model),

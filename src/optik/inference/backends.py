@@ -9,6 +9,10 @@ Speed-ups keep fp32 results (measured on this project's CPU, resnet50 at 224, ba
   `ONNX_MIN_IMAGES` or more.
 Every optimised form is checked against the eager model on the first real batch (same top-1,
 logits within tolerance) and replaced by the next simpler form when it differs or fails.
+
+Test-time augmentation happens here too, the one place every form (an onnxruntime session
+included) runs a batch: the flipped views are stacked into the batch, run in one forward pass, and
+their softmax averaged (see `TorchBackend`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,15 @@ from optik.inference.onnx import OnnxModel, export_onnx
 
 PRECISIONS = ("32", "bf16", "16")
 MODES = ("eager", "fused", "compiled", "onnx")
+
+# The flipped views of each test-time augmentation (the original is always the first view), as the
+# image dimensions each flip reverses: 3 is width (left-right), 2 is height (upside down).
+TEST_TIME_FLIPS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "none": (),
+    "hflip": ((3,),),
+    "vflip": ((2,),),
+    "hflip,vflip": ((3,), (2,)),
+}
 
 # Images of the first batch on which an optimised form is checked against eager.
 CHECK_IMAGES = 8
@@ -136,6 +149,30 @@ def layout_of(mode: str) -> torch.memory_format:
     return torch.channels_last if mode in ("fused", "compiled") else torch.contiguous_format
 
 
+def flips_of(tta: str) -> tuple[tuple[int, ...], ...]:
+    """The flips of a test-time augmentation by name, or a ConfigError listing the names."""
+    if tta not in TEST_TIME_FLIPS:
+        raise ConfigError(f"test-time augmentation must be one of {', '.join(TEST_TIME_FLIPS)}, got {tta!r}")
+    return TEST_TIME_FLIPS[tta]
+
+
+def stack_views(images: torch.Tensor, flips: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+    """(N, 3, H, W) -> (V*N, 3, H, W): the batch, then the batch flipped by each of `flips`."""
+    return torch.cat([images, *(images.flip(dims) for dims in flips)]) if flips else images
+
+
+def average_views(outputs: torch.Tensor, views: int) -> torch.Tensor:
+    """(V*N, C) logits of `stack_views` -> (N, C) log of the softmax averaged over the views.
+
+    A log-probability is a logit whose softmax is the averaged probability itself, so callers
+    that take the softmax of what a backend returns get the average unchanged.
+    """
+    if views == 1:
+        return outputs
+    probs = outputs.float().softmax(dim=-1).view(views, -1, outputs.shape[-1]).mean(dim=0)
+    return probs.log()
+
+
 def check_precision(precision: str, device: torch.device) -> str:
     """A precision the device can run, or a ConfigError saying what to use instead."""
     if precision not in PRECISIONS:
@@ -160,6 +197,9 @@ class TorchBackend:
             "auto": the fastest for a job of `expected_images` images (see `mode_for`).
         fallback: when the requested form fails or changes the outputs, run the next simpler one
             (False: raise ModelError; for a backend the user asked for by name).
+        tta: test-time augmentation (a key of `TEST_TIME_FLIPS`): each batch of N runs as one batch
+            of N times the views, and the result is the log of the softmax averaged over the views
+            (with "none", the model's logits as they are).
     """
 
     def __init__(
@@ -171,7 +211,9 @@ class TorchBackend:
         batch_size: int = 32,
         expected_images: int | None = None,
         fallback: bool = True,
+        tta: str = "none",
     ):
+        self.flips = flips_of(tta)
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if mode not in MODES and mode != "auto":
@@ -194,13 +236,19 @@ class TorchBackend:
     def autocast(self):
         return autocast_for(self.device, self.precision)
 
+    @property
+    def views(self) -> int:
+        """Images the network sees per input image (test-time augmentation)."""
+        return 1 + len(self.flips)
+
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True)
+        images = stack_views(images.to(self.device, non_blocking=True), self.flips)
         if not self._checked:
-            return self._choose(images)
+            return average_views(self._choose(images), self.views)
         with self.autocast():
-            return self.model(images.contiguous(memory_format=self.layout))
+            outputs = self.model(images.contiguous(memory_format=self.layout))
+        return average_views(outputs, self.views)
 
     def _choose(self, images: torch.Tensor) -> torch.Tensor:
         """Try the optimised forms on a slice of this first batch; keep the first that matches eager."""
@@ -241,7 +289,7 @@ class TorchBackend:
         if mode == "fused":
             return fuse_conv_bn(self.eager).to(memory_format=torch.channels_last)
         source = copy.deepcopy(self.eager).to(memory_format=torch.channels_last)
-        return compile_frozen(source, self.batch_size)
+        return compile_frozen(source, self.batch_size * self.views)  # the views travel in the same batch
 
 
 def _agrees(output: torch.Tensor, reference: torch.Tensor, precision: str) -> bool:

@@ -27,7 +27,9 @@ class Predictor:
     Args:
         model: network mapping normalised (N, 3, H, W) images to logits.
         classes: class names, index = output.
-        preprocess: eval preprocessing the model was trained with.
+        preprocess: eval preprocessing the model was trained with; its `tta` (test-time augmentation)
+            makes each probability the softmax averaged over the original and its flips, computed in
+            one forward pass over the batch and its flipped copies.
         device: "cpu", "cuda", "cuda:1", or "auto".
         precision: "32" (exact, default), "bf16" or "16" (CUDA).
         batch_size: images per forward pass.
@@ -58,7 +60,13 @@ class Predictor:
         self.batch_size = batch_size
         self.transform = eval_transform(preprocess)
         self.backend = TorchBackend(
-            model, device=device, precision=precision, mode=mode, batch_size=batch_size, expected_images=expected_images
+            model,
+            device=device,
+            precision=precision,
+            mode=mode,
+            batch_size=batch_size,
+            expected_images=expected_images,
+            tta=preprocess.tta,
         )
         self.decode_workers = max(1, decode_workers)
 

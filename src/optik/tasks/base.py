@@ -90,6 +90,16 @@ class Task:
     def check_predicts(self, source: str) -> None:
         """Refuses, before any work, a model that has nothing to predict."""
 
+    def with_tta(self, preprocess: dict, tta: str | None, source: str) -> dict:
+        """The package's preprocessing with the test-time augmentation `tta` (`--tta`; None: as
+        recorded). Only classifiers average their class probabilities over flipped views."""
+        if tta in (None, "none"):
+            return preprocess
+        raise ConfigError(
+            f"--tta {tta}: test-time augmentation averages a classifier's class probabilities over flipped views, "
+            f"and {source} is a {self.name} model; drop --tta"
+        )
+
     def predictor(
         self,
         package: ModelPackage,

@@ -49,7 +49,7 @@ class ClassifyTask(Task):
         if cfg.model.weights is not None and resume.path is None:
             for line in load_weights(model, cfg.model.weights, cfg.model.weights_prefix).lines():
                 say(line)
-        preprocess = Preprocess.from_data_config(cfg.data).to_dict()
+        preprocess = Preprocess.from_data_config(cfg.data).with_tta(cfg.data.tta).to_dict()
         module = ClassifyModule(model, config_to_dict(cfg), data.classes, preprocess, class_weights=weights)
         workers = cfg.data.num_workers
         balanced = cfg.data.sampler == "balanced"
@@ -76,6 +76,15 @@ class ClassifyTask(Task):
         classes = cfg.data.classes if isinstance(cfg.data.classes, list) else None
         n = num_classes or (len(classes) if classes else 1000)
         return build_classifier(untrained(cfg.model), n, cfg.data.image_size).eval()
+
+    def with_tta(self, preprocess, tta, source):
+        from optik.config.schema import TTA_CHOICES
+
+        if tta is None:
+            return preprocess
+        if tta not in TTA_CHOICES:
+            raise ConfigError(f"--tta must be one of {', '.join(TTA_CHOICES)}, got {tta!r}")
+        return {**preprocess, "tta": tta}
 
     def predictor(
         self, package, source, device="auto", precision="32", batch_size=None, mode="auto", expected_images=None

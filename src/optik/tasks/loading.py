@@ -5,6 +5,7 @@ serves batch-predict; `build_model` gives the bare network (flops, benchmarks)."
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
@@ -31,12 +32,14 @@ def load_predictor(
     mode: str = "auto",
     expected_images: int | None = None,
     backend: str = "auto",
+    tta: str | None = None,
 ):
     """A `Predictor` or a `Detector`, as the model's task says (batch size default: 32 / 8).
 
     `path` is a model package or checkpoint, or an `optik export`ed .onnx file. `backend`:
     "torch" (PyTorch, with `mode`'s speed-ups), "onnxruntime" (a package is exported in memory and
     checked first; CPU, fp32), or "auto" (onnxruntime for an .onnx file, torch otherwise).
+    `tta`: a classifier's test-time augmentation (None: the one the model records).
     """
     from optik.inference.backends import mode_for, pick_device
     from optik.inference.onnx import uses_onnxruntime
@@ -46,8 +49,8 @@ def load_predictor(
     is_onnx = str(path).endswith(".onnx")
     uses_onnxruntime(path, is_onnx, backend, device, precision, mode)
     if is_onnx:
-        return onnx_predictor(path, device=device, batch_size=batch_size)
-    package = load_package(path)
+        return onnx_predictor(path, device=device, batch_size=batch_size, tta=tta)
+    package = with_tta(load_package(path), tta, str(path))
     task = get_task(package.task)
     task.check_predicts(str(path))
     if backend == "onnxruntime":
@@ -71,12 +74,22 @@ def load_predictor(
     )
 
 
-def onnx_predictor(model: str | Path | bytes, device: str = "auto", batch_size: int | None = None):
-    """The predictor running an exported model (a path or its bytes) with onnxruntime (CPU, fp32)."""
+def with_tta(package: ModelPackage, tta: str | None, source: str) -> ModelPackage:
+    """The package with `tta` as its test-time augmentation (None: as recorded); refused for a task without one."""
+    return replace(package, preprocess=get_task(package.task).with_tta(package.preprocess, tta, source))
+
+
+def onnx_predictor(
+    model: str | Path | bytes, device: str = "auto", batch_size: int | None = None, tta: str | None = None
+):
+    """The predictor running an exported model (a path or its bytes) with onnxruntime (CPU, fp32);
+    `tta` overrides the test-time augmentation its metadata records."""
     from optik.inference.onnx import check_runtime_options, read_metadata
 
     check_runtime_options(device, "32", "auto")
     meta = read_metadata(model)
+    source = "the exported model" if isinstance(model, bytes) else str(model)
+    meta["preprocess"] = get_task(meta["task"]).with_tta(meta["preprocess"], tta, source)
     predictor = get_task(meta["task"]).onnx_predictor(
         model if isinstance(model, bytes) else str(model), meta, batch_size=batch_size
     )

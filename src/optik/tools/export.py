@@ -14,6 +14,7 @@ from optik.files import write_atomic
 from optik.inference.onnx import OnnxExport
 from optik.models.package import load_package
 from optik.tasks import get_task
+from optik.tasks.loading import with_tta
 
 
 def export_model(
@@ -21,6 +22,7 @@ def export_model(
     out: str | Path | None = None,
     dynamic_batch: bool = True,
     check_images: str | Path | None = None,
+    tta: str | None = None,
 ) -> tuple[Path, OnnxExport]:
     """Export a classifier or detector package to ONNX next to it (or to `out`), checked against PyTorch.
 
@@ -29,8 +31,10 @@ def export_model(
             take one image of any size per run either way.
         check_images: a folder of images the detector check runs on (up to 8); default:
             synthetic pictures. Real images put real objects into the comparison.
+        tta: the classifier's test-time augmentation the file records (None: the package's); every
+            runner of the file applies it, and `--tta` at prediction time overrides it.
     """
-    package = load_package(source)
+    package = with_tta(load_package(source), tta, str(source))
     result = get_task(package.task).export_onnx(package, check_images=check_images, dynamic_batch=dynamic_batch)
     out = Path(out) if out is not None else Path(source).with_suffix(".onnx")
     write_atomic(out, result.data)

@@ -41,6 +41,7 @@ class BatchJob:
     optimize: str = "auto"
     resume: bool = False
     backend: str = "auto"  # auto, torch or onnxruntime (see `runtime_mode`)
+    tta: str | None = None  # test-time augmentation; None: the one the model records (none for plug-ins)
 
 
 @dataclass
@@ -98,6 +99,7 @@ def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
         batch_size=job.batch_size,
         expected_images=len(mine) * world,
         fallback=not on_onnxruntime,
+        tta=test_time_augmentation(job, bundle),
     )
     part = job.out.with_name(f"{job.out.name}.part-{rank}")
     report = BatchReport(skipped=len(files[rank::world]) - len(mine))
@@ -135,6 +137,13 @@ def runs_onnxruntime(job: BatchJob, bundle) -> bool:
     return uses_onnxruntime(
         job.model, isinstance(bundle.model, OnnxModel), job.backend, job.device, job.precision, job.optimize
     )
+
+
+def test_time_augmentation(job: BatchJob, bundle) -> str:
+    """`--tta` if given, else what the model package or exported file records."""
+    if job.tta is not None:
+        return job.tta
+    return bundle.preprocess.tta if bundle.preprocess is not None else "none"
 
 
 def runtime_mode(job: BatchJob, bundle, on_onnxruntime: bool, images: int, device: torch.device) -> str:
