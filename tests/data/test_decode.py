@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from optik.data.decode import image_size, is_image_file, open_image
+from optik.data.decode import image_size, is_image_file, open_image, orientation
 from optik.errors import ImageDecodeError
 
 
@@ -155,6 +155,27 @@ def test_exif_orientation_of_a_jpeg_with_draft_decoding():
     assert np.abs(np.asarray(open_image(rotated), dtype=int) - twin).max() <= 2  # JPEG rounding, nothing more
     small = open_image(rotated, draft_size=(10, 10))  # decoded at a reduced scale, then turned upright
     assert small.width < 40 and small.width / small.height == pytest.approx(40 / 30)
+
+
+def header_only(data: bytes, fmt: str) -> bytes:
+    """A file cut just after its image data starts: a header and no pixels."""
+    return data[: data.index(b"\xff\xda" if fmt == "JPEG" else b"IDAT") + 20]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_image_size_of_a_turned_photo_is_upright_from_its_header_alone(fmt, tmp_path):
+    path = tmp_path / f"turned.{fmt.lower()}"
+    path.write_bytes(header_only(rotated_twin(6, fmt), fmt))
+    assert image_size(path) == (40, 30)  # upright, as open_image decodes it: nothing but the header was read
+    assert image_size(path, exif_orientation=False) == (30, 40)
+    with pytest.raises(ImageDecodeError):
+        open_image(path)
+    plain = io.BytesIO()
+    Image.fromarray(UPRIGHT).save(plain, fmt)  # no EXIF: Pillow's PNG getexif would decode the pixels to look for it
+    path.write_bytes(header_only(plain.getvalue(), fmt))
+    assert image_size(path) == (40, 30)
+    lazy = Image.open(io.BytesIO(plain.getvalue()))
+    assert orientation(lazy) == 1 and lazy.tile  # tiles still to decode: the pixels were not read to look for EXIF
 
 
 def saved(array: np.ndarray, fmt: str) -> bytes:

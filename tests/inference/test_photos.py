@@ -1,5 +1,6 @@
 """Photos stored turned with an EXIF orientation predict as their upright twin on every path that reads
-images: training data, `optik predict`, the file drop and batch-predict; and as stored when the model says so."""
+images: training data, `optik predict`, the file drop and batch-predict; and as stored when the model says so.
+Detectors too: boxes in the upright picture's coordinates, and `optik test` reading annotations in that frame."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import COLOURS, colour_image, run_optik
 from PIL import Image
@@ -119,3 +121,64 @@ def test_16_bit_photos_predict_as_their_8_bit_twins(colour_model, tmp_path):
     files = {Path(row["file"]).name: row["prediction"] for row in map(json.loads, run.stdout.splitlines())}
     assert files["deep_rgb.png"] == files["eight.png"] == files["deep_rgb.tiff"]
     assert files["deep_gray.png"] == files["eight_gray.png"]
+
+
+def opex_objects(folder: Path) -> dict[str, list[tuple[str, float, list[float]]]]:
+    """Stem -> (label, score, box) of each object in the OPEX files `optik predict --out-dir` wrote."""
+    found = {}
+    for path in folder.glob("*.json"):
+        objects = json.loads(path.read_text())["objects"]
+        found[path.stem] = [
+            (o["label"], o["score"], [o["bbox"][k] for k in ("left", "top", "right", "bottom")]) for o in objects
+        ]
+    return found
+
+
+def assert_same_boxes(ours: list, theirs: list) -> None:
+    assert len(ours) == len(theirs) > 0  # real objects, not two empty lists
+    for (label, score, box), (label2, score2, box2) in zip(sorted(ours), sorted(theirs)):
+        assert label == label2 and abs(score - score2) <= 1e-3
+        assert max(abs(u - v) for u, v in zip(box, box2)) <= 1.0
+
+
+@pytest.mark.slow  # a detector through `optik predict`
+def test_a_detector_finds_in_a_turned_photo_the_boxes_of_its_upright_twin(shapes_detector, tmp_path):
+    from optik.errors import DataError
+    from optik.models.package import load_package
+    from optik.tasks.detect import detect_test_set
+    from optik.tasks.loading import load_predictor
+    from optik.tools.shapes import draw_image
+
+    content = torch.load(shapes_detector, weights_only=True)
+    assert content["preprocess"]["exif_orientation"] is True and content["config"]["data"]["exif_orientation"] is True
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    upright, _ = draw_image(np.random.default_rng(3), 96, 3)
+    upright = upright.crop((0, 0, 96, 72))  # not square: a picture left turned would be another size
+    upright.save(photos / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.transpose(STORED_AS[6]).save(photos / "turned6.png", exif=exif)
+    run = run_optik("predict", shapes_detector, photos, "--out-dir", tmp_path / "opex", "--optimize", "eager")
+    assert run.returncode == 0, run.stderr
+    found = opex_objects(tmp_path / "opex")
+    assert_same_boxes(found["turned6"], found["upright"])  # in the upright picture's coordinates
+
+    # packages from before the key decode upright, as classifiers do; those saved with false keep the stored pixels
+    without_key = {k: v for k, v in content["preprocess"].items() if k != "exif_orientation"}
+    torch.save(dict(content, preprocess=without_key), tmp_path / "older.pt")
+    torch.save(dict(content, preprocess=without_key | {"exif_orientation": False}), tmp_path / "stored.pt")
+    (photos / "as_stored.png").write_bytes(stored_pixels(photos / "turned6.png"))
+    older = load_predictor(tmp_path / "older.pt", device="cpu", mode="eager")
+    assert torch.equal(older.load(photos / "turned6.png"), older.load(photos / "upright.png"))
+    stored = load_predictor(tmp_path / "stored.pt", device="cpu", mode="eager")
+    assert torch.equal(stored.load(photos / "turned6.png"), stored.load(photos / "as_stored.png"))
+
+    # optik test reads the annotations in the frame its detector decodes in
+    image = {"id": 1, "file_name": "turned6.png", "width": 96, "height": 72}
+    truth = photos / "upright.json"
+    truth.write_text(json.dumps({"images": [image], "annotations": [], "categories": [{"id": 1, "name": "square"}]}))
+    (record,) = detect_test_set(load_package(shapes_detector), truth, "test").records
+    assert (record.width, record.height) == (96, 72)
+    with pytest.raises(DataError, match="the file is 72x96 but its annotations say 96x72"):
+        detect_test_set(load_package(tmp_path / "stored.pt"), truth, "test")

@@ -278,6 +278,10 @@ class DetectDataConfig(Section):
     skip_bad: bool = Field(
         False, description="leave images that are missing or unreadable out (and report them) instead of failing"
     )
+    exif_orientation: bool = Field(
+        True,
+        description="turn photos upright as their EXIF orientation says; boxes and image sizes are in the upright picture (false: the stored pixels); recorded in model.pt",
+    )
     image_size: int = Field(
         512, ge=32, le=4096, description="the longer image side the detector sees (the model resizes)"
     )

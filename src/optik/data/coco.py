@@ -32,13 +32,16 @@ def read_coco(
     images: str | Path | None = None,
     skip_bad: bool = False,
     hints: Hints = CONFIG_HINTS,
+    exif_orientation: bool = True,
 ) -> DetectionSet:
     """A COCO JSON file as a DetectionSet.
 
     Category ids may be any ints: labels index the categories in sorted-id order (or the named
     classes, matched by name). `file_name`s are resolved against `images`, else the folder the
     JSON names by its layout (see `image_folder`). Crowd annotations stay in as iscrowd objects:
-    the evaluator ignores them and training leaves them out.
+    the evaluator ignores them and training leaves them out. The images' `width` and `height` are
+    checked against their headers, upright with `exif_orientation` (as the annotation tools that
+    show photos upright make them), else as stored.
     """
     path = Path(path)
     doc = load_json(path)
@@ -53,8 +56,9 @@ def read_coco(
         skip_bad,
         {file: (w, h) for file, w, h in entries.values()},
         hints=hints,
+        exif_orientation=exif_orientation,
     )
-    builder = SetBuilder(str(path))
+    builder = SetBuilder(str(path), exif_orientation)
     for image_id, (file, width, height) in entries.items():
         if file in sizes:
             objects = [coco_object(ann, label_of, path, width, height) for ann in by_image.get(image_id, [])]

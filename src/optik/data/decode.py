@@ -103,11 +103,19 @@ DEEP_GRAY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
 def orientation(image: Image.Image) -> int:
-    """The EXIF orientation (1-8) of a loaded image; 1 when there is none or the EXIF block is malformed."""
+    """The EXIF orientation (1-8) of an opened image; 1 when there is none or the EXIF block is malformed.
+
+    Read from what Pillow parsed of the header (JPEG APP1, TIFF tags, WebP and PNG chunks before
+    the pixel data), so a lazily opened image stays undecoded: Pillow's PNG `getexif` would decode
+    the whole picture to look for an eXIf chunk after the pixels, which a loaded PNG has in its info.
+    """
     try:
-        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+        return int(Image.Image.getexif(image).get(ExifTags.Base.Orientation, 1))
     except Exception:  # noqa: BLE001 - Pillow raises assorted errors on bad EXIF; a bad tag must not lose a good picture
         return 1
+
+
+TURNED = frozenset({5, 6, 7, 8})  # orientations whose upright picture has width and height swapped
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -224,8 +232,9 @@ def _open_checked(fp, label: str) -> Image.Image:
     return image
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """An image file's (width, height) as its header states it, without decoding pixels (no EXIF rotation).
+def image_size(path: str | Path, exif_orientation: bool = True) -> tuple[int, int]:
+    """An image file's (width, height) from its header, without decoding pixels: the size `open_image`
+    gives with the same `exif_orientation` (true: the upright picture's, false: the stored pixels').
 
     Raises:
         ImageDecodeError: missing, empty, not an image, a header cut short, or too large.
@@ -233,7 +242,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
     label = str(path)
     try:
         with open(path, "rb") as fp, decode_errors(label), _open_checked(fp, label) as image:
-            return image.size
+            width, height = image.size
+            return (height, width) if exif_orientation and orientation(image) in TURNED else (width, height)
     except FileNotFoundError:  # only `open` raises OSErrors here: decode_errors turns Pillow's into ImageDecodeErrors
         raise ImageDecodeError(label, "file not found") from None
     except OSError as exc:

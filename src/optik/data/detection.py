@@ -45,13 +45,14 @@ def object_masks(record: ImageRecord, keep: np.ndarray) -> np.ndarray:
     return masks
 
 
-def load_sample(record: ImageRecord, with_masks: bool) -> tuple[tv_tensors.Image, dict]:
+def load_sample(record: ImageRecord, with_masks: bool, exif_orientation: bool = True) -> tuple[tv_tensors.Image, dict]:
     """The decoded image and its training target (crowd and difficult objects left out).
 
-    The image is decoded as stored, without EXIF rotation: COCO, VOC and YOLO boxes and the image
-    sizes beside them are in the stored pixels' coordinates (as pycocotools and torchvision read them).
+    `exif_orientation` is the frame the record's size and boxes are in (its set's, see `DetectionSet`):
+    the image is decoded upright by its EXIF orientation, as the annotation tools that show photos
+    upright annotate it and as mmdetection and Ultralytics read it; false: the stored pixels.
     """
-    picture = open_image(record.path, exif_orientation=False)
+    picture = open_image(record.path, exif_orientation=exif_orientation)
     if picture.size != (record.width, record.height):
         raise DataError(
             f"{record.path} is {picture.size[0]}x{picture.size[1]} but was {record.width}x{record.height} when the data was read; did the file change?"
@@ -90,7 +91,7 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]):
         index = seeded_index(key, self.seed)
-        image, target = load_sample(self.data.records[index], self.with_masks)
+        image, target = load_sample(self.data.records[index], self.with_masks, self.data.exif_orientation)
         return self.transform(image, target) if self.transform is not None else (image, target)
 
 
@@ -208,6 +209,9 @@ def no_images_left(data: DetectionSet, hints: Hints = CONFIG_HINTS, what: str = 
 
 
 def read_split(cfg, source: Path, names: ClassNames, hints: Hints = CONFIG_HINTS) -> DetectionSet:
-    """One split in the configured format; data.images, when relative and not found as given, is taken under data.root."""
+    """One split in the configured format, in the frame data.exif_orientation says; data.images, when relative and
+    not found as given, is taken under data.root."""
     images = _under_root(cfg.images, Path(cfg.root) if cfg.root is not None else None) if cfg.images else None
-    return READERS[cfg.format](source, names, images=images, skip_bad=cfg.skip_bad, hints=hints)
+    return READERS[cfg.format](
+        source, names, images=images, skip_bad=cfg.skip_bad, hints=hints, exif_orientation=cfg.exif_orientation
+    )

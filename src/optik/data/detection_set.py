@@ -15,6 +15,7 @@ import numpy as np
 from faster_coco_eval.core import mask as mask_api
 
 from optik.data.classes import match_classes
+from optik.data.decode import image_size
 from optik.data.images import header_sizes, left_out_note, refuse_or_skip
 from optik.errors import DataError
 
@@ -72,13 +73,18 @@ class ImageRecord:
 
 @dataclass
 class DetectionSet:
-    """The images of one split with their objects, the class names, and what reading them found."""
+    """The images of one split with their objects, the class names, and what reading them found.
+
+    `exif_orientation` is the frame the sizes and boxes are in, and so how its images are decoded:
+    the upright pictures (EXIF orientation applied), or the stored pixels (false).
+    """
 
     classes: list[str]
     records: list[ImageRecord]
     origin: str = ""
     report: list[str] = field(default_factory=list)  # human-readable lines: clipped boxes, skipped images, ...
     left_out: dict[str, str] = field(default_factory=dict)  # image -> why: the bad images skip_bad left out
+    exif_orientation: bool = True
 
     def __len__(self) -> int:
         return len(self.records)
@@ -129,12 +135,14 @@ class DetectionSet:
             self.origin,
             list(self.report),
             dict(self.left_out),
+            self.exif_orientation,
         )
         val = DetectionSet(
             self.classes,
             [r for i, r in enumerate(self.records) if i in held],
             origin,
             [f"val: no val split found, so {len(held)} image(s) held out (data.val_split {fraction}): {origin}"],
+            exif_orientation=self.exif_orientation,
         )
         return train, val
 
@@ -196,32 +204,47 @@ def probe_images(
     expected: dict[str, tuple[int, int]] | None = None,
     missing: dict[str, str] | None = None,
     hints: Hints = CONFIG_HINTS,
+    exif_orientation: bool = True,
 ) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
     """(width, height) of each readable image from its header, and the bad images left out (path -> why).
 
     Missing or unreadable images, images of another size than their annotations say, and the
     `missing` ones a reader could not place (path -> why) fail with a list of them, or with
-    `skip_bad` are left out.
+    `skip_bad` are left out. With `exif_orientation` the sizes are the upright pictures' (see
+    `image_size`): an image whose annotations give its stored size where the upright one differs
+    (EXIF orientations 5-8 swap width and height) was annotated on the stored pixels, and fails
+    apart, pointing to data.exif_orientation: false.
     """
     missing = missing or {}
     unique = [path for path in dict.fromkeys(paths) if path not in missing]
-    sizes, unreadable = header_sizes(unique)
-    bad = dict(missing)
+    sizes, unreadable = header_sizes(unique, exif_orientation=exif_orientation)
+    bad, stored_frame = dict(missing), {}
     for path in unique:
         want = (expected or {}).get(path)
         if path in unreadable:
             bad[path] = unreadable[path]
         elif want and tuple(want) != sizes[path]:
             width, height = sizes.pop(path)
-            bad[path] = f"the file is {width}x{height} but its annotations say {want[0]}x{want[1]}"
-    return sizes, refuse_or_skip(bad, skip_bad, f"image(s) of {where} missing or unreadable", hints.skip_bad)
+            if exif_orientation and tuple(want) == image_size(path, exif_orientation=False):
+                stored_frame[path] = f"stored {want[0]}x{want[1]} as its annotations say, upright {width}x{height}"
+            else:
+                bad[path] = f"the file is {width}x{height} but its annotations say {want[0]}x{want[1]}"
+    left_out = refuse_or_skip(bad, skip_bad, f"image(s) of {where} missing or unreadable", hints.skip_bad)
+    return sizes, left_out | refuse_or_skip(
+        stored_frame,
+        skip_bad,
+        f"image(s) of {where} annotated on their stored pixels, not upright as their EXIF orientation turns them",
+        hints.skip_bad,
+        fix="To read the set as it was annotated, set data.exif_orientation: false",
+    )
 
 
 class SetBuilder:
     """Collects image records: boxes clipped to their image, empty and degenerate ones dropped and counted."""
 
-    def __init__(self, where: str):
+    def __init__(self, where: str, exif_orientation: bool = True):
         self.where = where
+        self.exif_orientation = exif_orientation  # the frame of the sizes and boxes added (see DetectionSet)
         self.records: list[ImageRecord] = []
         self.clipped: list[str] = []  # one path per clipped box
         self.emptied: list[str] = []
@@ -287,7 +310,7 @@ class SetBuilder:
                 lines.append(
                     f"{self.where}: {len(paths)} box(es) {what} (in {len(set(paths))} image(s), e.g. {examples})"
                 )
-        return DetectionSet(classes, self.records, origin, lines, dict(left_out or {}))
+        return DetectionSet(classes, self.records, origin, lines, dict(left_out or {}), self.exif_orientation)
 
 
 def object_area(box: tuple[float, ...], segmentation: Segmentation, height: int, width: int) -> float:

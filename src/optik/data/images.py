@@ -34,12 +34,15 @@ def check_images(paths: list[str], mode: str = "full", workers: int | None = Non
     return {path: reason for path, reason in zip(paths, reasons) if reason}
 
 
-def header_sizes(paths: list[str], workers: int | None = None) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
-    """(width, height) of each image from its header (see `image_size`), and path -> reason for those without a readable one."""
+def header_sizes(
+    paths: list[str], workers: int | None = None, exif_orientation: bool = True
+) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+    """(width, height) of each image from its header, upright or as stored (see `image_size`), and path ->
+    reason for those without a readable one."""
 
     def size(path: str) -> tuple[int, int] | str:
         try:
-            return image_size(path)
+            return image_size(path, exif_orientation)
         except ImageDecodeError as exc:
             return exc.reason
 
@@ -57,7 +60,11 @@ def listed_bad(bad: Mapping[str, str]) -> str:
 
 
 def refuse_or_skip(
-    bad: Mapping[str, str], skip_bad: bool, problem: str = "unreadable image(s)", hint: str = "set data.skip_bad: true"
+    bad: Mapping[str, str],
+    skip_bad: bool,
+    problem: str = "unreadable image(s)",
+    hint: str = "set data.skip_bad: true",
+    fix: str = "Fix or remove them",
 ) -> dict[str, str]:
     """The one policy for bad images: without `skip_bad`, a DataError naming them; with it, the ones to leave out.
 
@@ -66,6 +73,7 @@ def refuse_or_skip(
         skip_bad: leave them out instead of failing.
         problem: what they are, after their count ("unreadable image(s)" -> "3 unreadable image(s): ...").
         hint: the option that leaves them out, as the user gives it ("set data.skip_bad: true", "pass --skip-bad").
+        fix: what else the user can do, as a sentence start ("Fix or remove them").
 
     Returns:
         The bad images left out (path -> reason), empty when there are none.
@@ -74,7 +82,7 @@ def refuse_or_skip(
         DataError: there are bad images and `skip_bad` is false; it names the first MAX_LISTED and the count.
     """
     if bad and not skip_bad:
-        raise DataError(f"{len(bad)} {problem}: {listed_bad(bad)}. Fix or remove them, or {hint} to leave them out")
+        raise DataError(f"{len(bad)} {problem}: {listed_bad(bad)}. {fix}, or {hint} to leave them out")
     return dict(bad)
 
 

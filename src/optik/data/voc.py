@@ -60,6 +60,7 @@ def read_voc(
     images: str | Path | None = None,
     skip_bad: bool = False,
     hints: Hints = CONFIG_HINTS,
+    exif_orientation: bool = True,
 ) -> DetectionSet:
     """VOC annotations as a DetectionSet.
 
@@ -67,7 +68,8 @@ def read_voc(
     kept as images without objects), a devkit-like folder (Annotations/ or annotations/: every XML),
     or a devkit list file ImageSets/Main/<split>.txt. Each XML's image is looked for where
     `find_image` says, `images` (data.images) first. Class names are sorted unless named. Image
-    ids are 1..n in path order.
+    ids are 1..n in path order. A `<size>` is checked against the image's header: upright with
+    `exif_orientation`, else as stored.
     """
     source = Path(source)
     xmls, devkit = annotation_files(source)
@@ -89,9 +91,9 @@ def read_voc(
     }
     ordered = sorted(pairs.items())
     sizes, left_out = probe_images(
-        [str(image) for image, _ in ordered], str(source), skip_bad, expected, missing, hints
+        [str(image) for image, _ in ordered], str(source), skip_bad, expected, missing, hints, exif_orientation
     )
-    builder = SetBuilder(str(source))
+    builder = SetBuilder(str(source), exif_orientation)
     for image_id, (image, xml) in enumerate(ordered, start=1):
         if str(image) in sizes:
             objects = [

@@ -30,6 +30,7 @@ def read_yolo(
     images: str | Path | None = None,
     skip_bad: bool = False,
     hints: Hints = CONFIG_HINTS,
+    exif_orientation: bool = True,
 ) -> DetectionSet:
     """YOLO labels as a DetectionSet.
 
@@ -39,7 +40,8 @@ def read_yolo(
     (its `labels/` when there is one) pick their images from that folder instead: by relative
     path, else by stem. Class names: the named ones, else `classes.txt`, `obj.names` or a
     `data.yaml` `names` in the source folder, its `labels/`, or up to two folders above. Images without a label
-    file have no objects. Image ids are 1..n in path order.
+    file have no objects. Image ids are 1..n in path order. Normalised coordinates become pixels of
+    the upright picture with `exif_orientation` (as Ultralytics reads them), else of the stored one.
     """
     source = Path(source)
     if images is None:
@@ -50,8 +52,10 @@ def read_yolo(
     file_names, names_file = names_near(source)
     classes = (names or ClassNames()).resolve(file_names, f"the class names of {names_file or source}")
     index_map = [classes.index(n) for n in file_names] if file_names is not None else list(range(len(classes)))
-    sizes, left_out = probe_images([str(image) for image, _ in pairs], str(source), skip_bad, None, missing, hints)
-    builder, unlabelled = SetBuilder(str(source)), 0
+    sizes, left_out = probe_images(
+        [str(image) for image, _ in pairs], str(source), skip_bad, None, missing, hints, exif_orientation
+    )
+    builder, unlabelled = SetBuilder(str(source), exif_orientation), 0
     for image_id, (image, label_file) in enumerate(pairs, start=1):
         if str(image) not in sizes:
             continue

@@ -106,8 +106,9 @@ class Detector(Predictor):
     Args:
         model: a torchvision detector (index 0 = background) in eval mode.
         classes: class names; a detector label k is class k - 1.
-        preprocess: the package's `{"task": "detect", "image_size", "mean", "std"}` (the model resizes
-            and normalises itself; this is kept for warm-up and reporting).
+        preprocess: the package's `{"task": "detect", "image_size", "mean", "std", "exif_orientation"}` (the
+            model resizes and normalises itself; `exif_orientation`, default true, is how images are decoded:
+            upright, so boxes are in the upright picture's coordinates, or as stored).
         device, precision, batch_size, decode_workers: as `Predictor`.
         mode: "eager", or "fused"/"compiled"/"auto" (fused, checked; see `DetectBackend`).
         min_score: drop objects scoring below this before they reach any output.
@@ -147,8 +148,8 @@ class Detector(Predictor):
         """Decode (through `open_image`) to a uint8 (3, H, W) tensor; the model resizes it itself."""
         if isinstance(source, Image.Image):
             image = source.convert("RGB")
-        else:  # as training decoded (stored pixels, see data.detection.load_sample), unless the package says otherwise
-            image = open_image(source, name=name, exif_orientation=self.preprocess.get("exif_orientation", False))
+        else:  # as training decoded (see data.detection.load_sample); packages without the key: upright, as classifiers
+            image = open_image(source, name=name, exif_orientation=self.preprocess.get("exif_orientation", True))
         return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
     def predict_tensors(self, images: list[torch.Tensor]) -> list[dict]:

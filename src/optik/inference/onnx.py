@@ -411,8 +411,9 @@ def read_metadata(model: str | Path | bytes) -> dict:
     )
 
 
-def read_check_images(folder: Path, limit: int = 8) -> list[Image.Image]:
-    """Up to `limit` pictures of `folder` (sorted) to check a detector's export on."""
+def read_check_images(folder: Path, exif_orientation: bool = True, limit: int = 8) -> list[Image.Image]:
+    """Up to `limit` pictures of `folder` (sorted) to check a detector's export on, decoded as the detector
+    decodes (`exif_orientation`: its package's)."""
     from optik.data.decode import open_image
     from optik.data.folder import find_images
     from optik.errors import DataError
@@ -422,4 +423,4 @@ def read_check_images(folder: Path, limit: int = 8) -> list[Image.Image]:
     paths = sorted(find_images(folder))[:limit]
     if not paths:
         raise DataError(f"--check-images: no images in {folder}")
-    return [open_image(path, exif_orientation=False) for path in paths]  # as detectors decode
+    return [open_image(path, exif_orientation=exif_orientation) for path in paths]

@@ -49,7 +49,7 @@ class DetectTask(Task):
             "image_size": cfg.data.image_size,
             "mean": list(cfg.data.mean),
             "std": list(cfg.data.std),
-            "exif_orientation": False,  # boxes are annotated on the stored pixels (see data.detection.load_sample)
+            "exif_orientation": cfg.data.exif_orientation,  # the frame of the boxes (see data.detection.load_sample)
         }
         truth = sets["val"].to_coco() if cfg.train.validation else None
         if truth is not None and cfg.train.precision not in ("32", "64"):
@@ -162,7 +162,8 @@ class DetectTask(Task):
     def export_onnx(self, package, check_images=None, dynamic_batch=True):
         from optik.inference.onnx import detector_export, export_errors, read_check_images
 
-        pictures = read_check_images(Path(check_images)) if check_images is not None else None
+        upright = package.preprocess.get("exif_orientation", True)
+        pictures = read_check_images(Path(check_images), upright) if check_images is not None else None
         model = self.network(package)
         limits = {key: package.config["model"].get(key) for key in ("score_threshold", "detections_per_image")}
         with export_errors():
@@ -183,7 +184,8 @@ def detect_test_set(
     finds them (test falls back to val, and val without a val split is the share training held
     out); or a folder without splits, all of whose images are scored. Without DATA, the run's own
     split. `images` (--images) is where the images are (default: the run's data.images for its
-    own data). `skip_bad` (--skip-bad), or the run's data.skip_bad, leaves bad images out.
+    own data). `skip_bad` (--skip-bad), or the run's data.skip_bad, leaves bad images out. Sizes
+    and boxes are read in the frame the detector decodes in (its package's exif_orientation).
     """
     from optik.data import coco
     from optik.data.detection import FORMATS, read_split
@@ -191,7 +193,8 @@ def detect_test_set(
 
     cfg = parse_config(package.config)
     names = ClassNames(package.classes, "the model", subset=True)
-    data_cfg = cfg.data.model_copy(update={"skip_bad": cfg.data.skip_bad or skip_bad})
+    upright = package.preprocess.get("exif_orientation", True)
+    data_cfg = cfg.data.model_copy(update={"skip_bad": cfg.data.skip_bad or skip_bad, "exif_orientation": upright})
     if images is not None:
         data_cfg = data_cfg.model_copy(update={"images": Path(images)})
     if data is None:
@@ -202,7 +205,9 @@ def detect_test_set(
     if data.is_file():
         if data.suffix.lower() != ".json":
             raise DataError(f"{data}: give a COCO JSON file or a dataset folder")
-        return coco.read_coco(data, names, images=images, skip_bad=data_cfg.skip_bad, hints=FLAG_HINTS)
+        return coco.read_coco(
+            data, names, images=images, skip_bad=data_cfg.skip_bad, hints=FLAG_HINTS, exif_orientation=upright
+        )
     if not data.is_dir():
         raise DataError(f"data not found: {data} (give a COCO JSON file or a dataset folder)")
     local = data_cfg.model_copy(update={"root": data, "train": None, "val": None, "test": None, "images": images})
