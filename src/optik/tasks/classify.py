@@ -248,11 +248,10 @@ def test_samples(
         splits = read_splits(data_cfg)
         return splits.get(split), splits.origin[split]
     data = Path(data)
-    if data.is_file():  # paths relative to the run's data.root, as in training, else to the list's folder
-        root = package_config.get("data", {}).get("root")
-        base = Path(root) if root and Path(root).is_dir() else data.parent
+    if data.is_file():
+        base, origin = _list_base(package_config.get("data", {}), data)
         samples, _ = read_list(data, base, classes)
-        return samples, str(data)
+        return samples, origin
     if not data.is_dir():
         raise DataError(f"data not found: {data} (give a folder of class sub-folders or a list file)")
     folder = data / split if has_split_folders(data) else data
@@ -267,6 +266,22 @@ def test_samples(
     if unknown:
         match_classes(classes, "the model", sorted(images), f"the class folders of {folder}")
     return samples_from(images, classes), str(folder)
+
+
+def _list_base(data_config: dict, list_file: Path) -> tuple[Path, str]:
+    """The folder a list file's paths are relative to, and how to name where the samples came from.
+
+    A list is read relative to its own folder, as `optik data convert folder-to-list` writes it; only
+    the run's own training lists are read relative to the run's `data.root`, as training read them.
+    """
+    root = data_config.get("root")
+    if root and Path(root).is_dir():
+        own = [data_config.get(key) for key in ("train_list", "val_list", "test_list")]
+        for name in filter(None, own):
+            given = Path(name) if Path(name).is_file() else Path(root) / name
+            if given.is_file() and given.resolve() == list_file.resolve():
+                return Path(root), f"{list_file} (paths relative to the run's data.root {root})"
+    return list_file.parent, str(list_file)
 
 
 def evaluate_classifier(
