@@ -8,7 +8,7 @@ import sys
 import click
 
 from optik.config.schema import TTA_CHOICES
-from optik.errors import OptikError
+from optik.errors import Interrupted, OptikError
 
 PRESET_HELP = "a config file, or a preset name (`optik config list`)"
 
@@ -35,6 +35,9 @@ class OptikGroup(click.Group):
             return super().invoke(ctx)
         except OptikError as exc:
             fail(str(exc))
+        except Interrupted as exc:  # the shell's convention: 128 + the signal's number (130 Ctrl-C, 143 SIGTERM)
+            click.echo(str(exc), err=True)
+            sys.exit(128 + exc.signum)
         except OSError as exc:  # a file or folder the user named cannot be written or read
             if exc.filename is None:
                 raise
