@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 from conftest import make_colour_set, run_optik, tiny_overrides
@@ -319,3 +321,26 @@ def test_readme_maps_the_old_commands():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for old in ("mmcls_config", "mmcls_train", "mmcls_predict_poll", "mmcls_predict_redis", "mmdet_predict"):
         assert f"| `{old}" in readme
+
+
+def test_test_into_a_closed_pipe_ends_quietly_with_the_results_written(colour_model, tmp_path):
+    data = make_colour_set(tmp_path / "data", per_class=2)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "optik.cli", "test", str(colour_model), str(data), "--out", str(tmp_path / "r.json")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.close()  # the reader is gone before the first line, as `| head -0` would be
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 0, stderr
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"]["images"] == 6
+
+
+def test_test_says_when_it_scores_val_for_a_missing_test_split(colour_model, tmp_path):
+    data = make_colour_set(tmp_path / "photos", per_class=2, splits=("train", "val"))
+    tested = run_optik("test", colour_model, data, "--out", tmp_path / "r.json")
+    assert tested.returncode == 0, tested.stderr
+    assert tested.stdout.splitlines()[0] == f"no test split in {data}: scoring val"
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"]["split"] == "val"

@@ -24,7 +24,7 @@ def test_a_list_reads_its_own_folder_not_the_runs_data_root(colour_model, tmp_pa
     root = Path(package.config["data"]["root"])
     assert (root / "red" / "red_0.png").is_file()  # the same relative paths exist under the run's data.root
     list_file = write_list(tmp_path, ["red", "blue"])
-    samples, origin = samples_of(package.config, package.classes, list_file, "test")
+    samples, origin, _ = samples_of(package.config, package.classes, list_file, "test")
     assert samples == [(str(tmp_path / "red" / "red_0.png"), 0), (str(tmp_path / "blue" / "blue_0.png"), 2)]
     assert origin == str(list_file)
 
@@ -36,6 +36,6 @@ def test_the_runs_own_list_reads_its_data_root_and_says_so(tmp_path):
     lists.mkdir()
     (lists / "val.txt").write_text("green/green_0.png green\n")
     config = {"data": {"root": str(root), "train_list": str(lists / "val.txt")}}
-    samples, origin = samples_of(config, ["red", "green", "blue"], lists / "val.txt", "test")
+    samples, origin, _ = samples_of(config, ["red", "green", "blue"], lists / "val.txt", "test")
     assert samples == [(str(root / "green" / "green_0.png"), 1)]
     assert origin == f"{lists / 'val.txt'} (paths relative to the run's data.root {root})"
