@@ -302,7 +302,7 @@ def test_a_run_without_a_terminal_prints_progress_lines_and_names_the_checkpoint
     steps = [
         line
         for line in proc.stdout.splitlines()
-        if re.fullmatch(r"epoch 1/2 step \d/\d loss \d+\.\d{4} [\d.]+ it/s", line)
+        if re.fullmatch(r"epoch 1/2 step \d/\d loss \d+\.\d{4} [\d.]+ (it/s|s/it)", line)
     ]
     assert [line.split()[3] for line in steps] == ["1/3", "2/3"]  # log_every_n_steps=1; 30 images, 8 a batch
     assert "could not find the monitored key" not in proc.stderr and "Warning" not in proc.stderr
