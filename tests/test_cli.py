@@ -59,7 +59,7 @@ def test_corrupt_image(colour_set, tmp_path):
     good = (colour_set / "red" / "red_0.png").read_bytes()
     (colour_set / "red" / "cut.png").write_bytes(good[: len(good) // 2])
     assert_user_error(
-        run_optik(*train_args(colour_set), "--work-dir", tmp_path / "w"), "cut.png", "truncated or corrupt"
+        run_optik(*train_args(colour_set), "--work-dir", tmp_path / "w"), "cut.png", "truncated (the file is cut short"
     )
 
 
