@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 from conftest import make_colour_set, run_optik, tiny_overrides
@@ -57,7 +59,7 @@ def test_corrupt_image(colour_set, tmp_path):
     good = (colour_set / "red" / "red_0.png").read_bytes()
     (colour_set / "red" / "cut.png").write_bytes(good[: len(good) // 2])
     assert_user_error(
-        run_optik(*train_args(colour_set), "--work-dir", tmp_path / "w"), "cut.png", "truncated or corrupt"
+        run_optik(*train_args(colour_set), "--work-dir", tmp_path / "w"), "cut.png", "truncated (the file is cut short"
     )
 
 
@@ -300,7 +302,7 @@ def test_a_run_without_a_terminal_prints_progress_lines_and_names_the_checkpoint
     steps = [
         line
         for line in proc.stdout.splitlines()
-        if re.fullmatch(r"epoch 1/2 step \d/\d loss \d+\.\d{4} [\d.]+ it/s", line)
+        if re.fullmatch(r"epoch 1/2 step \d/\d loss \d+\.\d{4} [\d.]+ (it/s|s/it)", line)
     ]
     assert [line.split()[3] for line in steps] == ["1/3", "2/3"]  # log_every_n_steps=1; 30 images, 8 a batch
     assert "could not find the monitored key" not in proc.stderr and "Warning" not in proc.stderr
@@ -319,3 +321,26 @@ def test_readme_maps_the_old_commands():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for old in ("mmcls_config", "mmcls_train", "mmcls_predict_poll", "mmcls_predict_redis", "mmdet_predict"):
         assert f"| `{old}" in readme
+
+
+def test_test_into_a_closed_pipe_ends_quietly_with_the_results_written(colour_model, tmp_path):
+    data = make_colour_set(tmp_path / "data", per_class=2)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "optik.cli", "test", str(colour_model), str(data), "--out", str(tmp_path / "r.json")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.close()  # the reader is gone before the first line, as `| head -0` would be
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 0, stderr
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"]["images"] == 6
+
+
+def test_test_says_when_it_scores_val_for_a_missing_test_split(colour_model, tmp_path):
+    data = make_colour_set(tmp_path / "photos", per_class=2, splits=("train", "val"))
+    tested = run_optik("test", colour_model, data, "--out", tmp_path / "r.json")
+    assert tested.returncode == 0, tested.stderr
+    assert tested.stdout.splitlines()[0] == f"no test split in {data}: scoring val"
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"]["split"] == "val"

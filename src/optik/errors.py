@@ -27,3 +27,11 @@ class ImageDecodeError(DataError):
 
 class ModelError(OptikError):
     """A model cannot be built or its weights cannot be loaded."""
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGINT (Ctrl-C) or SIGTERM; the CLI prints the message and exits 128 + signal."""
+
+    def __init__(self, signum: int, message: str):
+        self.signum = signum
+        super().__init__(message)

@@ -147,3 +147,9 @@ def test_each_presets_name_matches_its_model(name):
     model = load_config(name).model
     built = f"{model.name} {getattr(model, 'backbone', None) or ''}"
     assert set(re.findall(ARCHITECTURE, name)) == set(re.findall(ARCHITECTURE, built)), (name, built)
+
+
+def test_a_value_where_a_section_belongs_says_a_section_is_expected():
+    with pytest.raises(ConfigError) as info:
+        load_config("resnet18_small", ["data=5"])
+    assert str(info.value) == "data: expected a section (keys under data:); got 5"

@@ -55,8 +55,8 @@ def huge_png_header(width: int, height: int) -> bytes:
 BROKEN = {
     "zero bytes": (b"", "empty file"),
     "text with an image name": (b"hello, this is not an image\n" * 5, "not an image"),
-    "truncated jpeg": (encoded("JPEG", size=(200, 150))[:600], "truncated or corrupt"),
-    "png cut before IEND": (encoded("PNG", size=(200, 150))[:-200], "truncated or corrupt"),
+    "truncated jpeg": (encoded("JPEG", size=(200, 150))[:600], "file is cut short"),
+    "png cut before IEND": (encoded("PNG", size=(200, 150))[:-200], "file is cut short"),
     "30000x30000 declared": (huge_png_header(30000, 30000), "too large"),
 }
 
@@ -107,7 +107,7 @@ def test_image_size_reads_the_header_only(tmp_path, fmt, monkeypatch):
     "data,reason",
     [
         (b"", "empty file (0 bytes)"),
-        (encoded("PNG")[:24], "truncated or corrupt"),  # cut inside its header
+        (encoded("PNG")[:24], "file is cut short"),  # cut inside its header
         (b"hello, this is not an image\n" * 5, "not an image"),
         (huge_png_header(30000, 30000), "too large"),
     ],
@@ -269,3 +269,14 @@ def test_a_jpeg_is_whole_only_with_its_image_data_and_final_end_marker():
     assert has_jpeg_end(io.BytesIO(data)) and has_jpeg_end(io.BytesIO(data + b"\x00\x00"))
     for cut in (thumbnail_end, len(data) // 2, len(data) - 1):
         assert not has_jpeg_end(io.BytesIO(data[:cut])), cut
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_file_cut_short_says_so_without_pillows_byte_counts(tmp_path, fmt):
+    data = encoded(fmt, size=(200, 150))
+    path = tmp_path / f"cut.{fmt.lower()}"
+    path.write_bytes(data[: len(data) // 2])  # Pillow says "image file is truncated (N bytes not processed)"
+    with pytest.raises(ImageDecodeError) as info:
+        open_image(path)
+    assert info.value.reason.startswith("truncated (the file is cut short")
+    assert "bytes not processed" not in info.value.reason and "Truncated File Read" not in info.value.reason

@@ -26,11 +26,15 @@ def write_images(folder, good: int, bad: int) -> tuple[list[str], list[str]]:
 def test_refusal_names_the_files_their_count_and_the_option(tmp_path):
     goods, bads = write_images(tmp_path, good=2, bad=MAX_LISTED + 3)
     bad = check_images(goods + bads)
-    assert list(bad) == bads and "truncated or corrupt" in bad[bads[0]] and bad[bads[1]] == "empty file (0 bytes)"
+    assert (
+        list(bad) == bads
+        and bad[bads[0]].startswith("truncated (the file is cut short")
+        and bad[bads[1]] == "empty file (0 bytes)"
+    )
     with pytest.raises(DataError) as info:
         refuse_or_skip(bad, skip_bad=False)
     message = str(info.value)
-    assert message.startswith(f"{MAX_LISTED + 3} unreadable image(s): {bads[0]}: truncated or corrupt")
+    assert message.startswith(f"{MAX_LISTED + 3} unreadable image(s): {bads[0]}: truncated (the file is cut short")
     assert all(path in message for path in bads[:MAX_LISTED]) and bads[MAX_LISTED] not in message
     assert "(and 3 more)" in message and message.endswith(
         "Fix or remove them, or set data.skip_bad: true to leave them out"

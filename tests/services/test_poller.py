@@ -464,3 +464,16 @@ def test_a_temp_output_left_by_a_killed_run_is_removed_at_start(colour_model, tm
     assert done.returncode == 0, done.stderr
     assert not stale.exists() and others.exists()
     assert set(json.loads((out_dir / "0000_red.json").read_text())) == set(CLASSES)
+
+
+def test_a_second_failure_of_the_same_name_keeps_the_first(colour_model, tmp_path):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    for text in ("first slow.jpg\n", "second slow.jpg\n"):  # dropped one after the other
+        (in_dir / "slow.jpg").write_text(text)
+        done = serve_poll(colour_model, in_dir, out_dir, "--settle", "0")
+        assert done.returncode == 0, done.stderr
+    assert (out_dir / "failed" / "slow.jpg").read_text() == "first slow.jpg\n"
+    assert (out_dir / "failed" / "slow-1.jpg").read_text() == "second slow.jpg\n"
+    assert sorted(p.name for p in out_dir.glob("*.error.json")) == ["slow-1.error.json", "slow.error.json"]
+    assert json.loads((out_dir / "slow-1.error.json").read_text())["file"] == "slow.jpg"

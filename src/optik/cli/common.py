@@ -3,12 +3,13 @@ that several commands share."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 from optik.config.schema import TTA_CHOICES
-from optik.errors import OptikError
+from optik.errors import Interrupted, OptikError
 
 PRESET_HELP = "a config file, or a preset name (`optik config list`)"
 
@@ -20,6 +21,9 @@ class OptikGroup(click.Group):
         kwargs.setdefault("prog_name", "optik")  # also under `python -m optik`
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
+            sys.stdout.flush()  # output that fit in the buffer meets a closed pipe only here
+        except BrokenPipeError:
+            closed_pipe()
         except click.UsageError as exc:  # bad option or argument: one line, and where to look
             hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
             fail(f"{exc.format_message()}{hint}")
@@ -35,6 +39,11 @@ class OptikGroup(click.Group):
             return super().invoke(ctx)
         except OptikError as exc:
             fail(str(exc))
+        except Interrupted as exc:  # the shell's convention: 128 + the signal's number (130 Ctrl-C, 143 SIGTERM)
+            click.echo(str(exc), err=True)
+            sys.exit(128 + exc.signum)
+        except BrokenPipeError:  # before click's own handling, which exits 1
+            closed_pipe()
         except OSError as exc:  # a file or folder the user named cannot be written or read
             if exc.filename is None:
                 raise
@@ -51,6 +60,13 @@ class OptikGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+def closed_pipe() -> None:
+    """The reader of stdout went away (`optik test ... | head -1`): a normal end, as for Unix tools."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout once more at exit: let that go nowhere
+    sys.exit(0)
 
 
 def fail(message: str) -> None:

@@ -184,9 +184,14 @@ def test_command(model, data, split, out, out_items, plots, images, skip_bad, de
         skip_bad=skip_bad,
         tta=tta,
     )
+    # the results are on disk before the table is printed, so a closed pipe or a stop cannot lose them
+    written = write_results(result, out, include_items=out_items == "pred") if out is not None else None
+    if result.metrics.get("split", split) != split:  # the fallback of test to val, said rather than silent
+        where = data if data is not None else "the run's data"
+        click.echo(f"no {split} split in {where}: scoring {result.metrics['split']}")
     print_metrics(result)
-    if out is not None:
-        click.echo(f"wrote {write_results(result, out, include_items=out_items == 'pred')}")
+    if written is not None:
+        click.echo(f"wrote {written}")
     if plots is not None:
         for path in plot_evaluation(result, plots):
             click.echo(f"wrote {path}")

@@ -174,6 +174,9 @@ def _describe_key(key: str, errs: list[dict], schema: type[BaseModel]) -> str:
 def _describe_one(err: dict) -> str:
     if err["type"] == "missing" and err["rest"] and isinstance(err["rest"][-1], int):  # a tuple given too few values
         return f"expected {err['rest'][-1] + 1} values"
+    if err["type"] in ("model_type", "dict_type") and err["parts"] and not err["rest"]:
+        # pydantic's "valid dictionary or instance of DataConfig" names a class the user never wrote
+        return f"expected a section (keys under {err['parts'][-1]}:); got {err.get('input')!r}"
     message = TYPE_EXPECTED.get(err["type"]) or err["msg"].removeprefix("Value error, ").replace(
         "Input should", "should"
     )

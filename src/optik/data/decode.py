@@ -80,7 +80,7 @@ def open_image(
             image.draft("RGB", draft_size)
         image.load()
         if image.format == "PNG" and not has_png_end(fp):
-            raise ImageDecodeError(label, "truncated or corrupt (the PNG ends before its IEND chunk)")
+            raise ImageDecodeError(label, "truncated (the file is cut short: the PNG ends before its IEND chunk)")
         picture = to_rgb(image)
         transpose = ORIENTATIONS.get(orientation(image)) if exif_orientation else None
     return picture.transpose(transpose) if transpose is not None else picture
@@ -218,7 +218,14 @@ def decode_errors(label: str):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageDecodeError(label, "image too large (decompression bomb check)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageDecodeError(label, f"truncated or corrupt ({exc})") from None
+        if isinstance(exc, EOFError) or any(sign in str(exc).lower() for sign in CUT_SHORT):
+            raise ImageDecodeError(label, TRUNCATED) from None
+        raise ImageDecodeError(label, f"corrupt (its image data cannot be decoded: {exc})") from None
+
+
+TRUNCATED = "truncated (the file is cut short: it ends before its image data does)"
+# Pillow's words for data that stops early; its byte counts ("121 bytes not processed") mean nothing to a user
+CUT_SHORT = ("truncated", "broken data stream")
 
 
 def _open_checked(fp, label: str) -> Image.Image:

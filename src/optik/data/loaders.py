@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,7 +280,15 @@ def make_loader(
         sampler=sampler,
         num_workers=workers,
         collate_fn=collate_fn,
+        worker_init_fn=ignore_stop_signals if workers else None,
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
         persistent_workers=False,  # fresh workers per epoch take their seeds from the per-epoch RNG
     )
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker leaves Ctrl-C and SIGTERM to the main process, which stops training cleanly;
+    a worker killed by the signal would otherwise end training with a RuntimeError."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -208,7 +208,7 @@ class StepLog(L.Callback):
         print(
             f"epoch {trainer.current_epoch + 1}/{self.epochs} step {batch_idx + 1}/{total if total != float('inf') else '?'}"
             + (f" loss {float(loss):.4f}" if isinstance(loss, torch.Tensor) else "")
-            + f" {self.steps / max(elapsed, 1e-9):.1f} it/s",
+            + f" {step_rate(self.steps, elapsed)}",
             file=sys.stdout,
             flush=True,
         )
@@ -258,3 +258,9 @@ class RunCSVLogger(CSVLogger):
             writer_class = type("Writer", (KeepHistoryWriter,), {"keep_before_epoch": self.keep_before_epoch})
             self._experiment = writer_class(log_dir=self.log_dir)
         return self._experiment
+
+
+def step_rate(steps: int, seconds: float) -> str:
+    """Steps per second, or seconds per step below one a second: `2.1 it/s`, `12.3 s/it` (not `0.1 it/s`)."""
+    rate = steps / max(seconds, 1e-9)
+    return f"{rate:.1f} it/s" if rate >= 1 else f"{seconds / max(steps, 1):.1f} s/it"

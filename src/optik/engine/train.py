@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +33,7 @@ from optik.engine.callbacks import (
 )
 from optik.engine.devices import check_devices
 from optik.engine.work_dir import claim_work_dir
-from optik.errors import ConfigError
+from optik.errors import ConfigError, Interrupted
 from optik.files import write_atomic
 from optik.models.classify import is_plugin
 from optik.models.package import load_package, save_package
@@ -210,8 +214,46 @@ def train(
     trainer = build_trainer(cfg, work_dir, callbacks, resumed_epoch=resumed.epochs_done)
     if trainer.global_rank == 0:
         write_atomic(work_dir / "config.yaml", dump_config(cfg))
-    trainer.fit(run.module, run.train_loader, run.val_loader, ckpt_path=ckpt)
+    with stop_signals() as received:
+        try:
+            trainer.fit(run.module, run.train_loader, run.val_loader, ckpt_path=ckpt)
+        # Lightning ends a Ctrl-C with sys.exit(1), and a DataLoader worker killed by the same signal
+        # surfaces as a RuntimeError: after a stop signal both mean "interrupted", never a crash
+        except (SystemExit, RuntimeError, KeyboardInterrupt):
+            if not received:
+                raise
+            where = f"interrupted at epoch {trainer.current_epoch + 1} (step {trainer.global_step})"
+            if (work_dir / "checkpoints" / "last.ckpt").is_file():
+                raise Interrupted(
+                    received[0], f"{where}; resume with: optik train --resume --work-dir {work_dir}"
+                ) from None
+            raise Interrupted(received[0], f"{where}, before the first epoch's checkpoint: nothing to resume") from None
     return finish(trainer, cfg, work_dir)
+
+
+@contextmanager
+def stop_signals() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM stop training at once, both as KeyboardInterrupt (which Lightning handles
+    by shutting down cleanly); the list yielded holds the signal received.
+
+    Lightning's own SIGTERM handling would only stop at the epoch's end and exit 0, as if training
+    had finished."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield received
+        return
+
+    def handler(signum, frame):
+        if not received:
+            received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def finish(trainer: L.Trainer, cfg: AnyConfig, work_dir: Path) -> TrainResult:

@@ -230,26 +230,32 @@ class FilePoller:
     def commit(self, batch: list) -> None:
         """Journal, outputs, then inputs moved on (see the class docstring)."""
         batch = [(drop, result) for drop, result in batch if self._unchanged(drop)]
+        targets = [(self._target(d, r), None) if r.ok else self._failure_targets(d) for d, r in batch]
         plan = [
             {
                 "name": d.path.name,
                 "identity": list(d.identity),
-                "output": self._target(d, r).name,
-                "before": _inode(self._target(d, r)),
+                "output": output.name,
+                "before": _inode(output),
                 "ok": r.ok,
+                **({} if r.ok else {"failed_as": failed_as}),
             }
-            for d, r in batch
+            for (d, r), (output, failed_as) in zip(batch, targets)
         ]
         write_atomic(self.journal, "\n".join(json.dumps(entry) for entry in plan))
-        for drop, result in batch:
+        for (drop, result), entry in zip(batch, plan):
+            output = self.options.out_dir / entry["output"]
             if result.ok:
-                self.output.write(result, self._target(drop, result), self.options.tmp_dir)
+                self.output.write(result, output, self.options.tmp_dir)
             else:
                 log.warning(
-                    "cannot predict %s: %s (moved to %s)", drop.path.name, result.reason, self.options.failed_dir
+                    "cannot predict %s: %s (moved to %s)",
+                    drop.path.name,
+                    result.reason,
+                    self.options.failed_dir / entry["failed_as"],
                 )
-                write_error(drop.path.name, result.reason, self._target(drop, result), self.options.tmp_dir)
-            self._dispose(drop.path, result.ok)
+                write_error(drop.path.name, result.reason, output, self.options.tmp_dir)
+            self._dispose(drop.path, result.ok, entry.get("failed_as"))
         self.journal.unlink(missing_ok=True)
         failed = sum(not r.ok for _, r in batch)
         self.rate.add(len(batch) - failed, failed)
@@ -269,7 +275,7 @@ class FilePoller:
                 continue
             if same_image and _inode(target) not in (0, entry["before"]):
                 log.info("%s: its output was written before the last stop; finishing it", path.name)
-                self._dispose(path, entry["ok"])
+                self._dispose(path, entry["ok"], entry.get("failed_as"))
         self.journal.unlink(missing_ok=True)
 
     def _unchanged(self, drop: Drop) -> bool:
@@ -282,9 +288,21 @@ class FilePoller:
     def _target(self, drop: Drop, result) -> Path:
         return self.options.out_dir / (f"{drop.stem}{self.output.suffix}" if result.ok else f"{drop.stem}.error.json")
 
-    def _dispose(self, path: Path, ok: bool) -> None:
+    def _failure_targets(self, drop: Drop) -> tuple[Path, str]:
+        """The error record and the name in failed/ of an image that failed: `slow.error.json` and
+        `slow.jpg`, else `slow-1.error.json` and `slow-1.jpg` (and on), so an earlier failure of the same
+        name is kept and each image stays beside its own record's name."""
+        name, n, tag = Path(drop.path.name), 0, ""
+        while (self.options.out_dir / f"{drop.stem}{tag}.error.json").exists() or (
+            self.options.failed_dir / f"{name.stem}{tag}{name.suffix}"
+        ).exists():
+            n += 1
+            tag = f"-{n}"
+        return self.options.out_dir / f"{drop.stem}{tag}.error.json", f"{name.stem}{tag}{name.suffix}"
+
+    def _dispose(self, path: Path, ok: bool, failed_as: str | None = None) -> None:
         if not ok:
-            move_atomic(path, self.options.failed_dir / path.name)
+            move_atomic(path, self.options.failed_dir / (failed_as or path.name))
         elif self.options.delete_input:
             path.unlink(missing_ok=True)
         else:

@@ -232,8 +232,9 @@ def classifier_session(source: bytes | str, meta: dict) -> nn.Module:
 
 def test_samples(
     package_config: dict, classes: list[str], data: str | Path | None, split: str
-) -> tuple[list[Sample], str]:
-    """Labelled samples to evaluate on, and where they came from.
+) -> tuple[list[Sample], str, str]:
+    """Labelled samples to evaluate on, where they came from, and the split used (val when `split` is
+    test and there is no test split).
 
     `data` may be a folder with `<split>/<class>/` or `<class>/` sub-folders, or a list file;
     without it, the run's own data config and split are used (the same seeded split as training).
@@ -246,18 +247,19 @@ def test_samples(
             )
         data_cfg = cfg.data.model_copy(update={"classes": classes})
         splits = read_splits(data_cfg)
-        return splits.get(split), splits.origin[split]
+        used = "val" if split == "test" and splits.test is splits.val else split
+        return splits.get(split), splits.origin[split], used
     data = Path(data)
-    if data.is_file():  # paths relative to the run's data.root, as in training, else to the list's folder
-        root = package_config.get("data", {}).get("root")
-        base = Path(root) if root and Path(root).is_dir() else data.parent
+    if data.is_file():
+        base, origin = _list_base(package_config.get("data", {}), data)
         samples, _ = read_list(data, base, classes)
-        return samples, str(data)
+        return samples, origin, split
     if not data.is_dir():
         raise DataError(f"data not found: {data} (give a folder of class sub-folders or a list file)")
+    used = split
     folder = data / split if has_split_folders(data) else data
     if split == "test" and not folder.is_dir() and (data / "val").is_dir():
-        folder = data / "val"  # as in training: without a test split, val serves as test
+        folder, used = data / "val", "val"  # as in training: without a test split, val serves as test
     if not folder.is_dir():
         raise DataError(
             f"{data} has no {split}/ folder; choose --split among {[p.name for p in data.iterdir() if p.is_dir()]}"
@@ -266,7 +268,23 @@ def test_samples(
     unknown = sorted(set(images) - set(classes))
     if unknown:
         match_classes(classes, "the model", sorted(images), f"the class folders of {folder}")
-    return samples_from(images, classes), str(folder)
+    return samples_from(images, classes), str(folder), used
+
+
+def _list_base(data_config: dict, list_file: Path) -> tuple[Path, str]:
+    """The folder a list file's paths are relative to, and how to name where the samples came from.
+
+    A list is read relative to its own folder, as `optik data convert folder-to-list` writes it; only
+    the run's own training lists are read relative to the run's `data.root`, as training read them.
+    """
+    root = data_config.get("root")
+    if root and Path(root).is_dir():
+        own = [data_config.get(key) for key in ("train_list", "val_list", "test_list")]
+        for name in filter(None, own):
+            given = Path(name) if Path(name).is_file() else Path(root) / name
+            if given.is_file() and given.resolve() == list_file.resolve():
+                return Path(root), f"{list_file} (paths relative to the run's data.root {root})"
+    return list_file.parent, str(list_file)
 
 
 def evaluate_classifier(
@@ -281,7 +299,7 @@ def evaluate_classifier(
     """Classify every image of the split; top-k, per-class and macro metrics, and the confusion matrix."""
     from optik.metrics.classification import classification_metrics  # torchmetrics: only when testing
 
-    samples, origin = test_samples(package.config, package.classes, data, split)
+    samples, origin, used = test_samples(package.config, package.classes, data, split)
     if not samples:
         raise DataError(f"no images to evaluate in {origin}")
     predictor = CLASSIFY.predictor(
@@ -312,7 +330,7 @@ def evaluate_classifier(
     if not labels:
         raise DataError(f"none of the {len(samples)} images in {origin} could be read")
     metrics = classification_metrics(np.stack(probs), np.array(labels), predictor.classes)
-    metrics.update({"images": len(labels), "unreadable": len(failures), "data": origin, "split": split})
+    metrics.update({"images": len(labels), "unreadable": len(failures), "data": origin, "split": used})
     return EvalResult(metrics, predictor.classes, items, failures, task=CLASSIFY.name)
 
 
