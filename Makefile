@@ -47,8 +47,9 @@ format: install
 
 # Two pytest-xdist workers (the CPU's cores, at most 2: each worker and what it starts keep to one
 # thread, see tests/conftest.py); tests marked xdist_group run on one worker (--dist loadgroup).
+# The 25 slowest tests are listed at the end, to see where the minutes go.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -lt 2 ] && echo $$n || echo 2)
-PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadgroup
+PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 test: lint redis-server $(OPEX_REFERENCE)
 	$(PY) -m pytest -q -ra $(PYTEST_XDIST)
