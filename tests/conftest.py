@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import cli_runner
 import detections
 import numpy as np
 import pytest
@@ -136,18 +137,18 @@ def tiny_overrides(root: Path, epochs: int = 2, size: int = 32) -> list[str]:
 
 
 def run_optik(
-    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600, process: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run the installed `optik` command as a user would; returns the finished process."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "optik.cli", *map(str, args)],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """Run the real `optik` command on `args`; returns the finished run (returncode, stdout, stderr).
+
+    In this process by default, as a new process would see it (tests/cli_runner.py); `process=True` (or
+    OPTIK_TEST_PROCESSES=1) starts `python -m optik.cli` instead, for what needs a process of its own
+    (signals, pipes, start-up) and for `timeout`.
+    """
+    args = [str(a) for a in args]
+    if process or cli_runner.ALWAYS_PROCESS:
+        return cli_runner.run_process(args, cwd, env, timeout)
+    return cli_runner.run_in_process(args, cwd, env)
 
 
 def run_torchrun(processes: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
