@@ -168,12 +168,12 @@ def _commands_of(block: list[tuple[int, str]]) -> list[tuple[int, str]]:
     prompted = any(line.lstrip().startswith("$ ") for _, line in block)
     commands, pending, first = [], "", 0
     for number, line in block:
-        if not pending:
-            if prompted and not line.lstrip().startswith("$ "):
-                continue
-            first, line = number, line.lstrip().removeprefix("$ ")
         if pending:
             line = line.lstrip()
+        elif prompted and not line.lstrip().startswith("$ "):
+            continue
+        else:
+            first, line = number, line.lstrip().removeprefix("$ ")
         if line.rstrip().endswith("\\"):
             pending += line.rstrip()[:-1].rstrip() + " "
             continue
