@@ -1,5 +1,5 @@
 # optik on the CPU. Build: docker build -t optik .   Run: docker run --rm optik --help
-# The README's "Docker" section gives the run options (volumes, user, shared memory, caches).
+# docs/docker.md gives the run options (volumes, user, shared memory, caches).
 FROM python:3.11-slim
 
 # The pair pinned in pyproject.toml (tests/test_docker_files.py keeps them equal), as CPU-only

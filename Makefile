@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_run
 
-.PHONY: install test test-fast lint format demo demo-detect bench redis-server clean
+.PHONY: install test test-fast lint format docs docs-check demo demo-detect bench redis-server clean
 
 install: $(STAMP)
 
@@ -45,16 +45,25 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The docs site (mkdocs.yml; docs/hooks.py generates the config reference and checks every `optik` command
+# line). --strict turns any warning into a failure; nothing is fetched from the network.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+docs: install
+	$(MKDOCS) --site-dir site
+
+docs-check: install
+	@site=$$(mktemp -d) && $(MKDOCS) --quiet --site-dir $$site; status=$$?; rm -rf $$site; exit $$status
+
 # Two pytest-xdist workers (the CPU's cores, at most 2: each worker and what it starts keep to one
 # thread, see tests/conftest.py); tests marked xdist_group run on one worker (--dist loadgroup).
 # The 25 slowest tests are listed at the end, to see where the minutes go.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -lt 2 ] && echo $$n || echo 2)
 PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
-test: lint redis-server $(OPEX_REFERENCE)
+test: lint docs-check redis-server $(OPEX_REFERENCE)
 	$(PY) -m pytest -q -ra $(PYTEST_XDIST)
 
-test-fast: lint redis-server $(OPEX_REFERENCE)
+test-fast: lint docs-check redis-server $(OPEX_REFERENCE)
 	$(PY) -m pytest -q -ra $(PYTEST_XDIST) -m "not slow"
 
 demo: install
@@ -70,4 +79,4 @@ bench: install redis-server
 	$(PY) benchmarks/detect.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) work_dirs .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) work_dirs .pytest_cache site

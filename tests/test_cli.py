@@ -315,12 +315,12 @@ def test_help_says_what_a_command_does_not_what_it_replaced(command):
     assert text and not re.search(r"\bold\b|mmcls|mmdet|predict_poll|predict_redis", text), text
 
 
-def test_readme_maps_the_old_commands():
+def test_the_migration_page_maps_the_old_commands():
     from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    page = (Path(__file__).parents[1] / "docs" / "migrating.md").read_text()
     for old in ("mmcls_config", "mmcls_train", "mmcls_predict_poll", "mmcls_predict_redis", "mmdet_predict"):
-        assert f"| `{old}" in readme
+        assert f"| `{old}" in page
 
 
 def test_test_into_a_closed_pipe_ends_quietly_with_the_results_written(colour_model, tmp_path):

@@ -41,14 +41,21 @@ class AugmentConfig(Section):
 
 
 class DataConfig(Section):
-    format: Literal["folder", "list", "cifar10", "cifar100", "mnist", "fashion_mnist"] = "folder"
+    format: Literal["folder", "list", "cifar10", "cifar100", "mnist", "fashion_mnist"] = Field(
+        "folder",
+        description="folder: a sub-folder per class; list: files of 'path label' lines; cifar10, cifar100, mnist, fashion_mnist: the standard files under root",
+    )
     root: Path | None = Field(None, description="dataset folder")
     train_list: Path | None = Field(None, description="list format: 'path label' lines for training")
-    val_list: Path | None = None
-    test_list: Path | None = None
+    val_list: Path | None = Field(
+        None, description="list format: 'path label' lines for validation (default: held out of train_list)"
+    )
+    test_list: Path | None = Field(
+        None, description="list format: 'path label' lines for testing (default: the val split)"
+    )
     classes: list[str] | str | None = Field(None, description="class names, or a labels file")
     val_split: float = Field(0.2, gt=0, lt=1, description="share held out for val when there is no val folder")
-    split_seed: int = 0
+    split_seed: int = Field(0, description="seed of the held-out val split")
     verify: Literal["full", "header"] = Field(
         "full", description="decode every image before training, or only read headers"
     )
@@ -57,18 +64,24 @@ class DataConfig(Section):
         True, description="turn photos upright as their EXIF orientation says (recorded in model.pt for prediction)"
     )
     download: bool = Field(False, description="fetch cifar/mnist files when online")
-    image_size: int = Field(224, ge=8, le=4096)
+    image_size: int = Field(224, ge=8, le=4096, description="training crop and eval center-crop size, in pixels")
     crop_pct: float = Field(0.875, gt=0, le=1, description="eval: resize to image_size / crop_pct, then center crop")
-    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field(
+        "bilinear", description="interpolation of the resize"
+    )
+    mean: tuple[float, float, float] = Field(
+        IMAGENET_MEAN, description="per-channel (RGB) mean subtracted from images scaled to [0, 1]"
+    )
+    std: tuple[float, float, float] = Field(
+        IMAGENET_STD, description="per-channel (RGB) standard deviation images are divided by"
+    )
     tta: TestTimeAugment = Field(
         "none",
         description="test-time augmentation recorded in model.pt for test/predict/services (softmax averaged over "
         "the original and each flip named; --tta overrides); validation during training does not use it",
     )
-    batch_size: int = Field(32, ge=1)
-    num_workers: int = Field(2, ge=0)
+    batch_size: int = Field(32, ge=1, description="images per batch, per device")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes that decode images")
     sampler: Literal["random", "balanced"] = Field(
         "random",
         description="balanced: draw training images with replacement so every class is seen equally often (epoch length: the train set's size)",
@@ -83,8 +96,13 @@ class ModelConfig(Section):
     pretrained: bool = Field(False, description="fetch the architecture's published weights (online, timm cache)")
     weights: Path | None = Field(None, description="initialise from a local weights file")
     weights_prefix: str | None = Field(None, description="take only keys with this prefix and strip it")
-    drop_rate: float = Field(0.0, ge=0, lt=1)
-    drop_path_rate: float = Field(0.0, ge=0, lt=1)
+    drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier")
+    drop_path_rate: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="stochastic depth: rate at which residual blocks are skipped (timm models that have it)",
+    )
 
 
 DEVICES_EXPECTED = (
@@ -130,35 +148,44 @@ class EarlyStoppingConfig(Section):
 class BaseTrainConfig(Section):
     """What every task's training shares: schedule, optimizer, precision, devices, checkpoints."""
 
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, description="training epochs")
     max_steps: int = Field(-1, ge=-1, description="stop after this many optimizer steps (-1: no limit)")
-    optimizer: str = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    scheduler: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0)
-    min_lr: float = Field(0.0, ge=0)
+    optimizer: str = Field("adamw", description="sgd, momentum, adam, adamw, nadamw, rmsprop, lamb, lars, lion or adan")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate, reached at the end of the warm-up")
+    weight_decay: float = Field(0.05, ge=0, description="weight decay of the optimizer")
+    momentum: float = Field(
+        0.9, ge=0, lt=1, description="momentum of the optimizers that have one (sgd, momentum, rmsprop, lars)"
+    )
+    scheduler: Literal["cosine", "step", "constant"] = Field(
+        "cosine",
+        description="learning-rate schedule after the warm-up: cosine down to min_lr, step (times gamma at each of step_milestones), constant",
+    )
+    warmup_epochs: float = Field(0.0, ge=0, description="epochs of linear warm-up to lr (fractions allowed)")
+    min_lr: float = Field(0.0, ge=0, description="cosine scheduler: the learning rate at the end")
     step_milestones: list[int] = Field(default_factory=list, description="step scheduler: epochs where lr *= gamma")
-    gamma: float = Field(0.1, gt=0)
+    gamma: float = Field(0.1, gt=0, description="step scheduler: factor at each milestone")
     ema: bool = Field(False, description="keep an exponential moving average of the weights; validate and export it")
-    ema_decay: float = Field(0.9998, gt=0, lt=1)
-    accumulate_grad_batches: int = Field(1, ge=1)
-    grad_clip: float | None = Field(None, gt=0)
-    precision: Literal["32", "64", "bf16-mixed", "16-mixed", "bf16-true"] = "32"
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    ema_decay: float = Field(0.9998, gt=0, lt=1, description="decay of the weights' moving average (train.ema)")
+    accumulate_grad_batches: int = Field(1, ge=1, description="batches whose gradients add up to one optimizer step")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this (null: off)")
+    precision: Literal["32", "64", "bf16-mixed", "16-mixed", "bf16-true"] = Field(
+        "32", description="Lightning's training precision: 32, bf16-mixed (CPUs and recent GPUs), 16-mixed (CUDA)"
+    )
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field(
+        "auto", description="device kind, passed to Lightning (auto: a GPU when there is one)"
+    )
     devices: int | str | list[int] = Field(
         "auto",
         description="how many devices (GPUs, or CPU processes), a list of GPU ids, or 'auto' (also -1): all of them",
     )
-    num_nodes: int = Field(1, ge=1)
-    strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1, description="machines in a DDP run, each running one process per device")
+    strategy: str = Field("auto", description="Lightning's training strategy, e.g. ddp (auto: Lightning picks)")
     sync_batchnorm: bool = Field(
         False,
         description="under DDP on GPUs, batch norm statistics over every process's images (torch's SyncBatchNorm)",
     )
-    seed: int = 0
-    deterministic: bool = False
+    seed: int = Field(0, description="seed of the weights' initialisation, the data order and augmentation")
+    deterministic: bool = Field(False, description="use deterministic algorithms only (reproducible, slower)")
     validation: bool = Field(True, description="validate during training (false: model.pt comes from the last epoch)")
     validate_every: int = Field(1, ge=1, description="validate every N epochs")
     checkpoint_every: int = Field(1, ge=1, description="save epoch-N.ckpt every N epochs")
@@ -200,7 +227,7 @@ class BaseTrainConfig(Section):
 class TrainConfig(BaseTrainConfig):
     """Classification training: adds label smoothing, mixup/cutmix and the accuracy monitors."""
 
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the classification loss")
     mixup: float = Field(0.0, ge=0, description="mixup alpha (0: off)")
     cutmix: float = Field(0.0, ge=0, description="cutmix alpha (0: off)")
     monitor: Literal["val/acc1", "val/acc5", "val/mean_class_acc", "val/loss"] = Field(
@@ -220,7 +247,9 @@ class TrainConfig(BaseTrainConfig):
 
 
 class ClassifyConfig(Section):
-    task: Literal["classify"] = "classify"
+    task: Literal["classify"] = Field(
+        "classify", description="the task this config is for (classify, detect or pretrain)"
+    )
     work_dir: Path | None = Field(None, description="where checkpoints, logs and model.pt go")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -274,7 +303,7 @@ class DetectDataConfig(Section):
         None, description="class names, or a labels file (default: COCO categories / VOC names / YOLO data.yaml)"
     )
     val_split: float = Field(0.2, gt=0, lt=1, description="share held out for val when there is no val split")
-    split_seed: int = 0
+    split_seed: int = Field(0, description="seed of the held-out val split")
     skip_bad: bool = Field(
         False, description="leave images that are missing or unreadable out (and report them) instead of failing"
     )
@@ -285,10 +314,14 @@ class DetectDataConfig(Section):
     image_size: int = Field(
         512, ge=32, le=4096, description="the longer image side the detector sees (the model resizes)"
     )
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    batch_size: int = Field(4, ge=1)
-    num_workers: int = Field(2, ge=0)
+    mean: tuple[float, float, float] = Field(
+        IMAGENET_MEAN, description="per-channel (RGB) mean subtracted from images scaled to [0, 1]"
+    )
+    std: tuple[float, float, float] = Field(
+        IMAGENET_STD, description="per-channel (RGB) standard deviation images are divided by"
+    )
+    batch_size: int = Field(4, ge=1, description="images per batch, per device")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes that decode images")
     augment: DetectAugmentConfig = Field(default_factory=DetectAugmentConfig)
 
 
@@ -308,22 +341,22 @@ class DetectModelConfig(Section):
     )
     score_threshold: float = Field(0.05, ge=0, le=1, description="detections scoring below this are dropped")
     nms_threshold: float = Field(0.5, gt=0, le=1, description="IoU above which overlapping boxes of a class are merged")
-    detections_per_image: int = Field(100, ge=1)
+    detections_per_image: int = Field(100, ge=1, description="most objects kept per image")
 
 
 class DetectTrainConfig(BaseTrainConfig):
     """Detection training: SGD with warmup by default, as torchvision's reference recipes."""
 
-    optimizer: str = "sgd"
-    lr: float = Field(0.01, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_epochs: float = Field(1.0, ge=0)
-    grad_clip: float | None = Field(10.0, gt=0)
-    monitor: Literal["val/map", "val/map_50", "val/map_75"] = "val/map"
+    optimizer: str = Field("sgd", description="sgd, momentum, adam, adamw, nadamw, rmsprop, lamb, lars, lion or adan")
+    lr: float = Field(0.01, gt=0, description="peak learning rate, reached at the end of the warm-up")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay of the optimizer")
+    warmup_epochs: float = Field(1.0, ge=0, description="epochs of linear warm-up to lr (fractions allowed)")
+    grad_clip: float | None = Field(10.0, gt=0, description="clip the gradient norm to this (null: off)")
+    monitor: Literal["val/map", "val/map_50", "val/map_75"] = Field("val/map", description="selects best.ckpt")
 
 
 class DetectConfig(Section):
-    task: Literal["detect"] = "detect"
+    task: Literal["detect"] = Field("detect", description="the task this config is for (classify, detect or pretrain)")
     work_dir: Path | None = Field(None, description="where checkpoints, logs and model.pt go")
     data: DetectDataConfig = Field(default_factory=DetectDataConfig)
     model: DetectModelConfig = Field(default_factory=DetectModelConfig)
@@ -354,11 +387,17 @@ class PretrainDataConfig(Section):
     crop_pct: float = Field(
         0.875, gt=0, le=1, description="backbone.pt's eval preprocessing: resize to image_size / crop_pct, center crop"
     )
-    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    batch_size: int = Field(64, ge=2)
-    num_workers: int = Field(2, ge=0)
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field(
+        "bilinear", description="interpolation of the resize"
+    )
+    mean: tuple[float, float, float] = Field(
+        IMAGENET_MEAN, description="per-channel (RGB) mean subtracted from images scaled to [0, 1]"
+    )
+    std: tuple[float, float, float] = Field(
+        IMAGENET_STD, description="per-channel (RGB) standard deviation images are divided by"
+    )
+    batch_size: int = Field(64, ge=2, description="images per batch, per device")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes that decode images")
     # data key -> where its value came from, or how the pretrained model's differs (config/pretrained.py)
     _notes: dict[str, str] = PrivateAttr(default_factory=dict)
 
@@ -374,9 +413,9 @@ class ViewsConfig(Section):
     rotate: float | None = Field(
         None, ge=0, le=1, description="probability of a random rotation (by rotate_degrees, else by 90 degrees)"
     )
-    rotate_degrees: float | None = Field(None, gt=0, le=180)
+    rotate_degrees: float | None = Field(None, gt=0, le=180, description="rotation range in degrees of views.rotate")
     color_jitter: float | None = Field(None, ge=0, le=1, description="probability of colour jitter")
-    jitter_strength: float | None = Field(None, ge=0)
+    jitter_strength: float | None = Field(None, ge=0, description="strength of the colour jitter")
     grayscale: float | None = Field(None, ge=0, le=1, description="probability of turning a view gray")
     blur: float | None = Field(None, ge=0, le=1, description="probability of a Gaussian blur (every view)")
 
@@ -384,7 +423,7 @@ class ViewsConfig(Section):
 class SSLConfig(Section):
     """The self-supervised method and its heads; dimensions default to the method's paper (scaled for CPUs where noted)."""
 
-    method: Literal[SSL_METHODS] = "simclr"  # type: ignore[valid-type]
+    method: Literal[SSL_METHODS] = Field("simclr", description="the self-supervised method")  # type: ignore[valid-type]
     hidden_dim: int = Field(2048, ge=8, description="hidden width of the projection (and prediction) heads")
     out_dim: int | None = Field(
         None,
@@ -438,16 +477,20 @@ class PretrainModelConfig(Section):
 class PretrainTrainConfig(BaseTrainConfig):
     """Pretraining: LARS-ready, no validation; the run's loss picks nothing, backbone.pt comes from the last epoch."""
 
-    optimizer: str = "lars"
-    lr: float = Field(0.3, gt=0)
-    weight_decay: float = Field(1e-6, ge=0)
-    warmup_epochs: float = Field(1.0, ge=0)
+    optimizer: str = Field("lars", description="sgd, momentum, adam, adamw, nadamw, rmsprop, lamb, lars, lion or adan")
+    lr: float = Field(0.3, gt=0, description="peak learning rate, reached at the end of the warm-up")
+    weight_decay: float = Field(1e-6, ge=0, description="weight decay of the optimizer")
+    warmup_epochs: float = Field(1.0, ge=0, description="epochs of linear warm-up to lr (fractions allowed)")
     validation: bool = Field(False, description="pretraining has no labelled validation; see `optik probe`")
-    monitor: Literal["train/loss"] = "train/loss"
+    monitor: Literal["train/loss"] = Field(
+        "train/loss", description="the logged loss; backbone.pt comes from the last epoch whatever its value"
+    )
 
 
 class PretrainConfig(Section):
-    task: Literal["pretrain"] = "pretrain"
+    task: Literal["pretrain"] = Field(
+        "pretrain", description="the task this config is for (classify, detect or pretrain)"
+    )
     work_dir: Path | None = Field(None, description="where checkpoints, logs and backbone.pt go")
     data: PretrainDataConfig = Field(default_factory=PretrainDataConfig)
     model: PretrainModelConfig = Field(default_factory=PretrainModelConfig)
