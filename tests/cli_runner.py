@@ -8,7 +8,7 @@ the pytest worker, which paid for those imports once, with what a new process wo
   there), read back as text; logging handlers made at import time (Lightning's) write there as well;
 - a clean root logger, so the services' `logging.basicConfig` takes effect, and Python's default
   warning filters with warnings printed to stderr (pytest would otherwise record and hide them);
-- the environment, working directory, signal handlers, torch's thread count and determinism of the
+- `sys.argv`, the environment, working directory, signal handlers, torch's thread count and determinism of the
   caller put back afterwards, whatever the command changed;
 - exit codes as the interpreter gives them: `sys.exit(n)` is n, an uncaught exception prints its
   traceback to stderr and is 1.
@@ -49,7 +49,7 @@ def run_process(args: list[str], cwd: Path | None, env: dict | None, timeout: fl
 def run_in_process(args: list[str], cwd: Path | None, env: dict | None) -> subprocess.CompletedProcess:
     from optik.cli import main
 
-    with own_output() as (out, err), restored_state(cwd, env), fresh_logging(), fresh_warnings():
+    with own_output() as (out, err), restored_state(args, cwd, env), fresh_logging(), fresh_warnings():
         code = 0
         try:
             main.main(args, prog_name="optik")
@@ -124,8 +124,10 @@ def own_output():
 
 
 @contextlib.contextmanager
-def restored_state(cwd: Path | None, env: dict | None):
-    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+def restored_state(args: list[str], cwd: Path | None, env: dict | None):
+    """The process's argv, environment and working directory for the command; all it changed put back after."""
+    saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+    sys.argv = ["optik", *args]  # a command that starts itself again (batch-predict --devices N) reads it
     saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     torch = sys.modules.get("torch")
     saved_torch = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) if torch else None
@@ -135,6 +137,7 @@ def restored_state(cwd: Path | None, env: dict | None):
     try:
         yield
     finally:
+        sys.argv = saved_argv
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
