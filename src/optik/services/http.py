@@ -107,8 +107,12 @@ class HttpService:
 
     def __enter__(self) -> HttpService:
         self.thread.start()
-        while not self.server.started and self.thread.is_alive():
-            time.sleep(0.01)
+        try:
+            while not self.server.started and self.thread.is_alive():
+                time.sleep(0.01)
+        except BaseException as exc:  # a signal while uvicorn starts: do not leave its thread running
+            self.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         if not self.thread.is_alive():
             raise RuntimeError("the HTTP server stopped while starting (see the log above)")
         log.info("http on http://%s:%d: /healthz answers, /readyz says 503 until the model is ready", *self.address)
@@ -157,10 +161,12 @@ class HttpService:
             p.reply.set_result((result, reply))
 
     def _take(self, timeout: float) -> Pending | None:
+        """The next image; None when none came, or when its client went away (its reply was cancelled)."""
         try:
-            return self.queue.get(timeout=timeout)
+            pending = self.queue.get(timeout=timeout)
         except queue.Empty:
             return None
+        return pending if pending.reply.set_running_or_notify_cancel() else None
 
     def _reply(self, request: Request, result) -> dict:
         """The JSON of one image's answer (made in the loop's thread: OPEX polygons are work)."""
