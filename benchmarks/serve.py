@@ -7,12 +7,15 @@ init: no download) on the same photo-sized JPEGs (640x480 crops of scikit-image'
   first publish to the last reply, and p50/p99 latency (publish -> reply) per image.
 - File drop: N images in a folder, one pass; images/s from the service's own log (model load and
   compilation excluded for both).
+- HTTP: 16 concurrent clients (httpx, one image per POST /predict, keep-alive) send N images in
+  all; images/s from the first request to the last answer, and p50/p99 latency per request.
 
 The one-at-a-time reference is `--batch-size 1 --optimize eager --max-wait-ms 0`: a plain PyTorch
 forward per message, as the old scripts did. Ours is the default (`--batch-size 32`, compiled).
 
-    python benchmarks/serve.py                  # 256-image burst, 500-image file drop
-    python benchmarks/serve.py --burst 128 --files 200
+    python benchmarks/serve.py                  # 256-image burst, 500-image file drop, 512 HTTP requests
+    python benchmarks/serve.py --burst 128 --files 200 --requests 256
+    python benchmarks/serve.py --only http
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import timm
 import torch
@@ -122,33 +127,88 @@ def file_drop(model: Path, args: list[str], images: list[bytes], folder: Path) -
     return float(re.search(r"file drop: .*\(([\d.]+) images/s\)", done.stderr).group(1))
 
 
+def http_figures(model: Path, args: list[str], images: list[bytes], clients: int = 16) -> tuple[float, np.ndarray]:
+    """`clients` threads post the images (one per request) to a real `optik serve http`; (images/s, latencies in s)."""
+    service = Service("http", model, "--port", "0", *args)
+    try:
+        url = service.url("ready: POST", timeout=600)
+
+        def send(part: list[bytes], latencies: list[float]) -> None:
+            with httpx.Client(base_url=url, timeout=600) as http:
+                for image in part:
+                    sent = time.perf_counter()
+                    response = http.post("/predict", content=image)
+                    assert response.status_code == 200, response.text
+                    latencies.append(time.perf_counter() - sent)
+
+        def run(batch: list[bytes]) -> tuple[float, list[float]]:
+            latencies: list[float] = []
+            threads = [threading.Thread(target=send, args=(batch[i::clients], latencies)) for i in range(clients)]
+            start = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return len(batch) / (time.perf_counter() - start), latencies
+
+        run(images[:32])  # warm: first-batch checks, allocator, connections
+        rate, latencies = run(images)
+        return rate, np.array(latencies)
+    finally:
+        service.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--burst", type=int, default=256, help="images published at once")
     parser.add_argument("--files", type=int, default=500, help="images in the file drop")
+    parser.add_argument("--requests", type=int, default=512, help="images posted to the HTTP service by 16 clients")
+    parser.add_argument("--only", choices=["redis", "drop", "http"], help="measure one service only")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="optik-serve-bench-"))
     model = model_package(work / "model.pt")
-    images = photo_jpegs(max(args.burst, args.files))
+    images = photo_jpegs(max(args.burst, args.files, args.requests))
     print(f"resnet18 at 224, {os.cpu_count()} CPU threads, torch {torch.__version__}; JPEGs 640x480")
+    if args.only in (None, "redis"):
+        redis_rows(model, images, args.burst, work)
+    if args.only in (None, "drop"):
+        drop_rows(model, images, args.files, work)
+    if args.only in (None, "http"):
+        http_rows(model, images, args.requests)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def http_rows(model: Path, images: list[bytes], count: int) -> None:
+    rates = {}
+    for name, extra in (("one at a time", REFERENCE), ("micro-batch", OURS)):
+        rates[name], latencies = http_figures(model, extra, images[:count])
+        print(
+            f"http, 16 clients, {count:4d} images  {name:14s} {rates[name]:7.1f} images/s   latency p50 {np.percentile(latencies, 50) * 1000:7.0f} ms   p99 {np.percentile(latencies, 99) * 1000:7.0f} ms"
+        )
+    print(f"http: micro-batching {rates['micro-batch'] / rates['one at a time']:.2f}x the one-at-a-time throughput")
+
+
+def redis_rows(model: Path, images: list[bytes], count: int, work: Path) -> None:
     rows = {}
     for name, extra in (("one at a time", REFERENCE), ("micro-batch", OURS)):
-        rate, latencies = redis_figures(model, extra, images[: args.burst], work / f"redis-{len(rows)}")
+        rate, latencies = redis_figures(model, extra, images[:count], work / f"redis-{len(rows)}")
         rows[name] = rate
         print(
-            f"redis pub/sub burst of {args.burst:4d}  {name:14s} {rate:7.1f} images/s   latency p50 {np.percentile(latencies, 50) * 1000:7.0f} ms   p99 {np.percentile(latencies, 99) * 1000:7.0f} ms"
+            f"redis pub/sub burst of {count:4d}  {name:14s} {rate:7.1f} images/s   latency p50 {np.percentile(latencies, 50) * 1000:7.0f} ms   p99 {np.percentile(latencies, 99) * 1000:7.0f} ms"
         )
     print(
         f"redis pub/sub: micro-batching {rows['micro-batch'] / rows['one at a time']:.2f}x the one-at-a-time throughput"
     )
+
+
+def drop_rows(model: Path, images: list[bytes], count: int, work: Path) -> None:
     drops = {}
     for name, extra in (("one at a time", ["--batch-size", "1", "--optimize", "eager"]), ("micro-batch", OURS)):
-        drops[name] = file_drop(model, extra, images[: args.files], work / "drop")
-        print(f"file drop of {args.files:4d} images     {name:14s} {drops[name]:7.1f} images/s")
+        drops[name] = file_drop(model, extra, images[:count], work / "drop")
+        print(f"file drop of {count:4d} images     {name:14s} {drops[name]:7.1f} images/s")
     print(
         f"file drop: micro-batching {drops['micro-batch'] / drops['one at a time']:.2f}x the one-at-a-time throughput"
     )
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

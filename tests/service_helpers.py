@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -149,6 +150,12 @@ class Service:
             time.sleep(0.02)
         raise AssertionError(f"no {text!r} in the service log within {timeout} s:\n{self.log}")
 
+    def url(self, text: str, timeout: float = 120) -> str:
+        """The `http://host:port` in the first log line that contains `text` (a service on `--port 0`)."""
+        self.wait_for(text, timeout)
+        line = next(line for line in list(self.lines) if text in line)
+        return re.search(r"http://[\w.]+:\d+", line).group(0)
+
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM, wait; the exit code."""
         if self.process.poll() is None:
@@ -161,3 +168,21 @@ class Service:
         self.process.kill()
         self.process.wait(timeout=30)
         self._reader.join(timeout=5)
+
+
+def scrape(url: str) -> dict[tuple, float]:
+    """`url/metrics` parsed with prometheus-client's own parser: (sample name, sorted labels) -> value."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(f"{url}/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def metric(samples: dict[tuple, float], name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]

@@ -1,9 +1,10 @@
-"""`optik serve poll|redis` and `optik redis send`: the services and their client."""
+"""`optik serve poll|redis|http` and `optik redis send`: the services and their client."""
 
 from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import click
@@ -27,6 +28,52 @@ def service_logging(verbose: bool, quiet: bool) -> None:
     logging.getLogger("optik").setLevel(level)
 
 
+def max_wait_option(func):
+    return click.option(
+        "--max-wait-ms",
+        type=click.FloatRange(min=0),
+        default=10,
+        show_default=True,
+        help="after the first image, wait this long for more to fill the batch",
+    )(func)
+
+
+def health_options(func):
+    """`/healthz`, `/readyz` and `/metrics` on a side port (the file drop and Redis services)."""
+    func = click.option(
+        "--metrics-host",
+        default="127.0.0.1",
+        show_default=True,
+        help="address of the --metrics-port server (0.0.0.0: every interface, for a scraper or probes elsewhere)",
+    )(func)
+    func = click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        help="serve /healthz, /readyz and /metrics (Prometheus) on this port [default: none]",
+    )(func)
+    return func
+
+
+def health_server(metrics, host: str, port: int | None):
+    from optik.services.metrics import HealthServer
+
+    return nullcontext() if port is None else HealthServer(metrics, host, port)
+
+
+@contextmanager
+def service_signals(stop):
+    """SIGTERM/SIGINT go to `stop` for the whole run; one during start-up ends the run at once, saying so (exit 0)."""
+    import logging
+
+    from optik.services.loop import StartUpStopped
+
+    with stop.on_signals():
+        try:
+            yield
+        except StartUpStopped as exc:
+            logging.getLogger("optik.services").info("%s during start-up: stopped before serving anything", exc)
+
+
 def start_predictor(
     model: Path,
     device: str,
@@ -39,9 +86,11 @@ def start_predictor(
     output_options: dict,
     expected_images: int | None = None,
     tta: str | None = None,
+    metrics=None,
 ):
     """Logging on stderr, the predictor loaded, its output format, then the warm-up (a service
-    compiles before its first request; output options that do not fit the model fail before that).
+    compiles before its first request; output options that do not fit the model fail before that);
+    then `metrics` (if given) name the model and say it is ready.
 
     `mode` auto compiles for a service that keeps running (`expected_images` None) or a big one-off job.
     """
@@ -72,12 +121,15 @@ def start_predictor(
         precision,
         predictor.batch_size,
     )
+    if metrics is not None:
+        metrics.set_model(model, predictor.task)
+        metrics.set_ready(True)
     return predictor, output
 
 
 @main.group(cls=OptikGroup)
 def serve():
-    """Serve a model through a file drop (poll) or Redis (redis)."""
+    """Serve a model through a file drop (poll), Redis (redis) or HTTP (http)."""
 
 
 @serve.command("poll")
@@ -148,6 +200,7 @@ def serve():
     show_default=True,
     help="a file without an end marker (JPEG and PNG have one) is taken once unchanged this long",
 )
+@health_options
 @service_options
 def serve_poll(
     model,
@@ -162,6 +215,8 @@ def serve_poll(
     watch,
     watch_interval,
     settle,
+    metrics_port,
+    metrics_host,
     top_k,
     min_score,
     fmt,
@@ -185,6 +240,7 @@ def serve_poll(
     """
     from optik.data.decode import is_image_file
     from optik.services.loop import Stop
+    from optik.services.metrics import ServiceMetrics
     from optik.services.poller import FilePoller, PollOptions, folder_lock
 
     options = PollOptions(
@@ -200,9 +256,11 @@ def serve_poll(
         watch_interval,
         settle,
     )
-    stop = Stop()
+    stop, metrics = Stop(), ServiceMetrics("poll")
     one_pass = None if continuous or watch else sum(1 for p in in_dir.iterdir() if is_image_file(p.name))
-    with folder_lock(in_dir):  # before the model loads: a second poller is refused at once
+    service_logging(verbose, quiet)
+    # the lock before the model loads: a second poller is refused at once
+    with service_signals(stop), folder_lock(in_dir), health_server(metrics, metrics_host, metrics_port):
         outputs = dict(
             fmt=fmt,
             top_k=top_k,
@@ -225,9 +283,10 @@ def serve_poll(
             outputs,
             expected_images=one_pass,
             tta=tta,
+            metrics=metrics,
         )
-        with stop.on_signals():
-            FilePoller(predictor, output, options, stop).run(locked=True)
+        stop.started()
+        FilePoller(predictor, output, options, stop, metrics).run(locked=True)
 
 
 def redis_options(func):
@@ -308,19 +367,14 @@ def connect_options(host, port, db, username, password, password_env, ssl, ssl_c
     show_default=True,
     help="deliveries before an entry goes to <redis-in>:dead (stream)",
 )
-@click.option(
-    "--max-wait-ms",
-    type=click.FloatRange(min=0),
-    default=10,
-    show_default=True,
-    help="after the first image, wait this long for more to fill the batch",
-)
+@max_wait_option
 @click.option("--maxlen", type=click.IntRange(min=1), help="trim the output stream to about this many entries (stream)")
 @click.option(
     "--delete-processed",
     is_flag=True,
     help="delete input entries once answered, so the input stream does not grow (stream)",
 )
+@health_options
 @service_options
 def serve_redis(
     model,
@@ -342,6 +396,8 @@ def serve_redis(
     max_wait_ms,
     maxlen,
     delete_processed,
+    metrics_port,
+    metrics_host,
     top_k,
     min_score,
     fmt,
@@ -361,45 +417,119 @@ def serve_redis(
 ):
     """Predict images sent through Redis and send each prediction back (--mode stream to scale out over workers and lose nothing)."""
     from optik.services.loop import Stop
+    from optik.services.metrics import ServiceMetrics
     from optik.services.redis_service import PubSubService, StreamOptions, StreamService, check_auth
 
     connection = connect_options(
         redis_host, redis_port, redis_db, redis_username, redis_password, redis_password_env, redis_ssl, redis_ssl_ca
     )
     service_logging(verbose, quiet)
-    check_auth(connection)
-    outputs = dict(
-        fmt=fmt,
-        top_k=top_k,
-        min_score=min_score,
-        mask_threshold=mask_threshold,
-        mask_nth=mask_nth,
-        output_minrect=output_minrect,
-        fit_bbox_to_polygon=fit_bbox_to_polygon,
-        bbox_as_fallback=bbox_as_fallback,
-    )
-    predictor, output = start_predictor(
-        model, device, precision, batch_size, mode, backend, verbose, quiet, outputs, tta=tta
-    )
-    stop = Stop()
-    if transport == "pubsub":
-        service = PubSubService(predictor, output, connection, redis_in, redis_out, max_wait_ms, stop)
-    else:
-        streams = StreamOptions(
-            redis_in,
-            redis_out,
-            group,
-            claim_idle_ms=claim_idle_ms,
-            max_attempts=max_attempts,
-            max_wait_ms=max_wait_ms,
-            maxlen=maxlen,
-            delete_processed=delete_processed,
+    stop, metrics = Stop(), ServiceMetrics("redis")
+    with service_signals(stop), health_server(metrics, metrics_host, metrics_port):
+        check_auth(connection)
+        outputs = dict(
+            fmt=fmt,
+            top_k=top_k,
+            min_score=min_score,
+            mask_threshold=mask_threshold,
+            mask_nth=mask_nth,
+            output_minrect=output_minrect,
+            fit_bbox_to_polygon=fit_bbox_to_polygon,
+            bbox_as_fallback=bbox_as_fallback,
         )
-        if consumer:
-            streams.consumer = consumer
-        service = StreamService(predictor, output, connection, streams, stop)
-    with stop.on_signals():
+        predictor, output = start_predictor(
+            model, device, precision, batch_size, mode, backend, verbose, quiet, outputs, tta=tta, metrics=metrics
+        )
+        if transport == "pubsub":
+            service = PubSubService(predictor, output, connection, redis_in, redis_out, max_wait_ms, stop, metrics)
+        else:
+            streams = StreamOptions(
+                redis_in,
+                redis_out,
+                group,
+                claim_idle_ms=claim_idle_ms,
+                max_attempts=max_attempts,
+                max_wait_ms=max_wait_ms,
+                maxlen=maxlen,
+                delete_processed=delete_processed,
+            )
+            if consumer:
+                streams.consumer = consumer
+            service = StreamService(predictor, output, connection, streams, stop, metrics)
+        stop.started()
         service.run()
+
+
+@serve.command("http")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: every interface)")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="port to listen on (0: a free one, named in the log)",
+)
+@click.option(
+    "--max-body-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=32,
+    show_default=True,
+    help="a request body larger than this gets 413",
+)
+@max_wait_option
+@service_options
+def serve_http(
+    model,
+    host,
+    port,
+    max_body_mb,
+    max_wait_ms,
+    top_k,
+    min_score,
+    fmt,
+    mask_threshold,
+    mask_nth,
+    output_minrect,
+    fit_bbox_to_polygon,
+    bbox_as_fallback,
+    verbose,
+    quiet,
+    device,
+    precision,
+    batch_size,
+    mode,
+    tta,
+    backend,
+):
+    """Predict images sent to POST /predict (image bytes, multipart files or JSON envelopes); /healthz, /readyz,
+    /metrics and the OpenAPI page /docs beside it. Requests from all clients share the micro-batches."""
+    from optik.services.http import HttpOptions, HttpService
+    from optik.services.loop import Stop
+    from optik.services.metrics import ServiceMetrics
+
+    service_logging(verbose, quiet)
+    stop, metrics = Stop(), ServiceMetrics("http")
+    with (
+        service_signals(stop),
+        HttpService(HttpOptions(host, port, max_body_mb, max_wait_ms), stop, metrics) as service,
+    ):
+        outputs = dict(
+            fmt=fmt,
+            top_k=top_k,
+            min_score=min_score,
+            mask_threshold=mask_threshold,
+            mask_nth=mask_nth,
+            output_minrect=output_minrect,
+            fit_bbox_to_polygon=fit_bbox_to_polygon,
+            bbox_as_fallback=bbox_as_fallback,
+        )
+        predictor, output = start_predictor(
+            model, device, precision, batch_size, mode, backend, verbose, quiet, outputs, tta=tta
+        )
+        metrics.set_model(model, predictor.task)
+        stop.started()
+        service.serve(predictor, output)
 
 
 @main.group("redis", cls=OptikGroup)

@@ -1,27 +1,49 @@
-"""What both services share: stopping on SIGTERM/SIGINT after the batch in hand, retry backoff, timing."""
+"""What every service shares: stopping on SIGTERM/SIGINT after the batch in hand, gathering requests into
+micro-batches and predicting them, retry backoff, timing."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from optik.results import ImageFailure
 
 log = logging.getLogger("optik.services")
 
 
+class StartUpStopped(BaseException):
+    """SIGTERM or SIGINT arrived while the service was starting (loading, compiling): it stops before serving.
+
+    A BaseException, so that no `except Exception` in the loading code takes it for a failure.
+    """
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
 class Stop:
     """A flag that SIGTERM and SIGINT raise; the service finishes the batch in hand, then returns.
 
-    `wait(seconds)` sleeps, but wakes as soon as a stop is asked for.
+    While `starting` (until `started()`), a signal raises `StartUpStopped` at once instead: there is
+    nothing in hand to finish, and loading or compiling a model can take longer than a platform
+    waits after SIGTERM. `wait(seconds)` sleeps, but wakes as soon as a stop is asked for.
     """
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self.starting = True
+
+    def started(self) -> None:
+        self.starting = False
 
     def __bool__(self) -> bool:
         return self._event.is_set()
@@ -40,6 +62,9 @@ class Stop:
             return
 
         def handler(signum, frame):
+            if self.starting:
+                self.set()
+                raise StartUpStopped(signum)
             if self:
                 log.warning("second %s: stopping now", signal.Signals(signum).name)
                 raise KeyboardInterrupt
@@ -127,3 +152,66 @@ def _predict_one(predictor, source, name: str):
     except Exception as exc:  # noqa: BLE001
         log.exception("prediction failed for %s", name)
         return ModelFailure(name, f"prediction failed ({type(exc).__name__}: {exc})")
+
+
+class RequestFailure(ImageFailure):
+    """The request carries no image to decode (no `image` field, not base64, not JSON): the sender's mistake."""
+
+
+@dataclass
+class Request:
+    """One image to predict, as it came in (a Redis message or entry, or part of an HTTP request).
+
+    `error` says why it cannot be predicted before decoding; `envelope` is True when it came as
+    `{"id": ..., "image": base64}`, whose reply carries the id; `received` is its arrival (monotonic s).
+    """
+
+    image: bytes | None
+    id: object = None
+    error: str | None = None
+    envelope: bool = False
+    received: float = field(default_factory=time.monotonic)
+
+
+def envelope_request(envelope: object) -> Request:
+    """The request of a JSON envelope `{"id": ..., "image": base64}` (Redis pub/sub, HTTP)."""
+    if not isinstance(envelope, dict):
+        return Request(None, error='a JSON message must be an object {"id": ..., "image": base64}', envelope=True)
+    request = Request(None, envelope.get("id"), envelope=True)
+    if not isinstance(envelope.get("image"), str):
+        request.error = 'the JSON envelope has no "image" field (base64 of the encoded image)'
+        return request
+    try:
+        request.image = base64.b64decode(envelope["image"], validate=True)
+    except (binascii.Error, ValueError):
+        request.error = 'the envelope\'s "image" is not valid base64'
+    return request
+
+
+def predict_requests(predictor, requests: list[Request]) -> list:
+    """A result per request (a `RequestFailure` for those that carry no image), in micro-batches."""
+    todo = [r for r in requests if r.error is None]
+    names = [str(r.id) if r.id is not None else "message" for r in todo]
+    predicted = iter(
+        [result for batch in predict_batches(predictor, [r.image for r in todo], names) for result in batch]
+    )
+    return [next(predicted) if r.error is None else RequestFailure(str(r.id), r.error) for r in requests]
+
+
+Item = TypeVar("Item")
+
+
+def gather(take: Callable[[float], Item | None], size: int, max_wait: float, first_wait: float = 1.0) -> list[Item]:
+    """A micro-batch: the first item `take(timeout)` gives within `first_wait` s, then up to `size` in all
+    of what else it gives within `max_wait` s of the first (none: an empty list)."""
+    first = take(first_wait)
+    if first is None:
+        return []
+    batch, deadline = [first], time.monotonic() + max_wait
+    while len(batch) < size:
+        item = take(max(0.0, deadline - time.monotonic()))
+        if item is not None:
+            batch.append(item)
+        elif time.monotonic() >= deadline:
+            break
+    return batch

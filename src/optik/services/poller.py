@@ -27,6 +27,7 @@ from optik.files import move_atomic, remove_stale_temp_files, remove_temp_files_
 from optik.outputs.classification import write_error
 from optik.outputs.names import output_stems
 from optik.services.loop import Rate, Stop, log, predict_batches
+from optik.services.metrics import ServiceMetrics
 
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 
@@ -140,9 +141,12 @@ class FilePoller:
         options: the folders and waiting behaviour.
     """
 
-    def __init__(self, predictor, output, options: PollOptions, stop: Stop | None = None):
+    def __init__(
+        self, predictor, output, options: PollOptions, stop: Stop | None = None, metrics: ServiceMetrics | None = None
+    ):
         self.predictor, self.output, self.options = predictor, output, options
         self.stop = stop if stop is not None else Stop()
+        self.metrics = metrics if metrics is not None else ServiceMetrics("poll")
         self.rate = Rate()
         self.complete = Completeness(options.settle)
         self.stems: dict[str, str] = {}
@@ -201,6 +205,7 @@ class FilePoller:
                 except FileNotFoundError:
                     continue
         present.sort(key=lambda item: (item[0].st_mtime_ns, item[1]))
+        self.metrics.queue_depth.set(len(present))
         self.complete.forget({name for _, name in present})
         self._name_outputs([name for _, name in present])
         ready = [
@@ -220,15 +225,18 @@ class FilePoller:
     def process(self, drops: list[Drop]) -> None:
         """Predict in micro-batches (the next batch decodes during this one's forward pass) and commit
         each batch; a stop request ends after the batch in hand."""
-        start = 0
+        start, taken = 0, time.monotonic()
         for results in predict_batches(self.predictor, [d.path for d in drops], [d.path.name for d in drops]):
-            self.commit(list(zip(drops[start : start + len(results)], results)))
+            self.metrics.batch_size.observe(len(results))
+            committed = self.commit(list(zip(drops[start : start + len(results)], results)))
+            self.metrics.count(committed, taken, time.monotonic())
+            self.metrics.queue_depth.dec(len(results))
             start += len(results)
             if self.stop:
                 return
 
-    def commit(self, batch: list) -> None:
-        """Journal, outputs, then inputs moved on (see the class docstring)."""
+    def commit(self, batch: list) -> list:
+        """Journal, outputs, then inputs moved on (see the class docstring); the results committed."""
         batch = [(drop, result) for drop, result in batch if self._unchanged(drop)]
         targets = [(self._target(d, r), None) if r.ok else self._failure_targets(d) for d, r in batch]
         plan = [
@@ -260,6 +268,7 @@ class FilePoller:
         failed = sum(not r.ok for _, r in batch)
         self.rate.add(len(batch) - failed, failed)
         log.debug("batch: %d predicted, %d failed; %s", len(batch) - failed, failed, self.rate.summary())
+        return [result for _, result in batch]
 
     def recover(self) -> None:
         """Finish the images of a batch whose outputs a stopped run wrote but whose moves it did not do."""

@@ -15,8 +15,6 @@ finishes adds a second result with the same `id`, so clients keep the first resu
 
 from __future__ import annotations
 
-import base64
-import binascii
 import fnmatch
 import json
 import os
@@ -29,8 +27,18 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from optik.errors import ConfigError
-from optik.results import ImageFailure
-from optik.services.loop import Backoff, ModelFailure, Rate, Stop, log, predict_batches
+from optik.services.loop import (
+    Backoff,
+    ModelFailure,
+    Rate,
+    Request,
+    Stop,
+    envelope_request,
+    gather,
+    log,
+    predict_requests,
+)
+from optik.services.metrics import ServiceMetrics
 
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
@@ -110,16 +118,6 @@ def check_auth(options: RedisOptions) -> None:
         client.close()
 
 
-@dataclass
-class Request:
-    """One image to predict, as it came in."""
-
-    image: bytes | None
-    id: object = None
-    error: str | None = None
-    envelope: bool = False
-
-
 def parse_message(data: bytes) -> Request:
     """Raw encoded image bytes, or a JSON envelope `{"id": ..., "image": base64}`."""
     if not data.lstrip()[:1] == b"{":
@@ -128,35 +126,18 @@ def parse_message(data: bytes) -> Request:
         envelope = json.loads(data)
     except ValueError:
         return Request(None, error='message is neither image bytes nor a JSON envelope {"id": ..., "image": base64}')
-    if not isinstance(envelope, dict):
-        return Request(None, error='a JSON message must be an object {"id": ..., "image": base64}')
-    request = Request(None, envelope.get("id"), envelope=True)
-    if not isinstance(envelope.get("image"), str):
-        request.error = 'the JSON envelope has no "image" field (base64 of the encoded image)'
-        return request
-    try:
-        request.image = base64.b64decode(envelope["image"], validate=True)
-    except (binascii.Error, ValueError):
-        request.error = 'the envelope\'s "image" is not valid base64'
-    return request
-
-
-def predict_requests(predictor, requests: list[Request]) -> list:
-    """A result per request (an `ImageFailure` for those that are not images), in micro-batches."""
-    todo = [r for r in requests if r.error is None]
-    names = [str(r.id) if r.id is not None else "message" for r in todo]
-    predicted = iter(
-        [result for batch in predict_batches(predictor, [r.image for r in todo], names) for result in batch]
-    )
-    return [next(predicted) if r.error is None else ImageFailure(str(r.id), r.error) for r in requests]
+    return envelope_request(envelope)
 
 
 class RedisService:
     """Reconnect with backoff around a serving loop; subclasses implement `serve(client)`."""
 
-    def __init__(self, predictor, output, options: RedisOptions, stop: Stop | None = None):
+    def __init__(
+        self, predictor, output, options: RedisOptions, stop: Stop | None = None, metrics: ServiceMetrics | None = None
+    ):
         self.predictor, self.output, self.options = predictor, output, options
         self.stop = stop if stop is not None else Stop()
+        self.metrics = metrics if metrics is not None else ServiceMetrics("redis")
         self.rate = Rate()
         self.backoff = Backoff()
         self.hinted = False  # the first connection failure says what to check; the retries after it do not
@@ -190,7 +171,13 @@ class RedisService:
     def serve(self, client: redis.Redis) -> None:
         raise NotImplementedError
 
-    def _count(self, results: list) -> None:
+    def _predict(self, requests: list[Request]) -> list:
+        self.metrics.batch_size.observe(len(requests))
+        return predict_requests(self.predictor, requests)
+
+    def _count(self, results: list, received: list[float]) -> None:
+        """Count answered results (the log's rate, and the metrics, with each one's latency since `received`)."""
+        self.metrics.count(results, received, time.monotonic())
         failed = sum(not r.ok for r in results)
         self.rate.add(len(results) - failed, failed)
         log.debug("%d answered, %d failed (%s)", len(results) - failed, failed, self.rate.summary())
@@ -208,8 +195,9 @@ class PubSubService(RedisService):
         channel_out: str,
         max_wait_ms: float = 10,
         stop: Stop | None = None,
+        metrics: ServiceMetrics | None = None,
     ):
-        super().__init__(predictor, output, options, stop)
+        super().__init__(predictor, output, options, stop, metrics)
         if fnmatch.fnmatchcase(channel_out, channel_in):
             raise ConfigError(
                 f"the output channel {channel_out!r} matches the input pattern {channel_in!r}: the service would answer its own replies"
@@ -227,26 +215,23 @@ class PubSubService(RedisService):
             while not self.stop:
                 messages = self._collect(pubsub)
                 if messages:
+                    self.metrics.queue_depth.set(len(messages))
                     self._answer(client, [parse_message(data) for data in messages])
+                    self.metrics.queue_depth.set(0)
         finally:
             pubsub.close()
 
     def _collect(self, pubsub) -> list[bytes]:
         """Up to a batch of messages: the first one, then what else arrives within `max_wait`."""
-        first = pubsub.get_message(timeout=1.0)
-        if first is None:
-            return []
-        batch, deadline = [first["data"]], time.monotonic() + self.max_wait
-        while len(batch) < self.predictor.batch_size:
-            message = pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-            if message is not None:
-                batch.append(message["data"])
-            elif time.monotonic() >= deadline:
-                break
-        return batch
+
+        def take(timeout: float) -> bytes | None:
+            message = pubsub.get_message(timeout=timeout)
+            return None if message is None else message["data"]
+
+        return gather(take, self.predictor.batch_size, self.max_wait)
 
     def _answer(self, client: redis.Redis, requests: list[Request]) -> None:
-        results = predict_requests(self.predictor, requests)
+        results = self._predict(requests)
         pipe = client.pipeline(transaction=False)
         for request, result in zip(requests, results):
             if not result.ok:
@@ -261,7 +246,7 @@ class PubSubService(RedisService):
                 reply = {"id": request.id, "result": payload} if request.envelope else payload
             pipe.publish(self.channel_out, json.dumps(reply))
         pipe.execute()
-        self._count(results)
+        self._count(results, [r.received for r in requests])
 
 
 @dataclass
@@ -286,8 +271,16 @@ class StreamOptions:
 class StreamService(RedisService):
     """One worker of a consumer group; see the module docstring for the delivery rules."""
 
-    def __init__(self, predictor, output, options: RedisOptions, streams: StreamOptions, stop: Stop | None = None):
-        super().__init__(predictor, output, options, stop)
+    def __init__(
+        self,
+        predictor,
+        output,
+        options: RedisOptions,
+        streams: StreamOptions,
+        stop: Stop | None = None,
+        metrics: ServiceMetrics | None = None,
+    ):
+        super().__init__(predictor, output, options, stop, metrics)
         if streams.max_attempts < 1 or streams.claim_idle_ms < 1:
             raise ConfigError("--max-attempts and --claim-idle-ms must be at least 1")
         if streams.stream_out in (streams.stream_in, streams.dead):
@@ -319,6 +312,14 @@ class StreamService(RedisService):
             entries = self._read(client)
             if entries:
                 self._handle(client, entries)
+            self._measure_lag(client)
+
+    def _measure_lag(self, client: redis.Redis) -> None:
+        """The group's lag (entries not yet read by any worker; Redis 7+) as the queue depth."""
+        s = self.streams
+        group = next((g for g in client.xinfo_groups(s.stream_in) if g["name"].decode() == s.group), None)
+        if group is not None and group.get("lag") is not None:
+            self.metrics.queue_depth.set(group["lag"])
 
     def _read(self, client: redis.Redis) -> list:
         """Up to a batch of new entries: what is there within 1 s, then what else arrives within `max_wait_ms`."""
@@ -366,9 +367,8 @@ class StreamService(RedisService):
 
     def _handle(self, client: redis.Redis, entries: list, attempts: dict | None = None) -> None:
         if entries:
-            self._finish(
-                client, entries, predict_requests(self.predictor, [self._request(i, f) for i, f in entries]), attempts
-            )
+            requests = [self._request(i, f) for i, f in entries]
+            self._finish(client, entries, self._predict(requests), attempts, requests)
 
     def _request(self, entry_id: bytes, fields: dict | None) -> Request:
         fields = fields or {}
@@ -376,20 +376,30 @@ class StreamService(RedisService):
         request = Request(
             fields.get(b"image"), given.decode(errors="replace") if given is not None else entry_id.decode()
         )
-        if not request.image:
+        if request.image is None:
             request.error = 'the entry has no "image" field (the encoded image bytes)'
+        elif not request.image:
+            request.error = 'the entry\'s "image" field is empty (0 bytes): it must hold the encoded image bytes'
         return request
 
-    def _finish(self, client: redis.Redis, entries: list, results: list, attempts: dict | None = None) -> None:
+    def _finish(
+        self,
+        client: redis.Redis,
+        entries: list,
+        results: list,
+        attempts: dict | None = None,
+        requests: list[Request] | None = None,
+    ) -> None:
         """Add results (and dead letters) to their streams and acknowledge, in one transaction.
 
         An entry the model raised on (`ModelFailure`) is left pending: it is retried after
-        `claim_idle_ms`, and dead-lettered after `max_attempts` deliveries.
+        `claim_idle_ms`, and dead-lettered after `max_attempts` deliveries; only answered entries are counted.
         """
         s, attempts = self.streams, attempts or {}
         trim = {"maxlen": s.maxlen, "approximate": True} if s.maxlen else {}
-        pipe, done = client.pipeline(transaction=True), []
-        for (entry_id, fields), result in zip(entries, results):
+        pipe, done, answered, received = client.pipeline(transaction=True), [], [], []
+        arrivals = [r.received for r in requests] if requests else [time.monotonic()] * len(entries)
+        for (entry_id, fields), result, arrival in zip(entries, results, arrivals):
             request_id, tries = self._request(entry_id, fields).id, attempts.get(entry_id, 1)
             if result.ok:
                 pipe.xadd(s.stream_out, {"id": request_id, "result": json.dumps(self.output.payload(result))}, **trim)
@@ -411,12 +421,14 @@ class StreamService(RedisService):
                     },
                 )
             done.append(entry_id)
+            answered.append(result)
+            received.append(arrival)
         if done:
             pipe.xack(s.stream_in, s.group, *done)
             if s.delete_processed:
                 pipe.xdel(s.stream_in, *done)
             pipe.execute()
-        self._count(results)
+        self._count(answered, received)
 
 
 def _first_line(exc: Exception) -> str:
