@@ -16,7 +16,7 @@ def command(root, work, deterministic):
     args = [sys.executable, "-m", "optik.cli", "train", "resnet18_small", "--work-dir", str(work)]
     for item in [
         *tiny_overrides(root, epochs=4, size=16),
-        "data.batch_size=16",
+        "data.batch_size=32",
         "data.num_workers=1",
         "data.augment.hflip=0",
         f"train.deterministic={str(deterministic).lower()}",
@@ -50,7 +50,7 @@ def kill_mid_epoch(args, work):
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    """The digits with a smaller train split (540 images: 33 batches an epoch) and the usual val split (270 images)."""
+    """The digits with a smaller train split (540 images: 17 batches of 32 an epoch) and the usual val split (270 images)."""
     from conftest import shared_once
 
     from optik.tools.digits import write_digits

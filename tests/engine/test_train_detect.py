@@ -90,7 +90,13 @@ def test_test_map_equals_faster_coco_eval_on_the_same_predictions(shapes_run):
 def test_mask_model_trains_and_scores_segm(tmp_path):
     root = write_shapes_set(tmp_path / "shapes", "coco", train=8, val=4, size=64)
     overrides = shapes_overrides(
-        root, "coco", 1, "model.name=maskrcnn_resnet50_fpn", "model.backbone=resnet18", "data.image_size=96"
+        root,
+        "coco",
+        1,
+        "model.name=maskrcnn_resnet50_fpn",
+        "model.backbone=resnet18",
+        "data.image_size=96",
+        "train.validation=false",  # scored once below: an untrained Mask R-CNN's many masks make evaluation slow
     )
     run = train(load_config("fcos_resnet18_small", overrides), work_dir=tmp_path / "run")
     result = evaluate(run.package, split="val")
@@ -144,10 +150,15 @@ def test_test_on_a_folder_and_on_a_json(tmp_path, optik, shapes_run):
 
 @pytest.mark.slow
 def test_a_detector_learns_the_shapes(tmp_path):
-    """Real learning, not only plumbing: a short run scores well above what an untrained model gets (~0)."""
+    """Real learning, not only plumbing: a short run scores well above what an untrained model gets (~0).
+
+    No validation during training (COCO evaluation every epoch was a quarter of the time): the last
+    epoch's model is scored once, on the val images it never saw."""
     root = write_shapes_set(tmp_path / "shapes", "coco", train=96, val=24, size=128)
     run = train(
-        load_config("fcos_resnet18_small", shapes_overrides(root, "coco", 8, "data.batch_size=8")),
+        load_config(
+            "fcos_resnet18_small", shapes_overrides(root, "coco", 8, "data.batch_size=8", "train.validation=false")
+        ),
         work_dir=tmp_path / "run",
     )
     result = evaluate(run.package, split="val")
