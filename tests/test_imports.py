@@ -114,3 +114,36 @@ def test_prediction_and_evaluation_do_not_import_lightning():
         "optik.metrics.coco",
     )
     assert "lightning" not in loaded and "torch" in loaded
+
+
+def modules_loaded_by_command(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run `python -X importtime -m optik.cli ARGS` as a user would; what it printed and the top-level modules it imported."""
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "optik.cli", *args], capture_output=True, text=True, cwd=cwd
+    )
+    names = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in run.stderr.splitlines() if "import time:" in line}
+    return run, names
+
+
+def test_clients_config_and_help_start_without_torch(tmp_path, redis_server):
+    """A scorer, a client of a service and the config/help commands start in a fraction of a second: no torch."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "p.csv").write_text("a.png,1,0.9\n")
+    (tmp_path / "a.json").write_text('{"a.png": 1}')
+    port = str(redis_server.port)
+    commands = {
+        ("--help",): 0,
+        ("train", "--help"): 0,
+        ("serve", "http", "--help"): 0,
+        ("config", "list"): 0,
+        ("config", "show", "resnet18_small"): 0,
+        ("objectnet", "score", "p.csv", "a.json"): 0,
+        # nothing serves the channel: the client gives up after its timeout, having sent the image
+        ("redis", "send", "a.png", "--redis-port", port, "--timeout", "0.5"): 2,
+    }
+    for args, code in commands.items():
+        run, loaded = modules_loaded_by_command(*args, cwd=tmp_path)
+        assert run.returncode == code, (args, run.stderr[-2000:])
+        assert "optik" in loaded and not loaded & {"torch", "torchvision", "timm", "lightning"}, (args, loaded)

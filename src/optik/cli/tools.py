@@ -324,7 +324,7 @@ def objectnet():
 @click.option("--num-classes", type=click.IntRange(min=1), default=313, show_default=True)
 def objectnet_score(predictions, answers, no_range_check, num_classes):
     """Score PREDICTIONS (ObjectNet CSV) against ANSWERS (JSON: file name -> id) with the challenge's rules."""
-    from optik.tools.objectnet import score_predictions
+    from optik.metrics.objectnet import score_predictions
 
     score = score_predictions(predictions, answers, range_check=not no_range_check, num_classes=num_classes)
     click.echo(f"top-1: {score.top1:.4f}\ntop-5: {score.top5:.4f}\nimages scored: {score.scored}\ntotal: {score.total}")
