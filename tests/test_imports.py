@@ -121,7 +121,9 @@ def modules_loaded_by_command(*args: str, cwd: Path) -> tuple[subprocess.Complet
     run = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "optik.cli", *args], capture_output=True, text=True, cwd=cwd
     )
-    names = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in run.stderr.splitlines() if "import time:" in line}
+    names = {
+        line.rsplit("|", 1)[-1].strip().split(".")[0] for line in run.stderr.splitlines() if "import time:" in line
+    }
     return run, names
 
 
