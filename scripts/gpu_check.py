@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TAIL_LINES = 15
+LINE_CHARS = 300
 TIMED_OUT = 124  # what coreutils' `timeout` returns, so a reader knows it at a glance
 
 
@@ -119,7 +120,8 @@ def run_check(check: Check, logs: Path, seconds_left: float) -> Outcome:
         run = run_command(check.command, log, min(check.timeout, seconds_left))
     except Exception as exc:  # a command that cannot start is this check's failure, not the script's
         return Outcome(check.name, "FAIL", f"could not start: {type(exc).__name__}: {exc}", 0.0, command, log=str(log))
-    tail = run.output.rstrip().splitlines()[-TAIL_LINES:]
+    # long lines cut, so that the failures of an unattended run fit in the end of its output
+    tail = [line[:LINE_CHARS] for line in run.output.rstrip().splitlines()[-TAIL_LINES:]]
     outcome = Outcome(check.name, "FAIL", "", run.seconds, command, run.returncode, tail, str(log))
     if run.timed_out:
         outcome.figures = f"timed out after {run.seconds:.0f} s"
@@ -339,12 +341,15 @@ def poll_check(setup: Setup, model: Path, precision: str) -> Check:
         answered, left = len(list(drop_out.glob("*.json"))), len(list(drop_in.glob("*.png")))
         on_device = f"ready on {setup.device}" in run.output
         speed = last_match(r"\(([\d.]+) images/s\)", run.output)
+        mode = last_match(rf"ready on {setup.device}\S* \((\w+)", run.output)
         figures = f"{answered}/{len(setup.labels)} answered, {left} left in --in"
         figures += f", {speed[1]} img/s" if speed else ""
+        figures += f", {mode[1]} mode" if mode else ""
         figures += "" if on_device else f", never said 'ready on {setup.device}'"
         return answered == len(setup.labels) and left == 0 and on_device, figures
 
-    return Check(f"serve poll {precision} on {setup.device}", command, judge, needs=[model], timeout=120)
+    # on cuda a service compiles its model (the auto mode): the compile is in this check's time
+    return Check(f"serve poll {precision} on {setup.device}", command, judge, needs=[model], timeout=240)
 
 
 ORT_ON_CUDA = """
@@ -535,7 +540,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(report + (f"\n## Failures\n\n{details}\n" if details else ""))
     (args.out / "outcomes.json").write_text(json.dumps([o.__dict__ for o in outcomes], indent=1))
-    print(f"\n{report}" + (f"\n{details}\n" if details else ""))
+    # the table last: a reader who sees only the end of the output still gets it whole
+    print((f"\n{details}\n" if details else "") + f"\n{report}")
     print(f"table and logs: {args.out}")
     return 1 if any(o.status == "FAIL" for o in outcomes) else 0
 
