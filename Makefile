@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_run
 
-.PHONY: install test test-fast lint format docs docs-check demo demo-detect bench redis-server clean
+.PHONY: install test test-fast lint format docs docs-check demo demo-detect bench gpu-check redis-server clean
 
 install: $(STAMP)
 
@@ -78,5 +78,11 @@ bench: install redis-server
 	$(PY) benchmarks/serve.py
 	$(PY) benchmarks/detect.py
 
+# Every CUDA path through the real CLI in a few minutes, as a table in $(GPU_CHECK_OUT)/table.md (docs/development.md);
+# without CUDA it says so and exits 0.
+GPU_CHECK_OUT ?= gpu_check_out
+gpu-check: install
+	$(PY) scripts/gpu_check.py --out $(GPU_CHECK_OUT)
+
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) work_dirs .pytest_cache site
+	rm -rf $(VENV) $(DEMO_DIR) $(GPU_CHECK_OUT) work_dirs .pytest_cache site
