@@ -323,6 +323,7 @@ def test_the_migration_page_maps_the_old_commands():
         assert f"| `{old}" in page
 
 
+@pytest.mark.slow  # over 10 s: CI runs it; `make test-fast` leaves it out
 def test_test_into_a_closed_pipe_ends_quietly_with_the_results_written(colour_model, tmp_path):
     data = make_colour_set(tmp_path / "data", per_class=2)
     process = subprocess.Popen(

@@ -19,6 +19,7 @@ def digits_config(root, *extra):
     )
 
 
+@pytest.mark.slow  # over 10 s: CI runs it; `make test-fast` leaves it out
 def test_digits_learn_and_work_dir_is_complete(digits_root, tmp_path):
     cfg = digits_config(digits_root, "train.keep_checkpoints=2")
     result = train(cfg, work_dir=tmp_path / "run")

@@ -183,6 +183,7 @@ def give_mixed_shapes(split_folder):
     (split_folder / "annotations.json").write_text(json.dumps(doc))
 
 
+@pytest.mark.slow  # over 10 s: CI runs it; `make test-fast` leaves it out
 def test_best_val_map_is_what_optik_test_reports_on_the_val_images(tmp_path, optik):
     """Training's val/map and `optik test --split val` score the same predictions with the same evaluator,
     even when a validation batch mixes wide and tall images (it used to pad them together)."""

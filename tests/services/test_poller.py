@@ -162,7 +162,9 @@ def test_sigkill_at_five_random_moments_loses_and_doubles_nothing(colour_model, 
     assert list(in_dir.iterdir()) == [] and sorted(p.name for p in out_dir.glob("*.jpg")) == sorted(truth)
 
 
-@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp"])
+@pytest.mark.parametrize(
+    "ext", [".jpg", pytest.param(".png", marks=pytest.mark.slow), pytest.param(".bmp", marks=pytest.mark.slow)]
+)
 def test_a_file_written_slowly_is_read_only_when_complete(colour_model, tmp_path, ext):
     """Written in 8 chunks over 2 seconds while the service polls every 0.05 s: one good prediction."""
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
@@ -206,6 +208,7 @@ def look_times(log: str) -> list[float]:
     return [datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f").timestamp() for s in stamps]
 
 
+@pytest.mark.slow  # over 10 s: CI runs it; `make test-fast` leaves it out
 def test_continuous_waits_poll_wait_between_empty_looks(colour_model, tmp_path):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()

@@ -125,6 +125,7 @@ def test_config_mistakes_are_clear(tmp_path):
     assert done.returncode == 2 and "data.root is not an image folder" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # over 10 s: CI runs it; `make test-fast` leaves it out
 def test_probe_reads_backbone_pt_and_the_pretraining_checkpoint_alike(backbone, digits_root):
     from optik.engine.probe import probe
 
