@@ -125,7 +125,7 @@ def export_onnx(
     None: returns the bytes). The batch axis is dynamic unless `dynamic_batch` is False."""
     buffer = io.BytesIO() if target is None else target
     axes = {names[0]: {0: "batch"}, names[1]: {0: "batch"}} if dynamic_batch else None
-    with _exporting():
+    with exporting_quietly():
         # a value turned into Python (an `if` on a tensor) would be frozen into the graph: refuse the export
         warnings.simplefilter("error", torch.jit.TracerWarning)
         torch.onnx.export(
@@ -157,7 +157,7 @@ def export_detector(model: nn.Module, example: torch.Tensor, resize_outside: boo
         names = list(model([example])[0].keys())
     buffer = io.BytesIO()
     axes = {"image": {1: "height", 2: "width"}, **{name: {0: "objects"} for name in names}}
-    with _exporting():
+    with exporting_quietly():
         torch.onnx.export(
             model,
             ([example.detach().clone().cpu()],),
@@ -172,7 +172,7 @@ def export_detector(model: nn.Module, example: torch.Tensor, resize_outside: boo
 
 
 @contextlib.contextmanager
-def _exporting():
+def exporting_quietly():
     """Gradients and warnings off, and the exporter's output silenced (see `_output_silenced`)."""
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), _output_silenced():
         warnings.simplefilter("ignore")
