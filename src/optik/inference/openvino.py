@@ -119,7 +119,8 @@ def _cached_graph(key: str, make):
     ov.save_model(graph, str(partial), compress_to_fp16=False)
     partial.with_suffix(".bin").replace(path.with_suffix(".bin"))  # the .bin first: an .xml is only there when whole
     partial.replace(path)
-    return graph
+    # compiled as read back, so this run and the next compile the same graph and share one cached blob
+    return core().read_model(str(path))
 
 
 class OpenVinoModel(nn.Module):
