@@ -17,8 +17,9 @@ from torch import nn
 
 from optik.data.decode import open_image
 from optik.errors import ConfigError
+from optik.inference.detect_runtime import DetectBackend
 from optik.inference.predictor import ImageSource, Loaded, load_one, named, stream
-from optik.inference.runtime import DetectBackend, Runtime
+from optik.inference.runtime import Runtime
 from optik.models.detect import drop_background
 from optik.results import Detection, ImageFailure, Result
 
