@@ -204,7 +204,9 @@ def auto_plan(backend: str, precision: str, device: torch.device, images: int | 
     forms += [Runtime("compiled", "32", device)] if big else []
     forms.append(Runtime("fused", "32", device))
     # cheapest set-up first: the first form is always built, and each next one only if it can repay its own
-    return Plan(sorted(forms, key=lambda form: SETUP_IN_EAGER_IMAGES[form.mode]), race=True)
+    # (of equal set-up, the precision asked for first)
+    order = sorted(forms, key=lambda form: (SETUP_IN_EAGER_IMAGES[form.mode], form.precision != precision))
+    return Plan(order, race=True)
 
 
 def exported_network(model: str | bytes, meta: dict, precision: str = "32") -> tuple[nn.Module, Runtime]:
@@ -336,17 +338,19 @@ class RuntimeBackend:
         """Try the plan's forms on a slice of this first batch (the one check-and-fall-back rule)."""
         self._checked = True
         probe = images[:CHECK_IMAGES]  # enough to catch a wrong form, without an eager pass over a whole batch
-        started = time.perf_counter()
         reference = self.eager(probe).float()
+        started = time.perf_counter()  # timed on a second call: the first one pays for PyTorch's lazy set-up
+        self.eager(probe) if self.plan.race else None
         eager_per_image = (time.perf_counter() - started) / len(probe)
         best: tuple[float, Runtime, nn.Module] | None = None
+        setups: dict[str, float] = {}  # seconds each form built so far took to set up, by mode
         for form in self.plan.forms:
-            if self.plan.race and best is not None and not self._can_repay(form, best[0], eager_per_image):
+            if self.plan.race and best is not None and not self._can_repay(form, best[0], eager_per_image, setups):
                 continue
             tried = self._try(form, probe, reference)
             if tried is None:
                 continue
-            model, per_image = tried
+            model, per_image, setups[form.mode] = tried
             if not self.plan.race:
                 best = (per_image, form, model)
                 break
@@ -364,20 +368,32 @@ class RuntimeBackend:
         self.layout = layout_of(self.runtime.mode)
         log.info("inference runs %s", self.runtime)
 
-    def _can_repay(self, form: Runtime, best_per_image: float, eager_per_image: float) -> bool:
-        """Whether even an infinitely fast `form` would save more time over the job than its set-up costs."""
-        remaining = (self.remaining or COMPILE_MIN_IMAGES) * self.views
-        return remaining * best_per_image > SETUP_IN_EAGER_IMAGES[form.mode] * eager_per_image
+    def _can_repay(self, form: Runtime, best_per_image: float, eager_per_image: float, setups: dict) -> bool:
+        """Whether even an infinitely fast `form` would save more time over the job than its set-up costs.
 
-    def _try(self, form: Runtime, probe: torch.Tensor, reference: torch.Tensor) -> tuple[nn.Module, float] | None:
-        """The form's model and its seconds per image on the probe, or None (logged) when it fails or disagrees."""
+        The set-up is estimated from a traced form's measured one (ONNX export and OpenVINO conversion
+        both trace the model) when there is one, else from the eager rate."""
+        estimate = SETUP_IN_EAGER_IMAGES[form.mode] * eager_per_image
+        traced = [mode for mode in ("onnx", "openvino") if mode in setups]
+        if traced and form.mode in ("onnx", "openvino"):
+            estimate = setups[traced[0]] * SETUP_IN_EAGER_IMAGES[form.mode] / SETUP_IN_EAGER_IMAGES[traced[0]]
+        remaining = (self.remaining or COMPILE_MIN_IMAGES) * self.views
+        return remaining * best_per_image > estimate
+
+    def _try(
+        self, form: Runtime, probe: torch.Tensor, reference: torch.Tensor
+    ) -> tuple[nn.Module, float, float] | None:
+        """The form's model, its seconds per image on the probe and its set-up seconds, or None (logged)
+        when it fails or disagrees."""
         try:
+            building = time.perf_counter()
             model = self._build(form, probe)
             with warnings.catch_warnings(), self.autocast(form):
                 warnings.simplefilter("ignore")
                 batch = probe.contiguous(memory_format=layout_of(form.mode))
                 output = model(batch)  # the first call also warms the form up
                 started = time.perf_counter()
+                setup = started - building
                 model(batch) if self.plan.race else None
                 per_image = (time.perf_counter() - started) / len(probe)
         except Exception as exc:  # noqa: BLE001 - a model an engine cannot handle still runs in another form
@@ -391,7 +407,7 @@ class RuntimeBackend:
         if not agrees(output, reference, form.precision):
             log.warning("inference as %s changes this model's outputs; falling back", form)
             return None
-        return model, per_image
+        return model, per_image, setup
 
     def _build(self, form: Runtime, probe: torch.Tensor) -> nn.Module:
         if form.mode == "eager":
