@@ -119,8 +119,8 @@ def start_predictor(
         "model %s ready on %s (%s, precision %s, batch %d)",
         model,
         predictor.device,
-        predictor.backend.mode,
-        precision,
+        predictor.backend.runtime.form,
+        predictor.backend.runtime.precision,
         predictor.batch_size,
     )
     if metrics is not None:

@@ -87,10 +87,13 @@ class Runtime:
     def engine(self) -> str:
         return ENGINE_OF_MODE[self.mode]
 
+    @property
+    def form(self) -> str:
+        """The engine, and for torch its form: "torch fused", "onnxruntime", "openvino"."""
+        return f"torch {self.mode}" if self.engine == "torch" else self.engine
+
     def __str__(self) -> str:
-        return f"{self.engine} {self.mode if self.engine == 'torch' else ''} {self.precision} on {self.device}".replace(
-            "  ", " "
-        )
+        return f"{self.form} {self.precision} on {self.device}"
 
 
 @dataclass
@@ -372,11 +375,16 @@ class RuntimeBackend:
         """Whether even an infinitely fast `form` would save more time over the job than its set-up costs.
 
         The set-up is estimated from a traced form's measured one (ONNX export and OpenVINO conversion
-        both trace the model) when there is one, else from the eager rate."""
+        both trace the model) when there is one, else from the eager rate; the same engine in another
+        precision reuses the cached conversion."""
         estimate = SETUP_IN_EAGER_IMAGES[form.mode] * eager_per_image
         traced = [mode for mode in ("onnx", "openvino") if mode in setups]
         if traced and form.mode in ("onnx", "openvino"):
             estimate = setups[traced[0]] * SETUP_IN_EAGER_IMAGES[form.mode] / SETUP_IN_EAGER_IMAGES[traced[0]]
+        if (
+            form.mode in setups
+        ):  # the same engine in another precision: its conversion is cached, only compiling is left
+            estimate = setups[form.mode] / 4
         remaining = (self.remaining or COMPILE_MIN_IMAGES) * self.views
         return remaining * best_per_image > estimate
 
