@@ -19,7 +19,7 @@ import timm
 import torch
 
 from optik.data.transforms import Preprocess
-from optik.inference.predictor import Predictor
+from optik.inference.predictor import Classifier as Predictor
 
 
 def photo_batch(count: int, size: int, seed: int = 0) -> torch.Tensor:

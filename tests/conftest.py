@@ -201,6 +201,14 @@ def redis_server(tmp_path):
         yield server
 
 
+@pytest.fixture(scope="session", autouse=True)
+def optik_cache(tmp_path_factory) -> Path:
+    """Compiled models (OpenVINO, inductor) go to a folder of this session, not the user's ~/.cache/optik."""
+    folder = tmp_path_factory.mktemp("optik-cache")
+    os.environ["OPTIK_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def stop_leftover_services():
     """A test that fails halfway must not leave `optik serve` processes behind."""

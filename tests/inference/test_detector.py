@@ -12,7 +12,7 @@ from PIL import Image
 
 from optik.config.load import config_to_dict, load_config
 from optik.inference.detector import Detector
-from optik.inference.predictor import Predictor
+from optik.inference.predictor import Classifier
 from optik.models.detect import build_detector
 from optik.models.package import ModelPackage, load_package, save_package
 from optik.tasks.loading import build_model, load_predictor
@@ -49,7 +49,7 @@ def noise_image(path, width: int, height: int, seed: int = 0):
 def test_load_predictor_picks_the_task(detector_package, colour_model):
     assert isinstance(load_predictor(detector_package, device="cpu"), Detector)
     classifier = load_predictor(colour_model, device="cpu")
-    assert isinstance(classifier, Predictor) and not isinstance(classifier, Detector)
+    assert isinstance(classifier, Classifier) and not isinstance(classifier, Detector)
 
 
 def test_batch_predict_refuses_a_detector_with_what_it_is_for(detector_package, tmp_path, optik):

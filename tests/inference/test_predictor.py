@@ -1,4 +1,4 @@
-"""The Predictor: same answers as the plain model in every mode, bad inputs reported per image, top-k rules."""
+"""The Classifier: same answers as the plain model in every mode, bad inputs reported per image, top-k rules."""
 
 import io
 
@@ -10,8 +10,10 @@ from conftest import colour_image
 
 from optik.data.transforms import Preprocess, eval_transform
 from optik.errors import ConfigError
-from optik.inference.backends import COMPILE_MIN_IMAGES, ONNX_MIN_IMAGES, TorchBackend, fuse_conv_bn, mode_for
-from optik.inference.predictor import Predictor
+from optik.inference import openvino
+from optik.inference.backends import fuse_conv_bn
+from optik.inference.predictor import Classifier
+from optik.inference.runtime import COMPILE_MIN_IMAGES, RuntimeBackend, plan
 
 PRE = Preprocess(image_size=32, resize_size=36, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 CLASSES = ["a", "b", "c", "d", "e", "f"]
@@ -40,10 +42,10 @@ def reference(model, images):
 
 
 @pytest.mark.parametrize(
-    "mode", ["eager", "fused", pytest.param("compiled", marks=pytest.mark.slow), "onnx"]
+    "mode", ["eager", "fused", pytest.param("compiled", marks=pytest.mark.slow), "onnx", "openvino"]
 )  # compiling: slow
 def test_every_mode_matches_eager_pytorch(model, images, mode):
-    predictor = Predictor(model, CLASSES, PRE, device="cpu", batch_size=8, mode=mode)
+    predictor = Classifier(model, CLASSES, PRE, device="cpu", batch_size=8, mode=mode)
     results = predictor.predict(images)  # 20 images: batches of 8, 8, 4 (the last one padded when compiled)
     expected = reference(model, images)
     got = np.stack([r.probs for r in results])
@@ -52,16 +54,24 @@ def test_every_mode_matches_eager_pytorch(model, images, mode):
     assert predictor.backend.mode == mode
 
 
-def test_auto_picks_by_job_size_device_and_precision():
+def forms(*args) -> list[tuple[str, str]]:
+    return [(form.mode, form.precision) for form in plan(*args).forms]
+
+
+def test_auto_races_every_form_of_the_machine_and_keeps_fp32_in_lower_precisions():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert mode_for(None, cpu) == "fused"  # unknown size (a one-off predict): no set-up cost
-    assert mode_for(ONNX_MIN_IMAGES - 1, cpu) == "fused"
-    assert mode_for(ONNX_MIN_IMAGES, cpu) == "onnx"
-    assert mode_for(COMPILE_MIN_IMAGES, cpu, "bf16") == "compiled"  # onnxruntime runs fp32 only
-    assert mode_for(ONNX_MIN_IMAGES, cpu, "bf16") == "fused"
-    assert mode_for(COMPILE_MIN_IMAGES, cuda) == "compiled"
-    backend = TorchBackend(torch.nn.Linear(2, 2), device="cpu", mode="auto", expected_images=5000)
-    assert backend.requested == "onnx"
+    assert forms("auto", "auto", "32", cpu, None) == [("fused", "32")]  # a one-off predict: no set-up cost
+    job = plan("auto", "auto", "32", cpu, 500)
+    assert job.race and [f.mode for f in job.forms] == ["fused", "onnx", "openvino"]  # cheapest set-up first
+    assert ("compiled", "32") in forms("auto", "auto", "32", cpu, COMPILE_MIN_IMAGES)
+    assert forms("auto", "torch", "32", cpu, 500) == [("fused", "32")]  # PyTorch's own forms only
+    bf16 = forms("auto", "auto", "bf16", cpu, 500)
+    assert {("fused", "32"), ("onnx", "32"), ("openvino", "32"), ("fused", "bf16")} <= set(bf16)
+    assert (("openvino", "bf16") in bf16) == openvino.cpu_has_bf16()
+    assert forms("auto", "auto", "32", cuda, COMPILE_MIN_IMAGES)[0] == ("compiled", "32")
+    assert forms("openvino", "auto", "bf16", cpu, 10) == [("openvino", "bf16"), ("fused", "bf16")]
+    named = plan("auto", "openvino", "32", cpu, 10)  # the user named the engine: no fallback
+    assert [f.mode for f in named.forms] == ["openvino"] and not named.fallback
 
 
 def test_fusion_folds_every_batch_norm(model):
@@ -73,7 +83,7 @@ def test_fusion_folds_every_batch_norm(model):
 
 
 def test_bf16_is_close_but_not_promised_exact(model, images):
-    predictor = Predictor(model, CLASSES, PRE, device="cpu", precision="bf16", batch_size=8, mode="fused")
+    predictor = Classifier(model, CLASSES, PRE, device="cpu", precision="bf16", batch_size=8, mode="fused")
     got = np.stack([r.probs for r in predictor.predict(images)])
     assert np.abs(got - reference(model, images)).max() < 0.1
 
@@ -83,7 +93,7 @@ def test_sources_bytes_paths_and_failures(model, images, tmp_path):
     images[0].save(path)
     buf = io.BytesIO()
     images[0].save(buf, "JPEG", quality=95)
-    predictor = Predictor(model, CLASSES, PRE, device="cpu", batch_size=2, mode="eager")
+    predictor = Classifier(model, CLASSES, PRE, device="cpu", batch_size=2, mode="eager")
     results = predictor.predict([path, buf.getvalue(), b"garbage", images[0], tmp_path / "missing.png"])
     assert [r.ok for r in results] == [True, True, False, True, False]
     assert results[2].reason.startswith("not an image") and "No such file" in results[4].reason
@@ -91,7 +101,7 @@ def test_sources_bytes_paths_and_failures(model, images, tmp_path):
 
 
 def test_top_k_is_clamped_and_sorted(model, images):
-    result = Predictor(model, CLASSES, PRE, device="cpu", mode="eager").predict(images[:1])[0]
+    result = Classifier(model, CLASSES, PRE, device="cpu", mode="eager").predict(images[:1])[0]
     full = result.to_dict()
     assert list(full) == CLASSES and sum(full.values()) == pytest.approx(1.0, abs=1e-5)
     top = result.to_dict(top_k=100)
@@ -104,16 +114,18 @@ def test_top_k_is_clamped_and_sorted(model, images):
 
 def test_option_errors():
     with pytest.raises(ConfigError, match="needs a CUDA device"):
-        TorchBackend(torch.nn.Linear(2, 2), device="cpu", precision="16")
+        RuntimeBackend(torch.nn.Linear(2, 2), device="cpu", precision="16")
     with pytest.raises(ConfigError, match="precision must be"):
-        TorchBackend(torch.nn.Linear(2, 2), device="cpu", precision="8")
-    with pytest.raises(ConfigError, match="onnx mode runs fp32 on the CPU"):
-        TorchBackend(torch.nn.Linear(2, 2), device="cpu", precision="bf16", mode="onnx")
+        RuntimeBackend(torch.nn.Linear(2, 2), device="cpu", precision="8")
+    with pytest.raises(ConfigError, match="onnxruntime backend runs fp32"):
+        RuntimeBackend(torch.nn.Linear(2, 2), device="cpu", precision="bf16", mode="onnx")
     with pytest.raises(ConfigError, match="mode must be one of"):
-        TorchBackend(torch.nn.Linear(2, 2), device="cpu", mode="fast")
+        RuntimeBackend(torch.nn.Linear(2, 2), device="cpu", mode="fast")
+    with pytest.raises(ConfigError, match="--calibration DIR"):
+        RuntimeBackend(torch.nn.Linear(2, 2), device="cpu", precision="int8", mode="auto")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
-            TorchBackend(torch.nn.Linear(2, 2), device="cuda")
+            RuntimeBackend(torch.nn.Linear(2, 2), device="cuda")
 
 
 def test_a_model_onnx_cannot_export_runs_fused(images):
@@ -126,7 +138,7 @@ def test_a_model_onnx_cannot_export_runs_fused(images):
             return torch.digamma(self.conv(x).mean((2, 3)).exp() + 1)  # an operator ONNX has no form for
 
     net = Unexportable().eval()
-    predictor = Predictor(net, CLASSES, PRE, device="cpu", batch_size=8, mode="onnx")
+    predictor = Classifier(net, CLASSES, PRE, device="cpu", batch_size=8, mode="onnx")
     got = np.stack([r.probs for r in predictor.predict(images)])
     assert predictor.backend.mode == "fused" and np.abs(got - reference(net, images)).max() < 1e-4
 
@@ -142,7 +154,7 @@ def test_a_model_that_branches_on_values_is_not_exported(images):
             return features if float(x.abs().max()) < 1000 else -features  # these images take the first branch
 
     net = Branching().eval()
-    predictor = Predictor(net, CLASSES, PRE, device="cpu", batch_size=4, mode="onnx")
+    predictor = Classifier(net, CLASSES, PRE, device="cpu", batch_size=4, mode="onnx")
     got = np.stack([r.probs for r in predictor.predict(images)])
     assert predictor.backend.mode == "fused" and np.abs(got - reference(net, images)).max() < 1e-4
 
@@ -159,7 +171,7 @@ def test_a_model_the_optimiser_cannot_handle_falls_back(images):
             return self.conv(x).mean((2, 3)) * (1 if float(x.mean()) > -100 else -1)
 
     odd = Odd().eval()
-    for mode in ("compiled", "onnx"):
-        predictor = Predictor(odd, CLASSES, PRE, device="cpu", batch_size=8, mode=mode)
+    for mode in ("compiled", "onnx", "openvino"):
+        predictor = Classifier(odd, CLASSES, PRE, device="cpu", batch_size=8, mode=mode)
         got = np.stack([r.probs for r in predictor.predict(images)])
         assert np.abs(got - reference(odd, images)).max() < 1e-4

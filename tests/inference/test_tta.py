@@ -15,7 +15,7 @@ from conftest import colour_image, run_optik
 from optik.config.load import config_to_dict, load_config
 from optik.data.transforms import Preprocess
 from optik.errors import ConfigError
-from optik.inference.predictor import Predictor
+from optik.inference.predictor import Classifier
 from optik.models.package import ModelPackage, load_package, save_package
 from optik.tasks import get_task
 from optik.tasks.loading import build_model, load_predictor
@@ -42,7 +42,7 @@ def by_hand(colour_model, paths, tta: str) -> np.ndarray:
     """softmax(model(x)) averaged with softmax(model(flip(x))) for each flip of `tta`, in plain torch."""
     package = load_package(colour_model)
     network = build_model(package)
-    loader = Predictor(network, package.classes, Preprocess.from_dict(package.preprocess), device="cpu", mode="eager")
+    loader = Classifier(network, package.classes, Preprocess.from_dict(package.preprocess), device="cpu", mode="eager")
     x = torch.stack([loader.load(path) for path in paths])
     with torch.no_grad():
         views = [network(x).softmax(-1)] + [network(x.flip(dims)).softmax(-1) for dims in VIEWS[tta]]
@@ -87,7 +87,7 @@ def test_one_forward_pass_per_batch_holds_every_view(colour_model, pictures):
     seen = []
     network.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
     preprocess = Preprocess.from_dict(package.preprocess).with_tta("hflip,vflip")
-    predictor = Predictor(network, package.classes, preprocess, device="cpu", mode="eager", batch_size=2)
+    predictor = Classifier(network, package.classes, preprocess, device="cpu", mode="eager", batch_size=2)
     predictor.predict(pictures)  # 5 pictures in batches of 2, 2, 1; three views each
     assert seen == [6, 6, 3]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -178,12 +179,13 @@ def tta_option(func):
 def model_options(func):
     func = tta_option(func)
     func = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto")(func)
+    func = calibration_option(func)
     func = click.option(
         "--precision",
-        type=click.Choice(["32", "bf16", "16"]),
+        type=click.Choice(PRECISION_CHOICES),
         default="32",
         show_default=True,
-        help="32 is exact; bf16 is faster on recent CPUs, 16 needs CUDA",
+        help=PRECISION_HELP,
     )(func)
     func = click.option(
         "--batch-size",
@@ -193,19 +195,41 @@ def model_options(func):
     func = click.option(
         "--optimize",
         "mode",
-        type=click.Choice(["auto", "fused", "compiled", "onnx", "eager"]),
+        type=click.Choice(OPTIMIZE_CHOICES),
         default="auto",
         show_default=True,
-        help="exact speed-ups: fused (no set-up), onnx (onnxruntime, CPU fp32; auto picks it there for services and 100+ images), compiled (compiles once; auto picks it elsewhere for services and 1000+ images), eager (plain PyTorch)",
+        help=OPTIMIZE_HELP,
     )(func)
     return func
+
+
+PRECISION_CHOICES = ["32", "bf16", "16", "int8"]
+PRECISION_HELP = (
+    "32 is exact; bf16 is faster on recent CPUs (OpenVINO where the CPU has AMX/avx512_bf16), 16 needs CUDA, "
+    "int8 (classifiers, CPU) quantizes on --calibration images; auto never runs a lower precision slower than 32"
+)
+OPTIMIZE_CHOICES = ["auto", "fused", "compiled", "onnx", "openvino", "eager"]
+OPTIMIZE_HELP = (
+    "how the model runs: fused (exact, no set-up), onnx (onnxruntime, CPU fp32), openvino (CPU: 32, bf16, int8), "
+    "compiled (torch.compile, compiles once), eager (plain PyTorch); auto: on a CPU the fastest that agrees with "
+    "eager, measured on the first batch, for services and jobs whose set-up pays off (else fused); on a GPU "
+    "compiled for services and 1000+ images"
+)
+
+
+def calibration_option(func):
+    return click.option(
+        "--calibration",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="a folder of images like the real ones (the first 300 are used) to quantize on, for --precision int8",
+    )(func)
 
 
 def backend_option(func):
     return click.option(
         "--backend",
-        type=click.Choice(["auto", "torch", "onnxruntime"]),
+        type=click.Choice(["auto", "torch", "onnxruntime", "openvino"]),
         default="auto",
         show_default=True,
-        help="onnxruntime: run an exported .onnx, or export MODEL in memory first (checked; CPU fp32); auto: onnxruntime for .onnx files",
+        help="onnxruntime / openvino: run an exported .onnx / .xml, or convert MODEL in memory first (checked; CPU), an error if that fails; torch: PyTorch only; auto: the file's engine, else --optimize decides",
     )(func)

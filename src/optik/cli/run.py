@@ -162,7 +162,9 @@ def train(source, work_dir, overrides, resume, overwrite, no_validate, seed, det
     help="detectors: leave missing or unreadable images out, reported as unreadable, instead of stopping (classifiers always do)",
 )
 @model_options
-def test_command(model, data, split, out, out_items, plots, images, skip_bad, device, precision, batch_size, mode, tta):
+def test_command(
+    model, data, split, out, out_items, plots, images, skip_bad, device, precision, calibration, batch_size, mode, tta
+):
     """Evaluate MODEL (model.pt or checkpoint) on DATA (class folders or list file; default: the run's own split)."""
     from optik.engine.evaluate import evaluate, plot_evaluation
     from optik.metrics.evaluation import check_results_path, write_results
@@ -178,6 +180,7 @@ def test_command(model, data, split, out, out_items, plots, images, skip_bad, de
         batch_size=batch_size,
         device=device,
         precision=precision,
+        calibration=calibration,
         mode=mode,
         with_curves=plots is not None,
         images=images,
@@ -282,6 +285,7 @@ def predict(
     bbox_as_fallback,
     device,
     precision,
+    calibration,
     batch_size,
     mode,
     tta,
@@ -320,6 +324,7 @@ def predict(
         expected_images=len(files),
         backend=backend,
         tta=tta,
+        calibration=calibration,
     )
     output, failed = (
         make_output(

@@ -87,6 +87,7 @@ def start_predictor(
     expected_images: int | None = None,
     tta: str | None = None,
     metrics=None,
+    calibration: Path | None = None,
 ):
     """Logging on stderr, the predictor loaded, its output format, then the warm-up (a service
     compiles before its first request; output options that do not fit the model fail before that);
@@ -96,7 +97,7 @@ def start_predictor(
     """
     import logging
 
-    from optik.inference.backends import COMPILE_MIN_IMAGES
+    from optik.inference.runtime import COMPILE_MIN_IMAGES
     from optik.tasks.loading import load_predictor
 
     service_logging(verbose, quiet)
@@ -110,6 +111,7 @@ def start_predictor(
         expected_images=expected_images,
         backend=backend,
         tta=tta,
+        calibration=calibration,
     )
     output = make_output(predictor.task, **output_options)
     predictor.warmup()
@@ -117,8 +119,8 @@ def start_predictor(
         "model %s ready on %s (%s, precision %s, batch %d)",
         model,
         predictor.device,
-        predictor.backend.mode,
-        precision,
+        predictor.backend.runtime.form,
+        predictor.backend.runtime.precision,
         predictor.batch_size,
     )
     if metrics is not None:
@@ -229,6 +231,7 @@ def serve_poll(
     quiet,
     device,
     precision,
+    calibration,
     batch_size,
     mode,
     tta,
@@ -283,6 +286,7 @@ def serve_poll(
             outputs,
             expected_images=one_pass,
             tta=tta,
+            calibration=calibration,
             metrics=metrics,
         )
         stop.started()
@@ -410,6 +414,7 @@ def serve_redis(
     quiet,
     device,
     precision,
+    calibration,
     batch_size,
     mode,
     tta,
@@ -438,7 +443,18 @@ def serve_redis(
             bbox_as_fallback=bbox_as_fallback,
         )
         predictor, output = start_predictor(
-            model, device, precision, batch_size, mode, backend, verbose, quiet, outputs, tta=tta, metrics=metrics
+            model,
+            device,
+            precision,
+            batch_size,
+            mode,
+            backend,
+            verbose,
+            quiet,
+            outputs,
+            tta=tta,
+            metrics=metrics,
+            calibration=calibration,
         )
         if transport == "pubsub":
             service = PubSubService(predictor, output, connection, redis_in, redis_out, max_wait_ms, stop, metrics)
@@ -497,6 +513,7 @@ def serve_http(
     quiet,
     device,
     precision,
+    calibration,
     batch_size,
     mode,
     tta,
@@ -525,7 +542,17 @@ def serve_http(
             bbox_as_fallback=bbox_as_fallback,
         )
         predictor, output = start_predictor(
-            model, device, precision, batch_size, mode, backend, verbose, quiet, outputs, tta=tta
+            model,
+            device,
+            precision,
+            batch_size,
+            mode,
+            backend,
+            verbose,
+            quiet,
+            outputs,
+            tta=tta,
+            calibration=calibration,
         )
         metrics.set_model(model, predictor.task)
         stop.started()

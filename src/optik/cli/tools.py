@@ -7,7 +7,19 @@ from pathlib import Path
 
 import click
 
-from optik.cli.common import TTA_CHOICES, OptikGroup, backend_option, fail, main, tta_option
+from optik.cli.common import (
+    OPTIMIZE_CHOICES,
+    OPTIMIZE_HELP,
+    PRECISION_CHOICES,
+    PRECISION_HELP,
+    TTA_CHOICES,
+    OptikGroup,
+    backend_option,
+    calibration_option,
+    fail,
+    main,
+    tta_option,
+)
 from optik.outputs.objectnet import FORMATS as ROW_FORMATS
 
 
@@ -77,8 +89,23 @@ def flops_command(model, shape, num_classes, depth):
 
 @main.command("export")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="output file [default: MODEL with .onnx]")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "openvino"]),
+    default="onnx",
+    show_default=True,
+    help="onnx (onnxruntime), or openvino: an IR (.xml + .bin; classifiers)",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="output file [default: MODEL with .onnx / .xml]"
+)
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="openvino: quantize to int8 on the --calibration images (agreement with fp32 is printed)",
+)
+@calibration_option
 @click.option(
     "--dynamic-batch/--static-batch",
     default=True,
@@ -95,11 +122,17 @@ def flops_command(model, shape, num_classes, depth):
     type=click.Choice(TTA_CHOICES),
     help="classifiers: the test-time augmentation the .onnx records, applied by every runner of it (see optik predict --tta) [default: the package's]",
 )
-def export_command(model, fmt, out, dynamic_batch, check_images, tta):
-    """Export MODEL (model.pt or checkpoint, classifier or detector) to ONNX, checked against PyTorch; run it by giving the .onnx as MODEL."""
-    from optik.tools.export import export_model
+def export_command(model, fmt, out, int8, calibration, dynamic_batch, check_images, tta):
+    """Export MODEL (model.pt or checkpoint) to ONNX (classifier or detector) or OpenVINO (classifier), checked
+    against PyTorch; run it by giving the .onnx / .xml as MODEL."""
+    from optik.tools.export import export_model, export_openvino
 
-    path, result = export_model(model, out, dynamic_batch=dynamic_batch, check_images=check_images, tta=tta)
+    if fmt == "openvino":
+        path, result = export_openvino(model, out, int8=int8, calibration=calibration, tta=tta)
+    elif int8 or calibration is not None:
+        raise click.UsageError("--int8 and --calibration are for --format openvino")
+    else:
+        path, result = export_model(model, out, dynamic_batch=dynamic_batch, check_images=check_images, tta=tta)
     click.echo(f"wrote {path}: {result.summary}")
     if result.unchecked:
         click.echo(
@@ -213,10 +246,9 @@ def report_command(work_dir, out, no_eval):
     show_default=True,
     help="processes to shard over, one GPU each (launches torchrun --standalone for you)",
 )
-@click.option("--precision", type=click.Choice(["32", "bf16", "16"]), default="32", show_default=True)
-@click.option(
-    "--optimize", type=click.Choice(["auto", "fused", "compiled", "onnx", "eager"]), default="auto", show_default=True
-)
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="32", show_default=True, help=PRECISION_HELP)
+@calibration_option
+@click.option("--optimize", type=click.Choice(OPTIMIZE_CHOICES), default="auto", show_default=True, help=OPTIMIZE_HELP)
 @click.option("--resume", is_flag=True, help="keep the rows already in OUT (and its part files) and predict the rest")
 @tta_option
 @backend_option
@@ -238,6 +270,7 @@ def batch_predict(
     device,
     devices,
     precision,
+    calibration,
     optimize,
     resume,
     tta,
@@ -297,6 +330,7 @@ def batch_predict(
         resume,
         backend,
         tta,
+        calibration,
     )
     report = run_batch(job)
     if os.environ.get("RANK", "0") != "0":

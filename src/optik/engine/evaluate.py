@@ -23,11 +23,13 @@ def evaluate(
     images: str | Path | None = None,
     skip_bad: bool = False,
     tta: str | None = None,
+    calibration: str | Path | None = None,
 ) -> EvalResult:
     """Predict every image of the split and compute the metrics of the model's task (`with_curves`:
     a detector's precision-recall curves too, for plots). `data`: as the task reads it (default:
     the run's own split); `images`, `skip_bad`: see `Task.evaluate`; `tta`: a classifier's
-    test-time augmentation (None: the one the package records)."""
+    test-time augmentation (None: the one the package records); `calibration`: images to quantize
+    on (precision int8)."""
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
     from optik.tasks.loading import with_tta
@@ -45,6 +47,7 @@ def evaluate(
         with_curves=with_curves,
         images=images,
         skip_bad=skip_bad,
+        calibration=calibration,
     )
 
 

@@ -199,7 +199,7 @@ def probe(
     preprocess: Preprocess | None = None,
 ) -> ProbeReport:
     """kNN and linear-probe scores of the frozen features of `model` (or of `network` with `preprocess`) on `data`."""
-    from optik.inference.backends import pick_device
+    from optik.inference.runtime import pick_device
 
     if k < 1 or temperature <= 0 or c <= 0:
         raise ConfigError("--k must be at least 1, --temperature and --c above 0")

@@ -24,7 +24,7 @@ from optik.data.decode import image_size, open_image
 from optik.data.folder import find_images
 from optik.data.transforms import INTERPOLATIONS, Preprocess
 from optik.errors import ConfigError, DataError, ImageDecodeError, ModelError
-from optik.inference.backends import TorchBackend
+from optik.inference.runtime import Runtime, RuntimeBackend, calibration_files
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,14 @@ def find_flat_images(root: str | Path) -> list[Path]:
 
 @dataclass
 class BatchModel:
-    """A network and how its inputs are prepared: a Preprocess, or a user transform (PIL -> tensor)."""
+    """A network and how its inputs are prepared: a Preprocess, or a user transform (PIL -> tensor);
+    `runtime`: the network already is an engine's (an exported file), run as it is."""
 
     model: nn.Module
     preprocess: Preprocess | None
     transform: Callable | None = None
     classes: list[str] | None = None
+    runtime: Runtime | None = None
 
 
 def plugin_model(model_class: str, checkpoint: str | None) -> BatchModel:
@@ -205,6 +207,21 @@ def normalise(batch: torch.Tensor, mean, std) -> torch.Tensor:
     return batch.float().div_(255).sub_(mean).div_(std)
 
 
+def calibration_batches(bundle: BatchModel, folder: str | Path, batch_size: int) -> list[torch.Tensor]:
+    """`--calibration DIR`'s images (see `runtime.calibration_files`) prepared as the job prepares its own."""
+    dataset = FlatImages(calibration_files(folder), bundle.preprocess, bundle.transform)
+    pictures = []
+    for index in range(len(dataset)):
+        _, picture, error = dataset[index]
+        if picture is None:
+            raise DataError(f"--calibration: {dataset.files[index]}: {error}")
+        pictures.append(picture)
+    batches = [torch.stack(pictures[i : i + batch_size]) for i in range(0, len(pictures), batch_size)]
+    if bundle.transform is None:
+        batches = [normalise(batch, bundle.preprocess.mean, bundle.preprocess.std) for batch in batches]
+    return batches
+
+
 @dataclass
 class Prediction:
     index: int
@@ -215,7 +232,7 @@ class Prediction:
 def predict_folder(
     bundle: BatchModel,
     files: list[Path],
-    backend: TorchBackend,
+    backend: RuntimeBackend,
     batch_size: int,
     workers: int,
     top_k: int,

@@ -1,13 +1,14 @@
 """`Detector`: a detection model run over images, batch by batch.
 
-It has the `Predictor` interface (`predict`, `predict_stream`, `warmup`, `batch_size`), so the CLI
-and both services drive classifiers and detectors with the same code.
+A sibling of `Classifier`: both are `Predictor`s (`predict`, `predict_stream`, `warmup`, `batch_size`)
+streaming through the same loop (`predictor.stream`), so the CLI and both services drive classifiers
+and detectors with the same code.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -16,91 +17,16 @@ from torch import nn
 
 from optik.data.decode import open_image
 from optik.errors import ConfigError
-from optik.inference.backends import autocast_for, check_precision, fuse_conv_bn, pick_device
-from optik.inference.predictor import ImageSource, Predictor
+from optik.inference.detect_runtime import DetectBackend
+from optik.inference.predictor import ImageSource, Loaded, load_one, named, stream
+from optik.inference.runtime import Runtime
 from optik.models.detect import drop_background
 from optik.results import Detection, ImageFailure, Result
 
 log = logging.getLogger(__name__)
 
 
-class DetectBackend:
-    """Runs a torchvision detector on a device over lists of uint8 images.
-
-    Modes: "eager" (plain PyTorch) or "fused" (conv + batch norm folded; checked against eager on
-    the first batch and dropped when it differs). "compiled" and "auto" mean fused: torchvision's
-    detectors have data-dependent shapes that the compiler splits into many graphs.
-    """
-
-    def __init__(self, model: nn.Module, device: str = "auto", precision: str = "32", mode: str = "fused"):
-        self.device = pick_device(device)
-        self.precision = check_precision(precision, self.device)
-        self.eager = model.eval().to(self.device)
-        self.model, self.mode = self.eager, "eager"
-        self._checked = mode == "eager"
-
-    def autocast(self):
-        return autocast_for(self.device, self.precision)
-
-    @torch.inference_mode()
-    def __call__(self, images: list[torch.Tensor]) -> list[dict]:
-        inputs = [image.to(self.device, non_blocking=True).float().div_(255) for image in images]
-        if not self._checked:
-            self._choose(inputs[:2])
-        with self.autocast():
-            return self.model(inputs)
-
-    def _choose(self, probe: list[torch.Tensor]) -> None:
-        self._checked = True
-        try:
-            fused = fuse_conv_bn(self.eager)
-            with warnings.catch_warnings(), self.autocast():
-                warnings.simplefilter("ignore")
-                reference, output = self.eager(probe), fused(probe)
-                same_features = _same_features(self.eager, fused, probe)
-        except Exception as exc:  # noqa: BLE001 - an unusual model still runs eagerly
-            log.warning(
-                "fused inference unavailable for this detector (%s: %s); running eagerly", type(exc).__name__, exc
-            )
-            return
-        if same_features and all(_same_detections(a, b) for a, b in zip(output, reference)):
-            self.model, self.mode = fused, "fused"
-        else:
-            log.warning("fused inference changes this detector's outputs; running eagerly")
-
-
-def _same_features(eager: nn.Module, fused: nn.Module, probe: list[torch.Tensor]) -> bool:
-    """The backbone's feature maps agree (a blank or easy image may give no detections to compare)."""
-    if not hasattr(eager, "transform") or not hasattr(eager, "backbone"):
-        return True
-    batch = eager.transform(probe)[0].tensors
-    reference, output = eager.backbone(batch), fused.backbone(batch)
-    if isinstance(reference, torch.Tensor):
-        reference, output = {"0": reference}, {"0": output}
-    for key, ref in reference.items():
-        scale = ref.abs().max().clamp(min=1.0)
-        if output[key].shape != ref.shape or (output[key] - ref).abs().max() > 1e-3 * scale:
-            return False
-    return True
-
-
-def _same_detections(output: dict, reference: dict) -> bool:
-    """Same count, and every reference object has one of the same label and box within tolerance.
-
-    Matched regardless of order: objects with tied scores may come out in either order.
-    """
-    boxes, ref_boxes = output["boxes"].float(), reference["boxes"].float()
-    if boxes.shape != ref_boxes.shape:
-        return False
-    if not len(ref_boxes):
-        return True
-    tolerance = 1e-3 * ref_boxes.abs().max().clamp(min=1.0)
-    distance = torch.cdist(ref_boxes, boxes, p=float("inf"))
-    distance[reference["labels"][:, None] != output["labels"][None, :]] = float("inf")
-    return bool((distance.min(dim=1).values <= tolerance).all() and (distance.min(dim=0).values <= tolerance).all())
-
-
-class Detector(Predictor):
+class Detector:
     """Finds objects with a trained detector.
 
     Args:
@@ -109,7 +35,8 @@ class Detector(Predictor):
         preprocess: the package's `{"task": "detect", "image_size", "mean", "std", "exif_orientation"}` (the
             model resizes and normalises itself; `exif_orientation`, default true, is how images are decoded:
             upright, so boxes are in the upright picture's coordinates, or as stored).
-        device, precision, batch_size, decode_workers: as `Predictor`.
+        device, precision, batch_size, decode_workers: as `Classifier`.
+        runtime: `model` already is an engine's (an exported detector), run as it is.
         mode: "eager", or "fused"/"compiled"/"auto" (fused, checked; see `DetectBackend`).
         min_score: drop objects scoring below this before they reach any output.
     """
@@ -128,15 +55,38 @@ class Detector(Predictor):
         expected_images: int | None = None,
         decode_workers: int = 2,
         min_score: float | None = None,
+        runtime: Runtime | None = None,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         self.classes, self.preprocess, self.batch_size = classes, preprocess, batch_size
         self.backend = DetectBackend(
-            model, device=device, precision=precision, mode="eager" if mode == "eager" else "fused"
+            model,
+            device=device,
+            precision=precision,
+            mode="eager" if mode == "eager" else "fused",
+            runtime=runtime,
         )
         self.decode_workers = max(1, decode_workers)
         self.min_score = min_score
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    def predict(self, images: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Result]:
+        """Detect objects in images (paths, encoded bytes or PIL images); a bad image gives an ImageFailure."""
+        return list(self.predict_stream(images, names))
+
+    def predict_stream(self, images: Iterable[ImageSource], names: Iterable[str] | None = None) -> Iterator[Result]:
+        """Like `predict`, streaming: the next batch decodes in threads while this one runs."""
+        return stream(
+            named(images, names),
+            lambda item: load_one(self, item),
+            self._run_batch,
+            self.batch_size,
+            self.decode_workers,
+        )
 
     def warmup(self) -> None:
         """One pass over a noise image, so the first request does not pay for set-up (or the fused check)."""
@@ -156,7 +106,7 @@ class Detector(Predictor):
         """Raw torchvision outputs (boxes, labels 1-based, scores, masks) for uint8 images, run by size (`run_by_size`)."""
         return run_by_size(self.backend, images)
 
-    def _run_batch(self, loaded: list[tuple[str, torch.Tensor | str]]) -> list[Result]:
+    def _run_batch(self, loaded: list[Loaded]) -> list[Result]:
         good = [tensor for _, tensor in loaded if isinstance(tensor, torch.Tensor)]
         outputs = iter(self.predict_tensors(good) if good else [])
         results: list[Result] = []

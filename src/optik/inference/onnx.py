@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from optik.errors import ConfigError, ModelError
+from optik.errors import ModelError
 
 METADATA_KEY = "optik"
 # onnxruntime against PyTorch: probabilities and scores within this, boxes within BOX_TOLERANCE pixels.
@@ -125,7 +125,7 @@ def export_onnx(
     None: returns the bytes). The batch axis is dynamic unless `dynamic_batch` is False."""
     buffer = io.BytesIO() if target is None else target
     axes = {names[0]: {0: "batch"}, names[1]: {0: "batch"}} if dynamic_batch else None
-    with _exporting():
+    with exporting_quietly():
         # a value turned into Python (an `if` on a tensor) would be frozen into the graph: refuse the export
         warnings.simplefilter("error", torch.jit.TracerWarning)
         torch.onnx.export(
@@ -157,7 +157,7 @@ def export_detector(model: nn.Module, example: torch.Tensor, resize_outside: boo
         names = list(model([example])[0].keys())
     buffer = io.BytesIO()
     axes = {"image": {1: "height", 2: "width"}, **{name: {0: "objects"} for name in names}}
-    with _exporting():
+    with exporting_quietly():
         torch.onnx.export(
             model,
             ([example.detach().clone().cpu()],),
@@ -172,7 +172,7 @@ def export_detector(model: nn.Module, example: torch.Tensor, resize_outside: boo
 
 
 @contextlib.contextmanager
-def _exporting():
+def exporting_quietly():
     """Gradients and warnings off, and the exporter's output silenced (see `_output_silenced`)."""
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), _output_silenced():
         warnings.simplefilter("ignore")
@@ -213,34 +213,6 @@ class OnnxExport:
     max_box_diff: float = 0.0  # pixels (detector)
     summary: str = ""  # how it was checked, in one line
     unchecked: bool = False  # a detector that found no object in the check images: nothing was compared
-
-
-def uses_onnxruntime(model: str | Path, exported: bool, backend: str, device: str, precision: str, mode: str) -> bool:
-    """Whether onnxruntime runs `model` (an exported file, or `--backend onnxruntime`); the options
-    it cannot honour are errors here, before anything is loaded or exported."""
-    if exported and backend == "torch":
-        raise ConfigError(
-            f"{model} is an ONNX file: it runs with --backend onnxruntime; for the torch backend give the model.pt it was exported from"
-        )
-    if not exported and backend != "onnxruntime":
-        return False
-    check_runtime_options(device, precision, mode)
-    return True
-
-
-def check_runtime_options(device: str, precision: str, mode: str) -> None:
-    """onnxruntime runs the exported graph on the CPU in fp32: other choices are errors, found
-    before anything is exported."""
-    if device not in ("auto", "cpu"):
-        raise ConfigError(
-            f"the onnxruntime backend runs on the CPU here; drop --device {device}, or use --backend torch with the model.pt"
-        )
-    if precision != "32":
-        raise ConfigError(
-            f"the onnxruntime backend runs fp32; drop --precision {precision}, or use --backend torch with the model.pt"
-        )
-    if mode not in ("auto", "onnx"):
-        raise ConfigError(f"--optimize {mode} is for the torch backend; onnxruntime runs the exported graph as it is")
 
 
 @contextlib.contextmanager

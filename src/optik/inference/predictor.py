@@ -1,11 +1,15 @@
-"""`Predictor`: a classifier run over images in batches, fast and exact by default (`optik.tasks.loading.load_predictor` makes one from a model file)."""
+"""What every predictor is (`Predictor`: the interface the CLI, the services and the batch jobs drive),
+the streaming loop classifiers and detectors share (`stream`), and `Classifier`, a classifier run over
+images in batches, fast and exact by default (`optik.tasks.loading.load_predictor` makes either from
+a model file)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -15,13 +19,55 @@ from torch import nn
 from optik.data.decode import describe_source, open_image
 from optik.data.transforms import Preprocess, eval_transform
 from optik.errors import ConfigError, ImageDecodeError
-from optik.inference.backends import TorchBackend
+from optik.inference.runtime import RuntimeBackend, calibration_files
 from optik.results import Classification, ImageFailure, Result
 
 ImageSource = str | Path | bytes | Image.Image
+Loaded = tuple[str, Any]  # an image's name, and its tensor or the reason it could not be read
 
 
-class Predictor:
+class Predictor(Protocol):
+    """A trained model run over images in batches: a `Classifier` or a `Detector`."""
+
+    task: str
+    classes: list[str]
+    batch_size: int
+    backend: Any  # what runs the network; its `mode` names the form (fused, onnx, openvino, ...)
+
+    def warmup(self) -> None: ...
+
+    def predict(self, images: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Result]: ...
+
+    def predict_stream(self, images: Iterable[ImageSource], names: Iterable[str] | None = None) -> Iterator[Result]: ...
+
+
+def stream(
+    items: Iterable[tuple[ImageSource, str | None]],
+    load_one: Callable[[tuple[ImageSource, str | None]], Loaded],
+    run_batch: Callable[[list[Loaded]], list[Result]],
+    batch_size: int,
+    workers: int,
+) -> Iterator[Result]:
+    """Results of `run_batch` over batches of `load_one`'d items, in order: the next batch decodes in
+    `workers` threads while this one runs."""
+    items = iter(items)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+
+        def submit_batch() -> list:
+            return [pool.submit(load_one, item) for item in islice(items, batch_size)]
+
+        pending = submit_batch()
+        while pending:
+            upcoming = submit_batch()
+            yield from run_batch([future.result() for future in pending])
+            pending = upcoming
+
+
+def named(images: Iterable[ImageSource], names: Iterable[str] | None) -> Iterable[tuple[ImageSource, str | None]]:
+    return zip(images, names) if names is not None else ((image, None) for image in images)
+
+
+class Classifier:
     """Classifies images with a trained model.
 
     Args:
@@ -31,12 +77,17 @@ class Predictor:
             makes each probability the softmax averaged over the original and its flips, computed in
             one forward pass over the batch and its flipped copies.
         device: "cpu", "cuda", "cuda:1", or "auto".
-        precision: "32" (exact, default), "bf16" or "16" (CUDA).
+        precision: "32" (exact, default), "bf16", "16" (CUDA) or "int8" (OpenVINO, with `calibration`).
         batch_size: images per forward pass.
         mode: "fused" (exact, no set-up), "compiled" (exact, fast for long jobs, compiles once),
-            "onnx" (onnxruntime on the CPU, fp32), "eager" (plain PyTorch), or "auto" (the fastest
-            for a job of `expected_images` images, see `backends.mode_for`; None: fused).
+            "onnx" (onnxruntime on the CPU, fp32), "openvino" (CPU: fp32, bf16, int8), "eager"
+            (plain PyTorch), or "auto" (the fastest for a job of `expected_images` images, measured;
+            see `optik.inference.runtime`; None: fused).
+        backend: "auto", "torch" (PyTorch's own forms only), "onnxruntime" or "openvino" (that engine, or an error).
         decode_workers: threads that decode and preprocess the next batch during the forward pass.
+        calibration: a folder of images (up to `runtime.CALIBRATION_IMAGES`, preprocessed as predictions are) an
+            int8 model is quantized on.
+        runtime: `model` already is an engine's network (an exported file), run as it is.
     """
 
     task = "classify"
@@ -52,6 +103,9 @@ class Predictor:
         mode: str = "auto",
         expected_images: int | None = None,
         decode_workers: int = 2,
+        backend: str = "auto",
+        calibration: str | Path | None = None,
+        runtime=None,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
@@ -59,14 +113,17 @@ class Predictor:
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.transform = eval_transform(preprocess)
-        self.backend = TorchBackend(
+        self.backend = RuntimeBackend(
             model,
             device=device,
             precision=precision,
             mode=mode,
             batch_size=batch_size,
             expected_images=expected_images,
+            backend=backend,
             tta=preprocess.tta,
+            calibration=None if calibration is None else self.calibration_batches(calibration),
+            runtime=runtime,
         )
         self.decode_workers = max(1, decode_workers)
 
@@ -91,6 +148,12 @@ class Predictor:
             image = open_image(source, name=name, exif_orientation=self.preprocess.exif_orientation)
         return self.transform(image)
 
+    def calibration_batches(self, folder: str | Path) -> list[torch.Tensor]:
+        """The first `runtime.CALIBRATION_IMAGES` images of `folder` (sorted, recursively), preprocessed, in batches."""
+        files = calibration_files(folder)
+        tensors = [self.load(path) for path in files]
+        return [torch.stack(tensors[i : i + self.batch_size]) for i in range(0, len(tensors), self.batch_size)]
+
     def predict_tensors(self, images: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities (N, classes) of a preprocessed batch."""
         return self.backend(images).float().softmax(dim=-1)
@@ -101,27 +164,15 @@ class Predictor:
 
     def predict_stream(self, images: Iterable[ImageSource], names: Iterable[str] | None = None) -> Iterator[Result]:
         """Like `predict`, streaming: the next batch decodes in threads while this one runs."""
-        items = zip(images, names) if names is not None else ((image, None) for image in images)
-        with ThreadPoolExecutor(self.decode_workers) as pool:
+        return stream(
+            named(images, names),
+            lambda item: load_one(self, item),
+            self._run_batch,
+            self.batch_size,
+            self.decode_workers,
+        )
 
-            def submit_batch() -> list:
-                return [pool.submit(self._load_one, item) for item in islice(items, self.batch_size)]
-
-            pending = submit_batch()
-            while pending:
-                upcoming = submit_batch()
-                yield from self._run_batch([future.result() for future in pending])
-                pending = upcoming
-
-    def _load_one(self, item: tuple[ImageSource, str | None]) -> tuple[str, torch.Tensor | str]:
-        source, name = item
-        label = name or describe_source(source)
-        try:
-            return label, self.load(source, name=label)
-        except ImageDecodeError as exc:
-            return label, exc.reason
-
-    def _run_batch(self, loaded: list[tuple[str, torch.Tensor | str]]) -> list[Result]:
+    def _run_batch(self, loaded: list[Loaded]) -> list[Result]:
         good = [tensor for _, tensor in loaded if isinstance(tensor, torch.Tensor)]
         probs = self.predict_tensors(torch.stack(good)).cpu().numpy() if good else np.empty((0, len(self.classes)))
         results, row = [], 0
@@ -132,3 +183,13 @@ class Predictor:
             else:
                 results.append(ImageFailure(label, tensor))
         return results
+
+
+def load_one(predictor, item: tuple[ImageSource, str | None]) -> Loaded:
+    """(name, tensor) of one image through `predictor.load`, or (name, why it could not be read)."""
+    source, name = item
+    label = name or describe_source(source)
+    try:
+        return label, predictor.load(source, name=label)
+    except ImageDecodeError as exc:
+        return label, exc.reason

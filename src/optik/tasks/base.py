@@ -109,13 +109,15 @@ class Task:
         batch_size: int | None = None,
         mode: str = "auto",
         expected_images: int | None = None,
+        backend: str = "auto",
+        calibration: str | Path | None = None,
     ):
-        """The `Predictor` (or `Detector`) that runs the package with PyTorch."""
+        """The `Classifier` (or `Detector`) that runs the package, as `optik.inference.runtime` decides."""
         raise ModelError(f"{source} is a {self.name} model; it does not predict images")
 
-    def onnx_predictor(self, model: str | bytes, meta: dict, batch_size: int | None = None):
-        """The predictor over an exported ONNX model (onnxruntime on the CPU)."""
-        raise ModelError(f"{self.name} models are not exported to ONNX")
+    def exported_predictor(self, model: str | bytes, meta: dict, batch_size: int | None = None, precision: str = "32"):
+        """The predictor over an exported model (ONNX: onnxruntime; an .xml: OpenVINO; on the CPU)."""
+        raise ModelError(f"{self.name} models are not exported")
 
     def evaluate(
         self,
@@ -130,6 +132,7 @@ class Task:
         with_curves: bool = False,
         images: str | Path | None = None,
         skip_bad: bool = False,
+        calibration: str | Path | None = None,
     ) -> EvalResult:
         """Predict every image of a labelled split and score the predictions (`optik test`).
 
@@ -152,6 +155,11 @@ class Task:
         """The package as checked ONNX bytes with its metadata (`optik export`, `--backend onnxruntime`)."""
         raise ConfigError(f"ONNX export covers classifiers and detectors; this is a {self.name} model")
 
+    def export_openvino(self, package: ModelPackage, calibration: Path | None = None):
+        """The package as a checked OpenVINO graph with its metadata (`optik export --format openvino`;
+        int8 when `calibration` images are given)."""
+        raise ConfigError(f"OpenVINO export covers classifiers; this is a {self.name} model (detectors: --format onnx)")
+
     def feature_network(self, package: ModelPackage, source: str) -> nn.Module:
         """The network without its head: pooled features for `optik probe`."""
         raise ConfigError(
@@ -170,8 +178,8 @@ class Task:
             f"{source} is a {self.name} model; batch-predict writes one row of classes per image, for classifiers"
         )
 
-    def onnx_batch_model(self, model: str, meta: dict):
-        """`batch_model` for an exported ONNX file."""
+    def exported_batch_model(self, model: str, meta: dict, precision: str = "32"):
+        """`batch_model` for an exported ONNX or OpenVINO file."""
         raise ConfigError(
             f"{model} is a {self.name} model; batch-predict writes one row of classes per image, for classifiers"
         )

@@ -87,11 +87,20 @@ class ClassifyTask(Task):
         return {**preprocess, "tta": tta}
 
     def predictor(
-        self, package, source, device="auto", precision="32", batch_size=None, mode="auto", expected_images=None
+        self,
+        package,
+        source,
+        device="auto",
+        precision="32",
+        batch_size=None,
+        mode="auto",
+        expected_images=None,
+        backend="auto",
+        calibration=None,
     ):
-        from optik.inference.predictor import Predictor
+        from optik.inference.predictor import Classifier
 
-        return Predictor(
+        return Classifier(
             self.network(package),
             package.classes,
             Preprocess.from_dict(package.preprocess),
@@ -100,18 +109,21 @@ class ClassifyTask(Task):
             batch_size=batch_size or 32,
             mode=mode,
             expected_images=expected_images,
+            backend=backend,
+            calibration=calibration,
         )
 
-    def onnx_predictor(self, model, meta, batch_size=None):
-        from optik.inference.predictor import Predictor
+    def exported_predictor(self, model, meta, batch_size=None, precision="32"):
+        from optik.inference.predictor import Classifier
+        from optik.inference.runtime import exported_network
 
-        return Predictor(
-            classifier_session(model, meta),
+        network, runtime = exported_network(model, meta, precision)
+        return Classifier(
+            network,
             meta["classes"],
             Preprocess.from_dict(meta["preprocess"]),
-            device="cpu",
             batch_size=batch_size or 32,
-            mode="eager",
+            runtime=runtime,
         )
 
     def evaluate(
@@ -127,12 +139,20 @@ class ClassifyTask(Task):
         with_curves=False,
         images=None,
         skip_bad=False,
+        calibration=None,
     ) -> EvalResult:
         if images is not None:
             raise ConfigError("--images is for detection sets; a classifier's DATA is class folders or a list file")
         # skip_bad changes nothing here: unreadable images are always reported, never scored
         return evaluate_classifier(
-            package, data, split, batch_size or 32, device=device, precision=precision, mode=mode
+            package,
+            data,
+            split,
+            batch_size or 32,
+            device=device,
+            precision=precision,
+            mode=mode,
+            calibration=calibration,
         )
 
     def plot_evaluation(self, result, folder):
@@ -159,6 +179,21 @@ class ClassifyTask(Task):
         with export_errors():
             return classifier_export(model, package.preprocess, onnx_metadata(package), dynamic_batch)
 
+    def export_openvino(self, package, calibration=None):
+        from optik.inference.onnx import export_errors
+        from optik.inference.openvino import classifier_ir
+        from optik.inference.predictor import Classifier
+
+        model = self.network(package)
+        batches = None
+        if calibration is not None:  # preprocessed as predictions are, by the predictor itself
+            preprocess = Preprocess.from_dict(package.preprocess)
+            batches = Classifier(model, package.classes, preprocess, device="cpu", mode="eager").calibration_batches(
+                calibration
+            )
+        with export_errors():
+            return classifier_ir(model, package.preprocess, onnx_metadata(package), batches)
+
     def feature_network(self, package, source):
         network = self.network(package)
         if not hasattr(network, "reset_classifier"):
@@ -176,11 +211,12 @@ class ClassifyTask(Task):
 
         return BatchModel(self.network(package), Preprocess.from_dict(package.preprocess), classes=package.classes)
 
-    def onnx_batch_model(self, model, meta):
+    def exported_batch_model(self, model, meta, precision="32"):
         from optik.inference.batch import BatchModel
-        from optik.inference.onnx import OnnxModel
+        from optik.inference.runtime import exported_network
 
-        return BatchModel(OnnxModel(model), Preprocess.from_dict(meta["preprocess"]), classes=meta["classes"])
+        network, runtime = exported_network(model, meta, precision)
+        return BatchModel(network, Preprocess.from_dict(meta["preprocess"]), classes=meta["classes"], runtime=runtime)
 
 
 def check_monitor(monitor: str, num_classes: int) -> None:
@@ -218,16 +254,6 @@ def balance_summary(
         weighting = f"{'balanced' if setting == 'balanced' else 'as listed'} ({listed})"
     drawn = "balanced (each class equally often, with replacement)" if sampler == "balanced" else "random"
     return f"train images per class: {per_class}; loss weights: {weighting}; sampler: {drawn}"
-
-
-def classifier_session(source: bytes | str, meta: dict) -> nn.Module:
-    """The classifier's onnxruntime session; one exported for a fixed batch (`--static-batch`) gets
-    every batch padded to that size."""
-    from optik.inference.backends import PaddedBatches
-    from optik.inference.onnx import OnnxModel
-
-    model = OnnxModel(source)
-    return PaddedBatches(model, int(meta["batch"])) if meta.get("batch") else model
 
 
 def test_samples(
@@ -295,6 +321,7 @@ def evaluate_classifier(
     device: str = "auto",
     precision: str = "32",
     mode: str = "auto",
+    calibration: str | Path | None = None,
 ) -> EvalResult:
     """Classify every image of the split; top-k, per-class and macro metrics, and the confusion matrix."""
     from optik.metrics.classification import classification_metrics  # torchmetrics: only when testing
@@ -310,6 +337,7 @@ def evaluate_classifier(
         batch_size=batch_size,
         mode=mode,
         expected_images=len(samples),
+        calibration=calibration,
     )
     labels, probs, items, failures = [], [], [], []
     for (path, label), result in zip(samples, predictor.predict_stream(path for path, _ in samples)):

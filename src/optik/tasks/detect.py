@@ -84,10 +84,24 @@ class DetectTask(Task):
         return build_detector(untrained_detector(cfg.model), cfg.data, n).eval()
 
     def predictor(
-        self, package, source, device="auto", precision="32", batch_size=None, mode="auto", expected_images=None
+        self,
+        package,
+        source,
+        device="auto",
+        precision="32",
+        batch_size=None,
+        mode="auto",
+        expected_images=None,
+        backend="auto",
+        calibration=None,
     ):
         from optik.inference.detector import Detector
 
+        if backend == "openvino" or mode == "openvino" or precision == "int8" or calibration is not None:
+            raise ConfigError(
+                "OpenVINO and int8 run classifiers; a detector runs with PyTorch (32, bf16, or 16 on CUDA) or, "
+                "exported by `optik export --format onnx`, with onnxruntime"
+            )
         return Detector(
             self.network(package),
             package.classes,
@@ -98,18 +112,12 @@ class DetectTask(Task):
             mode=mode,
         )
 
-    def onnx_predictor(self, model, meta, batch_size=None):
+    def exported_predictor(self, model, meta, batch_size=None, precision="32"):
         from optik.inference.detector import Detector
-        from optik.inference.onnx import OnnxDetector
+        from optik.inference.runtime import exported_detector
 
-        return Detector(
-            OnnxDetector(model, resize=meta.get("resize")),
-            meta["classes"],
-            meta["preprocess"],
-            device="cpu",
-            batch_size=batch_size or 8,
-            mode="eager",
-        )
+        network, runtime = exported_detector(model, meta)
+        return Detector(network, meta["classes"], meta["preprocess"], batch_size=batch_size or 8, runtime=runtime)
 
     def evaluate(
         self,
@@ -124,7 +132,12 @@ class DetectTask(Task):
         with_curves=False,
         images=None,
         skip_bad=False,
+        calibration=None,
     ):
+        if calibration is not None:
+            raise ConfigError(
+                "--calibration is for int8 classifiers; a detector runs with PyTorch (32, bf16, or 16 on CUDA)"
+            )
         return evaluate_detector(
             package,
             data,

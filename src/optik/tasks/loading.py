@@ -1,5 +1,5 @@
 """Any model file as what runs it, by the task it holds: a model package or checkpoint, or an `optik
-export`ed ONNX file. `load_predictor` serves predict, test and the services; `load_batch_model`
+export`ed ONNX or OpenVINO file. `load_predictor` serves predict, test and the services; `load_batch_model`
 serves batch-predict; `build_model` gives the bare network (flops, benchmarks)."""
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from optik.tasks import get_task
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime")
-
 
 def build_model(package: ModelPackage) -> nn.Module:
     """The network of a package, weights loaded, in eval mode."""
@@ -33,36 +31,40 @@ def load_predictor(
     expected_images: int | None = None,
     backend: str = "auto",
     tta: str | None = None,
+    calibration: str | Path | None = None,
 ):
-    """A `Predictor` or a `Detector`, as the model's task says (batch size default: 32 / 8).
+    """A `Classifier` or a `Detector`, as the model's task says (batch size default: 32 / 8).
 
-    `path` is a model package or checkpoint, or an `optik export`ed .onnx file. `backend`:
-    "torch" (PyTorch, with `mode`'s speed-ups), "onnxruntime" (a package is exported in memory and
-    checked first; CPU, fp32), or "auto" (onnxruntime for an .onnx file, torch otherwise).
-    `tta`: a classifier's test-time augmentation (None: the one the model records).
+    `path` is a model package or checkpoint, or an `optik export`ed file (.onnx: onnxruntime; .xml:
+    OpenVINO). `backend`: "torch" (PyTorch's own forms), "onnxruntime" / "openvino" (a package is
+    exported in memory and checked first; CPU), or "auto" (the file's engine, else as `mode`
+    says; see `optik.inference.runtime`). `tta`: a classifier's test-time augmentation (None: the
+    one the model records). `calibration`: a folder of images to quantize on (precision int8).
     """
-    from optik.inference.backends import mode_for, pick_device
-    from optik.inference.onnx import uses_onnxruntime
+    from optik.inference.runtime import BACKENDS, check_engine, engine_of_file
 
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    is_onnx = str(path).endswith(".onnx")
-    uses_onnxruntime(path, is_onnx, backend, device, precision, mode)
-    if is_onnx:
-        return onnx_predictor(path, device=device, batch_size=batch_size, tta=tta)
+    engine = engine_of_file(path)
+    if engine is not None:
+        if backend not in ("auto", engine):
+            raise ConfigError(
+                f"{path} is an exported {engine} model: it runs with --backend {engine}; for another backend give the model.pt it was exported from"
+            )
+        check_engine(engine, device, precision, mode)
+        return exported_predictor(path, batch_size=batch_size, tta=tta, precision=precision)
     package = with_tta(load_package(path), tta, str(path))
     task = get_task(package.task)
     task.check_predicts(str(path))
     if backend == "onnxruntime":
+        check_engine(backend, device, precision, mode)
         exported = task.export_onnx(package)
         if exported.unchecked:
             log.warning(
                 "the in-memory ONNX export was checked on synthetic pictures in which the detector found no object; "
                 "`optik export MODEL --check-images DIR` checks it on your own pictures"
             )
-        return onnx_predictor(exported.data, device=device, batch_size=batch_size)
-    if backend == "torch" and mode == "auto":  # PyTorch only: not the onnx mode that auto picks on a CPU
-        mode = mode_for(expected_images, pick_device(device), precision, allow_onnx=False)
+        return exported_predictor(exported.data, batch_size=batch_size)
     return task.predictor(
         package,
         str(path),
@@ -71,6 +73,8 @@ def load_predictor(
         batch_size=batch_size,
         mode=mode,
         expected_images=expected_images,
+        backend=backend,
+        calibration=calibration,
     )
 
 
@@ -79,27 +83,37 @@ def with_tta(package: ModelPackage, tta: str | None, source: str) -> ModelPackag
     return replace(package, preprocess=get_task(package.task).with_tta(package.preprocess, tta, source))
 
 
-def onnx_predictor(
-    model: str | Path | bytes, device: str = "auto", batch_size: int | None = None, tta: str | None = None
+def exported_predictor(
+    model: str | Path | bytes,
+    batch_size: int | None = None,
+    tta: str | None = None,
+    precision: str = "32",
 ):
-    """The predictor running an exported model (a path or its bytes) with onnxruntime (CPU, fp32);
-    `tta` overrides the test-time augmentation its metadata records."""
-    from optik.inference.onnx import check_runtime_options, read_metadata
-
-    check_runtime_options(device, "32", "auto")
-    meta = read_metadata(model)
+    """The predictor running an exported model (an .onnx path or its bytes: onnxruntime, CPU fp32; an
+    .xml: OpenVINO, CPU, in `precision`); `tta` overrides the test-time augmentation it records."""
+    meta = read_exported_metadata(model)
     source = "the exported model" if isinstance(model, bytes) else str(model)
     meta["preprocess"] = get_task(meta["task"]).with_tta(meta["preprocess"], tta, source)
-    predictor = get_task(meta["task"]).onnx_predictor(
-        model if isinstance(model, bytes) else str(model), meta, batch_size=batch_size
+    return get_task(meta["task"]).exported_predictor(
+        model if isinstance(model, bytes) else str(model), meta, batch_size=batch_size, precision=precision
     )
-    # what logs and reports name (the torch-side mode is plain: the session does the work)
-    predictor.backend.mode = "onnxruntime"
-    return predictor
 
 
-def load_batch_model(model: str | None, model_class: str | None = None, checkpoint: str | None = None):
-    """MODEL as `optik batch-predict` takes it: a model package / optik checkpoint or an exported .onnx;
+def read_exported_metadata(model: str | Path | bytes) -> dict:
+    """Task, classes and preprocessing of an `optik export`ed file."""
+    if str(model).endswith(".xml") and not isinstance(model, bytes):
+        from optik.inference.openvino import read_ir_metadata
+
+        return read_ir_metadata(model)
+    from optik.inference.onnx import read_metadata
+
+    return read_metadata(model)
+
+
+def load_batch_model(
+    model: str | None, model_class: str | None = None, checkpoint: str | None = None, precision: str = "32"
+):
+    """MODEL as `optik batch-predict` takes it: a model package / optik checkpoint or an exported .onnx / .xml;
     a plug-in class or factory (`file.py:Name`) with `checkpoint` weights; or a timm name with `checkpoint` weights."""
     from optik.inference.batch import plugin_model, timm_model
 
@@ -115,10 +129,8 @@ def load_batch_model(model: str | None, model_class: str | None = None, checkpoi
         return timm_model(model, checkpoint)
     if checkpoint is not None:
         raise ConfigError(f"{model} carries its own weights; --checkpoint is for --model-class or a timm name")
-    if model.endswith(".onnx"):
-        from optik.inference.onnx import read_metadata
-
-        meta = read_metadata(model)
-        return get_task(meta["task"]).onnx_batch_model(model, meta)
+    if model.endswith((".onnx", ".xml")):
+        meta = read_exported_metadata(model)
+        return get_task(meta["task"]).exported_batch_model(model, meta, precision)
     package = load_package(model)
     return get_task(package.task).batch_model(package, model)

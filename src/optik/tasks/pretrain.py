@@ -68,7 +68,16 @@ class PretrainTask(Task):
         raise ModelError(f"{source} is a pretrained backbone (no classes to predict); {NO_CLASSES}")
 
     def predictor(
-        self, package, source, device="auto", precision="32", batch_size=None, mode="auto", expected_images=None
+        self,
+        package,
+        source,
+        device="auto",
+        precision="32",
+        batch_size=None,
+        mode="auto",
+        expected_images=None,
+        backend="auto",
+        calibration=None,
     ):
         self.check_predicts(source)
 
@@ -85,6 +94,7 @@ class PretrainTask(Task):
         with_curves=False,
         images=None,
         skip_bad=False,
+        calibration=None,
     ):
         raise ModelError(f"{source} is a pretrained backbone (no classes); {NO_CLASSES}")
 

@@ -1,7 +1,8 @@
-"""`optik export MODEL --format onnx`: a model package as an ONNX file that onnxruntime serves.
+"""`optik export MODEL --format onnx|openvino`: a model package as an ONNX file that onnxruntime
+serves, or an OpenVINO IR (.xml + .bin; fp32, or int8 quantized on calibration images).
 
 The file carries what a predictor needs besides the graph: task, class names and eval
-preprocessing, as the ONNX model's metadata. The export is checked before the file is kept:
+preprocessing, as the ONNX model's metadata (the IR's rt_info). The export is checked before the file is kept:
 onnxruntime and PyTorch must agree (classifiers: same top-1 and probabilities within 1e-3 on 16
 inputs; detectors: same labels, boxes within 1 px and scores within 1e-3 on the check images).
 """
@@ -39,3 +40,25 @@ def export_model(
     out = Path(out) if out is not None else Path(source).with_suffix(".onnx")
     write_atomic(out, result.data)
     return out, result
+
+
+def export_openvino(
+    source: str | Path,
+    out: str | Path | None = None,
+    int8: bool = False,
+    calibration: str | Path | None = None,
+    tta: str | None = None,
+):
+    """Export a classifier package to an OpenVINO IR next to it (or to `out`, an .xml): fp32, checked
+    against PyTorch, or with `int8` quantized on the `calibration` images (its agreement stated)."""
+    from optik.errors import ConfigError
+    from optik.inference.openvino import save_ir
+
+    if int8 != (calibration is not None):
+        raise ConfigError("--int8 quantizes on calibration images: give both --int8 and --calibration DIR")
+    out = Path(out) if out is not None else Path(source).with_suffix(".xml")
+    if out.suffix != ".xml":
+        raise ConfigError(f"an OpenVINO IR is an .xml file (with its .bin beside it); got --out {out}")
+    package = with_tta(load_package(source), tta, str(source))
+    result = get_task(package.task).export_openvino(package, calibration=calibration)
+    return save_ir(result.graph, out), result

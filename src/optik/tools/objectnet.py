@@ -38,8 +38,9 @@ class BatchJob:
     precision: str = "32"
     optimize: str = "auto"
     resume: bool = False
-    backend: str = "auto"  # auto, torch or onnxruntime (see `runtime_mode`)
+    backend: str = "auto"  # auto, torch, onnxruntime or openvino (see `optik.inference.runtime.plan`)
     tta: str | None = None  # test-time augmentation; None: the one the model records (none for plug-ins)
+    calibration: Path | None = None  # images to quantize on, for precision int8
 
 
 @dataclass
@@ -60,8 +61,8 @@ class BatchReport:
 def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
     """Predict every image below `job.images` into `job.out`; under torchrun each rank takes a shard and
     rank 0 merges the rows in sorted order. Returns this rank's report (rank 0: with the row count)."""
-    from optik.inference.backends import TorchBackend
-    from optik.inference.batch import find_flat_images, load_transform, predict_folder
+    from optik.inference.batch import calibration_batches, find_flat_images, load_transform, predict_folder
+    from optik.inference.runtime import RuntimeBackend, check_engine
     from optik.outputs.objectnet import FORMATS, PartWriter, merge_rows
     from optik.tasks.loading import load_batch_model
 
@@ -81,23 +82,33 @@ def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
             "an image name contains a comma, which the ObjectNet CSV cannot hold; use --format csv or jsonl"
         )
     rank, world = _start_distributed(job.device)
-    bundle = load_batch_model(job.model, job.model_class, job.checkpoint)
+    bundle = load_batch_model(job.model, job.model_class, job.checkpoint, job.precision)
     if job.transform is not None:
         bundle.transform = load_transform(job.transform)
     id_map, labels = _id_map(job, bundle)
     mine = _my_share(job, files, rank, world)
-    on_onnxruntime = runs_onnxruntime(job, bundle)
-    device = torch.device("cpu") if on_onnxruntime else _rank_device(job.device, rank, world)
-    mode = runtime_mode(job, bundle, on_onnxruntime, len(mine) * world, device)
-    backend = TorchBackend(
+    if bundle.runtime is not None:  # an exported file: its engine, or an error for options it cannot honour
+        if job.backend not in ("auto", bundle.runtime.engine):
+            raise ConfigError(
+                f"{job.model} is an exported {bundle.runtime.engine} model: it runs with --backend {bundle.runtime.engine}; "
+                "for another backend give the model.pt it was exported from"
+            )
+        check_engine(bundle.runtime.engine, job.device, job.precision, job.optimize)
+    device = bundle.runtime.device if bundle.runtime is not None else _rank_device(job.device, rank, world)
+    calibration = None
+    if job.calibration is not None:
+        calibration = calibration_batches(bundle, job.calibration, job.batch_size)
+    backend = RuntimeBackend(
         bundle.model,
         device=str(device),
         precision=job.precision,
-        mode=mode,
+        mode=job.optimize,
         batch_size=job.batch_size,
         expected_images=len(mine) * world,
-        fallback=not on_onnxruntime,
+        backend=job.backend,
         tta=test_time_augmentation(job, bundle),
+        calibration=calibration,
+        runtime=bundle.runtime,
     )
     part = job.out.with_name(f"{job.out.name}.part-{rank}")
     report = BatchReport(skipped=len(files[rank::world]) - len(mine))
@@ -127,35 +138,11 @@ def batch_predict(job: BatchJob, progress: bool = True) -> BatchReport:
     return report
 
 
-def runs_onnxruntime(job: BatchJob, bundle) -> bool:
-    """Whether onnxruntime runs the job (an exported .onnx, or `--backend onnxruntime`); the options
-    it cannot honour are errors here, before the run."""
-    from optik.inference.onnx import OnnxModel, uses_onnxruntime
-
-    return uses_onnxruntime(
-        job.model, isinstance(bundle.model, OnnxModel), job.backend, job.device, job.precision, job.optimize
-    )
-
-
 def test_time_augmentation(job: BatchJob, bundle) -> str:
     """`--tta` if given, else what the model package or exported file records."""
     if job.tta is not None:
         return job.tta
     return bundle.preprocess.tta if bundle.preprocess is not None else "none"
-
-
-def runtime_mode(job: BatchJob, bundle, on_onnxruntime: bool, images: int, device: torch.device) -> str:
-    """The TorchBackend mode: an exported .onnx runs as it is; `--backend onnxruntime` exports any
-    other MODEL in memory (checked on the first batch; an error if that fails); `--backend torch`
-    keeps `auto` to PyTorch's own modes."""
-    from optik.inference.backends import mode_for
-    from optik.inference.onnx import OnnxModel
-
-    if on_onnxruntime:
-        return "eager" if isinstance(bundle.model, OnnxModel) else "onnx"  # eager: the session is the model
-    if job.backend == "torch" and job.optimize == "auto":
-        return mode_for(images, device, job.precision, allow_onnx=False)
-    return job.optimize
 
 
 def _my_share(job: BatchJob, files: list, rank: int, world: int) -> list:
@@ -226,7 +213,7 @@ def _start_distributed(device: str) -> tuple[int, int]:
 
 
 def _rank_device(device: str, rank: int, world: int) -> torch.device:
-    from optik.inference.backends import pick_device
+    from optik.inference.runtime import pick_device
 
     chosen = pick_device(device)
     if chosen.type == "cuda" and world > 1 and chosen.index is None:
