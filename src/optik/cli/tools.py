@@ -120,7 +120,7 @@ def flops_command(model, shape, num_classes, depth):
 @click.option(
     "--tta",
     type=click.Choice(TTA_CHOICES),
-    help="classifiers: the test-time augmentation the .onnx records, applied by every runner of it (see optik predict --tta) [default: the package's]",
+    help="classifiers: the test-time augmentation the .onnx / .xml records, applied by every runner of it (see optik predict --tta) [default: the package's]",
 )
 def export_command(model, fmt, out, int8, calibration, dynamic_batch, check_images, tta):
     """Export MODEL (model.pt or checkpoint) to ONNX (classifier or detector) or OpenVINO (classifier), checked
@@ -278,7 +278,7 @@ def batch_predict(
 ):
     """Predict every image below IMAGES into one CSV (ObjectNet challenge format by default).
 
-    MODEL is a model.pt / optik checkpoint, an exported .onnx, or a timm name with --checkpoint; or give
+    MODEL is a model.pt / optik checkpoint, an exported .onnx or OpenVINO .xml, or a timm name with --checkpoint; or give
     --model-class file.py:Name --checkpoint W. Run under `torchrun --nproc_per_node N` to shard.
     """
     import os
