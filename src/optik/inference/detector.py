@@ -8,7 +8,6 @@ and detectors with the same code.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +17,7 @@ from torch import nn
 from optik.data.decode import open_image
 from optik.errors import ConfigError
 from optik.inference.detect_runtime import DetectBackend
-from optik.inference.predictor import ImageSource, Loaded, load_one, named, stream
+from optik.inference.predictor import Batched, ImageSource, Loaded
 from optik.inference.runtime import Runtime
 from optik.models.detect import drop_background
 from optik.results import Detection, ImageFailure, Result
@@ -26,7 +25,7 @@ from optik.results import Detection, ImageFailure, Result
 log = logging.getLogger(__name__)
 
 
-class Detector:
+class Detector(Batched):
     """Finds objects with a trained detector.
 
     Args:
@@ -73,20 +72,6 @@ class Detector:
     @property
     def device(self) -> torch.device:
         return self.backend.device
-
-    def predict(self, images: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Result]:
-        """Detect objects in images (paths, encoded bytes or PIL images); a bad image gives an ImageFailure."""
-        return list(self.predict_stream(images, names))
-
-    def predict_stream(self, images: Iterable[ImageSource], names: Iterable[str] | None = None) -> Iterator[Result]:
-        """Like `predict`, streaming: the next batch decodes in threads while this one runs."""
-        return stream(
-            named(images, names),
-            lambda item: load_one(self, item),
-            self._run_batch,
-            self.batch_size,
-            self.decode_workers,
-        )
 
     def warmup(self) -> None:
         """One pass over a noise image, so the first request does not pay for set-up (or the fused check)."""

@@ -67,7 +67,29 @@ def named(images: Iterable[ImageSource], names: Iterable[str] | None) -> Iterabl
     return zip(images, names) if names is not None else ((image, None) for image in images)
 
 
-class Classifier:
+class Batched:
+    """`predict` and `predict_stream` for a predictor that can `load` one image and `_run_batch` a batch:
+    the classifier and the detector stream alike (`stream`), only their decoding and batch differ."""
+
+    batch_size: int
+    decode_workers: int
+
+    def predict(self, images: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Result]:
+        """Predict images (paths, encoded bytes or PIL images); a bad image gives an ImageFailure."""
+        return list(self.predict_stream(images, names))
+
+    def predict_stream(self, images: Iterable[ImageSource], names: Iterable[str] | None = None) -> Iterator[Result]:
+        """Like `predict`, streaming: the next batch decodes in threads while this one runs."""
+        return stream(
+            named(images, names),
+            lambda item: load_one(self, item),
+            self._run_batch,
+            self.batch_size,
+            self.decode_workers,
+        )
+
+
+class Classifier(Batched):
     """Classifies images with a trained model.
 
     Args:
@@ -157,20 +179,6 @@ class Classifier:
     def predict_tensors(self, images: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities (N, classes) of a preprocessed batch."""
         return self.backend(images).float().softmax(dim=-1)
-
-    def predict(self, images: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Result]:
-        """Classify images (paths, encoded bytes or PIL images); a bad image gives an ImageFailure."""
-        return list(self.predict_stream(images, names))
-
-    def predict_stream(self, images: Iterable[ImageSource], names: Iterable[str] | None = None) -> Iterator[Result]:
-        """Like `predict`, streaming: the next batch decodes in threads while this one runs."""
-        return stream(
-            named(images, names),
-            lambda item: load_one(self, item),
-            self._run_batch,
-            self.batch_size,
-            self.decode_workers,
-        )
 
     def _run_batch(self, loaded: list[Loaded]) -> list[Result]:
         good = [tensor for _, tensor in loaded if isinstance(tensor, torch.Tensor)]

@@ -67,7 +67,7 @@ class Pending:
 
 
 class BodyTooLarge(Exception):
-    pass
+    """The body passed --max-body-mb (args: the bytes read): answered with 413."""
 
 
 class BadRequest(Exception):
