@@ -3,6 +3,7 @@ that several commands share."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -81,8 +82,30 @@ def main():
     """Train, evaluate and serve image classifiers and object detectors on PyTorch."""
 
 
+OUTPUT_KEYS = (
+    "fmt",
+    "top_k",
+    "min_score",
+    "mask_threshold",
+    "mask_nth",
+    "output_minrect",
+    "fit_bbox_to_polygon",
+    "bbox_as_fallback",
+)
+
+
 def output_options(func):
-    """How predictions are written: classification JSON, or OPEX / ROI CSV for detectors (DESIGN §9)."""
+    """How predictions are written: classification JSON, or OPEX / ROI CSV for detectors (DESIGN §9).
+
+    The command gets them as one `outputs` dict (`make_output(task, **outputs)`)."""
+
+    command = func
+
+    @functools.wraps(command)
+    def with_outputs(*args, **kwargs):
+        return command(*args, outputs={key: kwargs.pop(key) for key in OUTPUT_KEYS}, **kwargs)
+
+    func = with_outputs
     func = click.option(
         "--bbox-as-fallback",
         "--bbox_as_fallback",

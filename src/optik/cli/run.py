@@ -275,14 +275,7 @@ def predict(
     model,
     images,
     out_dir,
-    top_k,
-    min_score,
-    fmt,
-    mask_threshold,
-    mask_nth,
-    output_minrect,
-    fit_bbox_to_polygon,
-    bbox_as_fallback,
+    outputs,
     device,
     precision,
     calibration,
@@ -327,17 +320,7 @@ def predict(
         calibration=calibration,
     )
     output, failed = (
-        make_output(
-            predictor.task,
-            fmt,
-            top_k,
-            min_score,
-            mask_threshold,
-            mask_nth,
-            output_minrect,
-            fit_bbox_to_polygon,
-            bbox_as_fallback,
-        ),
+        make_output(predictor.task, **outputs),
         0,
     )
     if out_dir is not None and clashes:  # outputs are named as serve poll names them, by file name

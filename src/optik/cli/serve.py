@@ -219,14 +219,7 @@ def serve_poll(
     settle,
     metrics_port,
     metrics_host,
-    top_k,
-    min_score,
-    fmt,
-    mask_threshold,
-    mask_nth,
-    output_minrect,
-    fit_bbox_to_polygon,
-    bbox_as_fallback,
+    outputs,
     verbose,
     quiet,
     device,
@@ -264,16 +257,6 @@ def serve_poll(
     service_logging(verbose, quiet)
     # the lock before the model loads: a second poller is refused at once
     with service_signals(stop), folder_lock(in_dir), health_server(metrics, metrics_host, metrics_port):
-        outputs = dict(
-            fmt=fmt,
-            top_k=top_k,
-            min_score=min_score,
-            mask_threshold=mask_threshold,
-            mask_nth=mask_nth,
-            output_minrect=output_minrect,
-            fit_bbox_to_polygon=fit_bbox_to_polygon,
-            bbox_as_fallback=bbox_as_fallback,
-        )
         predictor, output = start_predictor(
             model,
             device,
@@ -402,14 +385,7 @@ def serve_redis(
     delete_processed,
     metrics_port,
     metrics_host,
-    top_k,
-    min_score,
-    fmt,
-    mask_threshold,
-    mask_nth,
-    output_minrect,
-    fit_bbox_to_polygon,
-    bbox_as_fallback,
+    outputs,
     verbose,
     quiet,
     device,
@@ -432,16 +408,6 @@ def serve_redis(
     stop, metrics = Stop(), ServiceMetrics("redis")
     with service_signals(stop), health_server(metrics, metrics_host, metrics_port):
         check_auth(connection)
-        outputs = dict(
-            fmt=fmt,
-            top_k=top_k,
-            min_score=min_score,
-            mask_threshold=mask_threshold,
-            mask_nth=mask_nth,
-            output_minrect=output_minrect,
-            fit_bbox_to_polygon=fit_bbox_to_polygon,
-            bbox_as_fallback=bbox_as_fallback,
-        )
         predictor, output = start_predictor(
             model,
             device,
@@ -501,14 +467,7 @@ def serve_http(
     port,
     max_body_mb,
     max_wait_ms,
-    top_k,
-    min_score,
-    fmt,
-    mask_threshold,
-    mask_nth,
-    output_minrect,
-    fit_bbox_to_polygon,
-    bbox_as_fallback,
+    outputs,
     verbose,
     quiet,
     device,
@@ -531,16 +490,6 @@ def serve_http(
         service_signals(stop),
         HttpService(HttpOptions(host, port, max_body_mb, max_wait_ms), stop, metrics) as service,
     ):
-        outputs = dict(
-            fmt=fmt,
-            top_k=top_k,
-            min_score=min_score,
-            mask_threshold=mask_threshold,
-            mask_nth=mask_nth,
-            output_minrect=output_minrect,
-            fit_bbox_to_polygon=fit_bbox_to_polygon,
-            bbox_as_fallback=bbox_as_fallback,
-        )
         predictor, output = start_predictor(
             model,
             device,
