@@ -1,7 +1,8 @@
 """Serving speed: one image per forward pass (the old predict_redis / predict_poll) vs optik's micro-batching.
 
-Both run as real `optik serve` processes with the same model (resnet18 at 224, 1000 classes, random
-init: no download) on the same photo-sized JPEGs (640x480 crops of scikit-image's sample photos):
+Both run as real `optik serve` processes with the same model (random init, 1000 classes at 224: no
+download; resnet18 and EfficientNet-Lite0 by default, `--model` for others) on the same photo-sized
+JPEGs (640x480 crops of scikit-image's sample photos):
 
 - Redis pub/sub on a real redis-server: a burst of N images published at once; images/s from the
   first publish to the last reply, and p50/p99 latency (publish -> reply) per image.
@@ -11,11 +12,12 @@ init: no download) on the same photo-sized JPEGs (640x480 crops of scikit-image'
   all; images/s from the first request to the last answer, and p50/p99 latency per request.
 
 The one-at-a-time reference is `--batch-size 1 --optimize eager --max-wait-ms 0`: a plain PyTorch
-forward per message, as the old scripts did. Ours is the default (`--batch-size 32`, compiled).
+forward per message, as the old scripts did. Ours is the default (`--batch-size 32`, `--optimize auto`:
+the fastest form that gives eager fp32's answers, raced at start-up; it is named in the service log).
 
     python benchmarks/serve.py                  # 256-image burst, 500-image file drop, 512 HTTP requests
     python benchmarks/serve.py --burst 128 --files 200 --requests 256
-    python benchmarks/serve.py --only http
+    python benchmarks/serve.py --only http --model resnet18
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ REFERENCE = ["--batch-size", "1", "--optimize", "eager", "--max-wait-ms", "0"]
 OURS: list[str] = []
 
 
-def model_package(path: Path) -> Path:
+def model_package(path: Path, name: str = "resnet18") -> Path:
     from optik.config import load_config
     from optik.config.load import config_to_dict
     from optik.data.transforms import Preprocess
@@ -56,8 +58,8 @@ def model_package(path: Path) -> Path:
 
     torch.manual_seed(0)
     classes = [f"class{i:03d}" for i in range(1000)]
-    cfg = load_config("resnet50_224", ["model.name=resnet18", "data.root=unused"])
-    model = timm.create_model("resnet18", num_classes=len(classes))
+    cfg = load_config("resnet50_224", [f"model.name={name}", "data.root=unused"])
+    model = timm.create_model(name, num_classes=len(classes))
     package = ModelPackage(
         "classify", config_to_dict(cfg), classes, Preprocess.from_data_config(cfg.data).to_dict(), model.state_dict()
     )
@@ -164,17 +166,22 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=500, help="images in the file drop")
     parser.add_argument("--requests", type=int, default=512, help="images posted to the HTTP service by 16 clients")
     parser.add_argument("--only", choices=["redis", "drop", "http"], help="measure one service only")
+    parser.add_argument(
+        "--model", action="append", help="timm architecture (repeat for several; default resnet18, efficientnet_lite0)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="optik-serve-bench-"))
-    model = model_package(work / "model.pt")
     images = photo_jpegs(max(args.burst, args.files, args.requests))
-    print(f"resnet18 at 224, {os.cpu_count()} CPU threads, torch {torch.__version__}; JPEGs 640x480")
-    if args.only in (None, "redis"):
-        redis_rows(model, images, args.burst, work)
-    if args.only in (None, "drop"):
-        drop_rows(model, images, args.files, work)
-    if args.only in (None, "http"):
-        http_rows(model, images, args.requests)
+    print(f"{os.cpu_count()} CPU threads, torch {torch.__version__}; JPEGs 640x480, models at 224 with 1000 classes")
+    for name in args.model or ["resnet18", "efficientnet_lite0"]:
+        model = model_package(work / f"{name}.pt", name)
+        print(f"-- {name}")
+        if args.only in (None, "redis"):
+            redis_rows(model, images, args.burst, work / name)
+        if args.only in (None, "drop"):
+            drop_rows(model, images, args.files, work / name)
+        if args.only in (None, "http"):
+            http_rows(model, images, args.requests)
     shutil.rmtree(work, ignore_errors=True)
 
 

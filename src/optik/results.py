@@ -37,7 +37,7 @@ class Classification:
     def to_dict(self, top_k: int | None = None) -> dict[str, float]:
         """`{class: score}` in class order, or the top K in score order."""
         if top_k is None:
-            return {name: float(p) for name, p in zip(self.classes, self.probs)}
+            return dict(zip(self.classes, np.asarray(self.probs).tolist()))
         return dict(self.top(top_k))
 
 

@@ -17,12 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
 from optik.config.schema import IMAGENET_MEAN, IMAGENET_STD
 from optik.data.decode import image_size, open_image
 from optik.data.folder import find_images
-from optik.data.transforms import INTERPOLATIONS, Preprocess
+from optik.data.transforms import INTERPOLATIONS, Preprocess, ResizeCenterCrop
 from optik.errors import ConfigError, DataError, ImageDecodeError, ModelError
 from optik.inference.runtime import Runtime, RuntimeBackend, calibration_files
 
@@ -144,13 +143,7 @@ class FlatImages(Dataset):
     def __init__(self, files: list[Path], preprocess: Preprocess | None, transform: Callable | None, border: int = 0):
         self.files, self.preprocess, self.transform, self.border = files, preprocess, transform, border
         if transform is None:
-            interpolation = INTERPOLATIONS[preprocess.interpolation]
-            self.resize = v2.Compose(
-                [
-                    v2.Resize(preprocess.resize_size, interpolation=interpolation, antialias=True),
-                    v2.CenterCrop(preprocess.image_size),
-                ]
-            )
+            self.resize = ResizeCenterCrop(preprocess.resize_size, preprocess.image_size, preprocess.interpolation)
 
     def __len__(self) -> int:
         return len(self.files)

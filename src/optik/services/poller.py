@@ -223,8 +223,8 @@ class FilePoller:
         self.stems.update(zip(new, output_stems(new, taken=self.stems.values())))
 
     def process(self, drops: list[Drop]) -> None:
-        """Predict in micro-batches (the next batch decodes during this one's forward pass) and commit
-        each batch; a stop request ends after the batch in hand."""
+        """Predict in micro-batches and commit each batch while the network runs the next; a stop request
+        ends after the batch in hand (the one running is not committed: its files stay for the next run)."""
         start, taken = 0, time.monotonic()
         for results in predict_batches(self.predictor, [d.path for d in drops], [d.path.name for d in drops]):
             self.metrics.batch_size.observe(len(results))
