@@ -1,6 +1,6 @@
 """The runtime layer: every engine x precision on the CPU agrees with eager PyTorch on a trained model,
 auto races fp32 into every lower precision, compiled models are cached, and an exported OpenVINO IR is
-a MODEL for predict, a service and batch-predict."""
+a MODEL for predict, a service, batch-predict and optik test."""
 
 import json
 import logging
@@ -140,6 +140,18 @@ def test_an_exported_ir_runs_predict_a_service_and_batch_predict(colour_model, c
     batch = optik("batch-predict", pictures, rows, ir, "--format", "csv", "--top-k", "1")
     assert batch.returncode == 0, batch.stderr
     assert len(rows.read_text().splitlines()) == 1 + len(list(pictures.rglob("*.png")))
+
+    for name, model in (("torch", colour_model), ("ir", ir)):
+        tested = optik("test", model, pictures, "--out", tmp_path / f"{name}-test.json", "--out-items", "pred")
+        assert tested.returncode == 0, tested.stderr
+    ours, theirs = (json.loads((tmp_path / f"{name}-test.json").read_text()) for name in ("ir", "torch"))
+    assert ours["metrics"]["images"] == theirs["metrics"]["images"] == 24
+    assert [p["pred"] for p in ours["predictions"]] == [p["pred"] for p in theirs["predictions"]]
+    assert ours["metrics"]["mean_class_accuracy"] == theirs["metrics"]["mean_class_accuracy"]
+    own = optik("test", ir, "--split", "val")  # the run's own split, found by the config the export records
+    assert own.returncode == 0 and "data: " in own.stdout, own.stderr
+    probe = optik("probe", ir, pictures)
+    assert probe.returncode == 2 and "exported model" in probe.stderr and "Traceback" not in probe.stderr
 
 
 def test_an_int8_ir_states_its_agreement_and_predicts(colour_model, colours, tmp_path, optik):

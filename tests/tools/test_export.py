@@ -124,6 +124,14 @@ def test_exported_detector_predicts_like_pytorch(shapes_detector, shapes_images,
     assert len(runs["onnx"]) == len(runs["torch"]) == 9
     compared = sum(assert_same_objects(runs["onnx"][name], runs["torch"][name]) for name in runs["torch"])
     assert compared > 0  # real objects were compared, not just empty lists
+    scores = {}
+    for name, model in (("torch", shapes_detector), ("onnx", out)):  # the run's own val split, as recorded
+        tested = optik("test", model, "--split", "val", "--out", tmp_path / f"{name}.json")
+        assert tested.returncode == 0, tested.stderr
+        scores[name] = json.loads((tmp_path / f"{name}.json").read_text())["metrics"]
+    assert scores["onnx"]["images"] == scores["torch"]["images"] == 8
+    assert scores["torch"]["bbox"]["map"] > 0  # (one epoch: a poor detector, but some boxes are right)
+    assert scores["onnx"]["bbox"]["map"] == pytest.approx(scores["torch"]["bbox"]["map"], rel=0.05)
 
 
 @pytest.mark.slow  # export, then onnxruntime end to end through the CLI

@@ -165,7 +165,8 @@ def train(source, work_dir, overrides, resume, overwrite, no_validate, seed, det
 def test_command(
     model, data, split, out, out_items, plots, images, skip_bad, device, precision, calibration, batch_size, mode, tta
 ):
-    """Evaluate MODEL (model.pt or checkpoint) on DATA (class folders or list file; default: the run's own split)."""
+    """Evaluate MODEL (model.pt, checkpoint, or an exported .onnx / .xml) on DATA (class folders or list file,
+    a COCO JSON or dataset folder for detectors; default: the run's own split)."""
     from optik.engine.evaluate import evaluate, plot_evaluation
     from optik.metrics.evaluation import check_results_path, write_results
 

@@ -1,5 +1,5 @@
-"""`optik test`: run a model package over a labelled split and report its task's metrics
-(classification, or COCO mAP for detectors), and draw its task's evaluation plots."""
+"""`optik test`: run a model package (or an exported .onnx / .xml) over a labelled split and report its
+task's metrics (classification, or COCO mAP for detectors), and draw its task's evaluation plots."""
 
 from __future__ import annotations
 
@@ -32,9 +32,19 @@ def evaluate(
     on (precision int8)."""
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
-    from optik.tasks.loading import with_tta
+    from optik.inference.runtime import engine_of_file
+    from optik.tasks.loading import exported_package, load_predictor, with_tta
 
-    package = with_tta(load_package(model), tta, str(model))
+    predictor = None
+    if engine_of_file(model) is None:
+        package = with_tta(load_package(model), tta, str(model))
+    else:  # an exported file runs as it is, on its engine; its metadata stands in for the package
+        if calibration is not None:
+            raise ConfigError(
+                f"{model} is exported already; --calibration quantizes a model.pt (or export with --int8 --calibration DIR)"
+            )
+        package = exported_package(model, tta)
+        predictor = load_predictor(model, device=device, precision=precision, batch_size=batch_size, mode=mode, tta=tta)
     return get_task(package.task).evaluate(
         package,
         str(model),
@@ -48,6 +58,7 @@ def evaluate(
         images=images,
         skip_bad=skip_bad,
         calibration=calibration,
+        predictor=predictor,
     )
 
 

@@ -68,6 +68,11 @@ def feature_extractor(model: str | Path, image_size: int | None = None) -> tuple
     from optik.tasks import get_task
 
     path = Path(model)
+    if path.suffix.lower() in (".onnx", ".xml") and path.exists():
+        raise ConfigError(
+            f"{path} is an exported model: it gives class scores, and optik probe measures a backbone's features; "
+            "give the model.pt or backbone.pt it was exported from"
+        )
     if path.exists():
         package = load_package(path)
         network = get_task(package.task).feature_network(package, str(model))

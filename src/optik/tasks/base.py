@@ -133,11 +133,13 @@ class Task:
         images: str | Path | None = None,
         skip_bad: bool = False,
         calibration: str | Path | None = None,
+        predictor=None,
     ) -> EvalResult:
         """Predict every image of a labelled split and score the predictions (`optik test`).
 
         `images`: where a detection set's images are (--images); `skip_bad`: leave images that are
-        missing or unreadable out, reported, instead of stopping (--skip-bad).
+        missing or unreadable out, reported, instead of stopping (--skip-bad); `predictor`: what runs
+        the model (an exported file's), else one is made from the package with the options.
         """
         raise ModelError(f"{source} is a {self.name} model; optik test evaluates classifiers and detectors")
 
@@ -191,10 +193,12 @@ def untrained(model_cfg):
 
 
 def onnx_metadata(package: ModelPackage) -> dict:
-    """What an exported ONNX model carries, so that it is a MODEL for every command."""
+    """What an exported ONNX or OpenVINO model carries, so that it is a MODEL for every command: its
+    task, classes, preprocessing and the run's config (`optik test` finds the run's data by it)."""
     return {
         "task": package.task,
         "classes": package.classes,
         "preprocess": package.preprocess,
         "model": package.config["model"]["name"],
+        "config": package.config,
     }

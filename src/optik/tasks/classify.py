@@ -140,6 +140,7 @@ class ClassifyTask(Task):
         images=None,
         skip_bad=False,
         calibration=None,
+        predictor=None,
     ) -> EvalResult:
         if images is not None:
             raise ConfigError("--images is for detection sets; a classifier's DATA is class folders or a list file")
@@ -153,6 +154,7 @@ class ClassifyTask(Task):
             precision=precision,
             mode=mode,
             calibration=calibration,
+            predictor=predictor,
         )
 
     def plot_evaluation(self, result, folder):
@@ -322,14 +324,16 @@ def evaluate_classifier(
     precision: str = "32",
     mode: str = "auto",
     calibration: str | Path | None = None,
+    predictor=None,
 ) -> EvalResult:
-    """Classify every image of the split; top-k, per-class and macro metrics, and the confusion matrix."""
+    """Classify every image of the split (with `predictor`, else one made from the package); top-k,
+    per-class and macro metrics, and the confusion matrix."""
     from optik.metrics.classification import classification_metrics  # torchmetrics: only when testing
 
     samples, origin, used = test_samples(package.config, package.classes, data, split)
     if not samples:
         raise DataError(f"no images to evaluate in {origin}")
-    predictor = CLASSIFY.predictor(
+    predictor = predictor or CLASSIFY.predictor(
         package,
         origin,
         device=device,

@@ -133,6 +133,7 @@ class DetectTask(Task):
         images=None,
         skip_bad=False,
         calibration=None,
+        predictor=None,
     ):
         if calibration is not None:
             raise ConfigError(
@@ -149,6 +150,7 @@ class DetectTask(Task):
             with_curves=with_curves,
             images=images,
             skip_bad=skip_bad,
+            predictor=predictor,
         )
 
     def plot_evaluation(self, result, folder):
@@ -255,8 +257,9 @@ def evaluate_detector(
     with_curves: bool = False,
     images: str | Path | None = None,
     skip_bad: bool = False,
+    predictor=None,
 ) -> DetectionResult:
-    """Detect objects in every image of the split; COCO metrics as `metrics`, and with `with_curves`
+    """Detect objects in every image of the split (with `predictor`, else one made from the package); COCO metrics as `metrics`, and with `with_curves`
     the precision-recall curves as `curves` (a second COCO evaluation: for plots only). Images
     left out by `skip_bad` are reported as unreadable, as those that fail to decode are."""
     from optik.data.detection import no_images_left
@@ -265,7 +268,7 @@ def evaluate_detector(
     test_set = detect_test_set(package, data, split, images, skip_bad)
     if not len(test_set):
         raise DataError(no_images_left(test_set, FLAG_HINTS, "images to evaluate"))
-    detector = DETECT.predictor(
+    detector = predictor or DETECT.predictor(
         package, test_set.origin, device=device, precision=precision, batch_size=batch_size, mode=mode
     )
     records = test_set.records

@@ -99,6 +99,19 @@ def exported_predictor(
     )
 
 
+def exported_package(path: str | Path, tta: str | None = None) -> ModelPackage:
+    """An exported file's metadata as a package without weights (task, run config, classes, preprocessing),
+    for what needs the run's config (`optik test` finds the run's data by it); `tta` as in `with_tta`."""
+    meta = read_exported_metadata(path)
+    if "config" not in meta:
+        raise ConfigError(
+            f"{path} was exported before exports recorded the run's config; give the model.pt it was exported "
+            "from, or export it again"
+        )
+    preprocess = get_task(meta["task"]).with_tta(meta["preprocess"], tta, str(path))
+    return ModelPackage(meta["task"], meta["config"], meta["classes"], preprocess, {})
+
+
 def read_exported_metadata(model: str | Path | bytes) -> dict:
     """Task, classes and preprocessing of an `optik export`ed file."""
     if str(model).endswith(".xml") and not isinstance(model, bytes):

@@ -95,6 +95,7 @@ class PretrainTask(Task):
         images=None,
         skip_bad=False,
         calibration=None,
+        predictor=None,
     ):
         raise ModelError(f"{source} is a pretrained backbone (no classes); {NO_CLASSES}")
 
