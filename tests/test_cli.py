@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -345,3 +346,14 @@ def test_test_says_when_it_scores_val_for_a_missing_test_split(colour_model, tmp
     assert tested.returncode == 0, tested.stderr
     assert tested.stdout.splitlines()[0] == f"no test split in {data}: scoring val"
     assert json.loads((tmp_path / "r.json").read_text())["metrics"]["split"] == "val"
+
+
+def test_a_class_the_split_lacks_has_no_recall_rather_than_zero(colour_model, tmp_path):
+    data = make_colour_set(tmp_path / "photos", per_class=3)
+    shutil.rmtree(data / "blue")
+    tested = run_optik("test", colour_model, data)
+    assert tested.returncode == 0, tested.stderr
+    table = tested.stdout.split("confusion matrix")[0].splitlines()  # the per-class table, before the matrix
+    rows = {line.split()[0]: line.split()[1:] for line in table if line.split()[:1] in (["red"], ["green"], ["blue"])}
+    assert rows["blue"][1:] == ["n/a", "n/a", "0"]  # recall and f1 undefined, support 0
+    assert rows["red"][1] != "n/a" and rows["red"][3] == "3"

@@ -185,6 +185,9 @@ def test_precision_curves_average_to_the_coco_ap():
     assert sum(curves["per_class"]["square"]["iou50_95"]) / 101 == pytest.approx(ap["square"])
     assert max(curves["per_class"]["circle"]["iou50"]) == 0.0
     assert set(precision_curves(truth, [])["per_class"]) == {"square", "circle"}
+    # a class without objects in the data has no AP (None), with results or without; one that has them, 0 if missed
+    assert ap["unseen"] is None and ap["circle"] == 0.0
+    assert coco_metrics(truth, [])["per_class"] == {"square": 0.0, "circle": 0.0, "unseen": None}
 
 
 def one_epoch_log(groups: int = 1) -> RunLog:

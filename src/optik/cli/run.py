@@ -213,11 +213,13 @@ def print_metrics(result) -> None:
     for failure in result.failures[:10]:
         click.echo(f"  unreadable: {failure['file']}: {failure['error']}", err=True)
     width = max(len("class"), *(len(c) for c in result.classes))
-    click.echo(f"{'class':{width}s}  precision  recall     f1  support")
-    for name, row in m["per_class"].items():
-        click.echo(
-            f"{name:{width}s}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:5.4f}  {row['support']:7d}"
-        )
+    click.echo(f"{'class':{width}s}  precision  recall      f1  support")
+    predicted = [sum(column) for column in zip(*m["confusion_matrix"])]
+    for (name, row), guessed in zip(m["per_class"].items(), predicted):
+        # undefined, not zero: recall of a class the split lacks, precision of a class never predicted
+        precision = f"{row['precision']:9.4f}" if guessed else f"{'n/a':>9s}"
+        recall, f1 = (f"{row['recall']:6.4f}", f"{row['f1']:6.4f}") if row["support"] else (f"{'n/a':>6s}",) * 2
+        click.echo(f"{name:{width}s}  {precision}  {recall}  {f1}  {row['support']:7d}")
     for key in [k for k in m if k.startswith("accuracy_")] + [
         "mean_class_accuracy",
         "precision_macro",
@@ -241,13 +243,17 @@ def print_detection_metrics(result) -> None:
     kinds = [kind for kind in ("bbox", "segm") if kind in m]
     width = max(len("class"), *(len(c) for c in result.classes))
     click.echo(f"{'class':{width}s}  " + "  ".join(f"{kind + ' AP':>8s}" for kind in kinds))
-    for name in result.classes:
-        click.echo(f"{name:{width}s}  " + "  ".join(f"{m[kind]['per_class'].get(name, 0.0):8.4f}" for kind in kinds))
+    for name in result.classes:  # a class without objects in the split has no AP: n/a, not 0
+        click.echo(f"{name:{width}s}  " + "  ".join(ap_cell(m[kind]["per_class"].get(name)) for kind in kinds))
     for kind in kinds:
         click.echo(
             f"{kind} mAP: {m[kind]['map']:.4f}  mAP@0.5: {m[kind]['map_50']:.4f}  mAP@0.75: {m[kind]['map_75']:.4f}  "
             f"AR@100: {m[kind]['mar_100']:.4f}"
         )
+
+
+def ap_cell(ap: float | None) -> str:
+    return f"{'n/a':>8s}" if ap is None or ap < 0 else f"{ap:8.4f}"
 
 
 def print_confusion(classes: list[str], matrix: list[list[int]], limit: int = 30) -> None:

@@ -63,13 +63,16 @@ def detection_records(image_id: int, detection, mask_threshold: float = 0.5) -> 
 
 
 def coco_metrics(ground_truth: dict, results: list[dict], iou_type: str = "bbox") -> dict:
-    """COCO mAP (and the other 11 summary numbers) plus per-class AP, for `bbox` or `segm`.
+    """COCO mAP (and the other 11 summary numbers) plus per-class AP, for `bbox` or `segm`; the AP of a
+    class without objects in the data is None (undefined, as COCO's -1), not 0.
 
     An empty result list scores 0 everywhere (faster-coco-eval refuses to load one).
     """
     names = {c["id"]: c["name"] for c in ground_truth["categories"]}
     if not results:
-        return {**{key: 0.0 for key in COCO_STATS}, "per_class": {name: 0.0 for name in names.values()}}
+        present = {a["category_id"] for a in ground_truth["annotations"]}
+        per_class = {name: 0.0 if cat_id in present else None for cat_id, name in names.items()}
+        return {**{key: 0.0 for key in COCO_STATS}, "per_class": per_class}
     evaluator = accumulated(ground_truth, results, iou_type)
     evaluator.summarize()
     metrics = {key: max(0.0, float(value)) for key, value in zip(COCO_STATS, evaluator.stats)}
@@ -78,7 +81,7 @@ def coco_metrics(ground_truth: dict, results: list[dict], iou_type: str = "bbox"
     for k, cat_id in enumerate(evaluator.params.catIds):
         values = precision[:, :, k, 0, -1]
         values = values[values > -1]
-        per_class[names[cat_id]] = float(values.mean()) if values.size else 0.0
+        per_class[names[cat_id]] = float(values.mean()) if values.size else None
     metrics["per_class"] = per_class
     return metrics
 
