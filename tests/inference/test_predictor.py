@@ -177,27 +177,6 @@ def test_a_model_the_optimiser_cannot_handle_falls_back(images):
         assert np.abs(got - reference(odd, images)).max() < 1e-4
 
 
-def test_the_stream_runs_the_next_batch_while_the_caller_handles_this_one():
-    """A pipeline, not a loop: the caller's work on batch k (writing, replying) overlaps batch k+1's forward pass."""
-    import threading
-
-    from optik.inference.predictor import stream
-
-    started = {k: threading.Event() for k in range(4)}
-
-    def run_batch(loaded):
-        started[loaded[0][1] // 2].set()
-        return [value for _, value in loaded]
-
-    results = stream(((i, None) for i in range(8)), lambda item: ("x", item[0]), run_batch, 2, 2)
-    seen = []
-    for value in results:
-        seen.append(value)
-        if value % 2 == 0 and value < 6:  # handling batch k: batch k+1 runs meanwhile, without being asked for
-            assert started[value // 2 + 1].wait(timeout=30)
-    assert seen == list(range(8))
-
-
 def test_a_failing_batch_reaches_the_caller_after_the_batches_before_it():
     from optik.inference.predictor import stream
 

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import shutil
 import struct
 import time
 import zlib
@@ -289,7 +290,7 @@ def test_done_delete_and_tmp_options(colour_model, tmp_path, disposal):
 
 def test_restart_finishes_a_journalled_image_and_repredicts_a_replaced_one(colour_model, tmp_path):
     """A run stopped after writing outputs but before moving the images: the next run moves them without
-    predicting again; an image replaced under the same name since then is predicted."""
+    predicting again; an image replaced under the same name since then is predicted, as a new image of that name."""
     from optik.outputs.classification import ClassificationFormat
     from optik.services.poller import FilePoller, PollOptions, identity
 
@@ -314,7 +315,9 @@ def test_restart_finishes_a_journalled_image_and_repredicts_a_replaced_one(colou
     done = serve_poll(colour_model, in_dir, out_dir)
     assert done.returncode == 0, done.stderr
     assert json.loads((out_dir / "0000_red.json").read_text()) == {"written": "before the stop"}  # not predicted twice
-    assert set(json.loads((out_dir / "0001_green.json").read_text())) == set(CLASSES)
+    # the replaced image is predicted, beside the answer of the one it replaced (never overwritten)
+    assert json.loads((out_dir / "0001_green.json").read_text()) == {"written": "before the stop"}
+    assert set(json.loads((out_dir / "0001_green-1.json").read_text())) == set(CLASSES)
     assert list(in_dir.iterdir()) == [] and not journal.exists()
 
 
@@ -480,3 +483,65 @@ def test_a_second_failure_of_the_same_name_keeps_the_first(colour_model, tmp_pat
     assert (out_dir / "failed" / "slow-1.jpg").read_text() == "second slow.jpg\n"
     assert sorted(p.name for p in out_dir.glob("*.error.json")) == ["slow-1.error.json", "slow.error.json"]
     assert json.loads((out_dir / "slow-1.error.json").read_text())["file"] == "slow.jpg"
+
+
+@pytest.mark.parametrize("disposal", ["out", "done"])
+def test_an_image_dropped_under_a_name_already_answered_keeps_the_earlier_one(colour_model, tmp_path, disposal):
+    """Phones and cameras repeat file names: the second IMG.jpg gets IMG-1.json and moves on as IMG-1.jpg
+    (or on, when an image named IMG-1.jpg comes with it), and the first image and its answer stay."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    moved = out_dir if disposal == "out" else tmp_path / "done"
+    extra = () if disposal == "out" else ("--done", moved)
+    rng = np.random.default_rng(3)
+    colour_image(COLOURS["red"], 40, rng).save(tmp_path / "red.jpg")
+    colour_image(COLOURS["blue"], 40, rng).save(tmp_path / "blue.jpg")
+    in_dir.mkdir()
+    shutil.copy(tmp_path / "red.jpg", in_dir / "IMG.jpg")
+    assert serve_poll(colour_model, in_dir, out_dir, *extra).returncode == 0
+    first = (out_dir / "IMG.json").read_text()
+    shutil.copy(tmp_path / "blue.jpg", in_dir / "IMG.jpg")
+    shutil.copy(tmp_path / "blue.jpg", in_dir / "IMG-1.jpg")  # a name the second IMG.jpg would take
+    done = serve_poll(colour_model, in_dir, out_dir, *extra)
+    assert done.returncode == 0, done.stderr
+    assert (out_dir / "IMG.json").read_text() == first and (moved / "IMG.jpg").read_bytes() == (
+        tmp_path / "red.jpg"
+    ).read_bytes()
+    answers = {p.stem: json.loads(p.read_text()) for p in out_dir.glob("*.json")}
+    assert len(answers) == 3 and max(answers["IMG"], key=answers["IMG"].get) == "red"
+    assert all(max(a, key=a.get) == "blue" for stem, a in answers.items() if stem != "IMG")
+    assert {p.stem for p in moved.glob("*.jpg")} == set(answers)  # each image beside its own answer's name
+    assert list(in_dir.iterdir()) == []
+
+
+def test_a_batch_is_written_while_the_network_runs_the_next(colour_model, tmp_path):
+    """The file drop's outputs go to disk in a thread of their own: batch 2's forward pass starts while
+    batch 1 is still being written, and everything ends committed once, in order."""
+    import threading
+
+    from optik.outputs.classification import ClassificationFormat
+    from optik.services.poller import FilePoller, PollOptions
+    from optik.tasks.loading import load_predictor
+
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    truth = drop_images(in_dir, 6)
+    predictor = load_predictor(colour_model, device="cpu", batch_size=2, mode="eager")
+    second_batch_runs, overlapped = threading.Event(), []
+    run_batch = predictor._run_batch
+
+    def counting(loaded, calls=[]):  # noqa: B006 - the calls so far
+        calls.append(len(loaded))
+        if len(calls) == 2:
+            second_batch_runs.set()
+        return run_batch(loaded)
+
+    predictor._run_batch = counting
+
+    class Waiting(ClassificationFormat):
+        def write(self, result, path, staging_dir=None):
+            if not overlapped:  # the first output: held until the network has started on the next batch
+                overlapped.append(second_batch_runs.wait(timeout=60))
+            return super().write(result, path, staging_dir)
+
+    rate = FilePoller(predictor, Waiting(), PollOptions(in_dir, out_dir)).run()
+    assert overlapped == [True]
+    assert rate.done == 6 and sorted(p.stem for p in out_dir.glob("*.json")) == sorted(Path(n).stem for n in truth)

@@ -87,10 +87,12 @@ class ResizeCenterCrop:
     """torchvision's Resize(`resize_size`, short side) + CenterCrop(`image_size`) on a PIL image, computed
     only where the crop is: PIL's horizontal pass over the crop's columns, then its vertical pass over
     the crop's rows (the order a whole resize takes, so the 8-bit rounding between passes is the same),
-    each centred on the same source positions as the whole resize. The pixels equal the two steps'
-    (a rare one differs by one grey level, PIL's fixed-point weights) at about half the cost. Tensors,
-    nearest (cheap already; a pick that float rounding could move to the neighbour) and crops larger than
-    the resized image (which torchvision pads) take torchvision's two steps."""
+    each centred on the same source positions as the whole resize, at about half the cost. The pixels
+    equal the two steps' to within two grey levels: PIL takes the box in float32, which can move a
+    sampling position by a hair, and rounds its fixed-point weights (at 256 -> 224, 4:3 and 3:4
+    photos: a rare pixel, by one level; other sizes: up to about a tenth of them). Tensors, modes other
+    than RGB and L, nearest (cheap already; a pick that float rounding could move to the neighbour)
+    and crops larger than the resized image (which torchvision pads) take torchvision's two steps."""
 
     def __init__(self, resize_size: int, image_size: int, interpolation: str):
         self.resize_size, self.image_size = resize_size, image_size
@@ -103,7 +105,7 @@ class ResizeCenterCrop:
         )
 
     def __call__(self, image):
-        if not isinstance(image, Image.Image) or self.resample is None:
+        if not isinstance(image, Image.Image) or self.resample is None or image.mode not in ("RGB", "L"):
             return self.steps(image)
         width, height = image.size
         resized_long = int(self.resize_size * max(width, height) / min(width, height))  # torchvision's size rule

@@ -6,7 +6,7 @@ a model file)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,29 +48,22 @@ def stream(
     batch_size: int,
     workers: int,
 ) -> Iterator[Result]:
-    """Results of `run_batch` over batches of `load_one`'d items, in order, as a pipeline: while the caller
-    handles a batch's results (writes them, replies), the network runs the next batch in a thread of its
-    own, and the batch after that decodes in `workers` threads. A batch's exception reaches the caller
-    with its results; closing the stream drops the batches not started and waits for the one running."""
+    """Results of `run_batch` over batches of `load_one`'d items, in order: the next batch decodes in
+    `workers` threads while this one runs (in the caller's thread, so a signal stops it between ops)."""
     items = iter(items)
-    decoders = ThreadPoolExecutor(max(1, workers), thread_name_prefix="optik-decode")
-    runner = ThreadPoolExecutor(1, thread_name_prefix="optik-network")
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="optik-decode") as pool:
 
-    def submit(decoding: list) -> Future | None:
-        return runner.submit(lambda: run_batch([future.result() for future in decoding])) if decoding else None
+        def submit_batch() -> list:
+            return [pool.submit(load_one, item) for item in islice(items, batch_size)]
 
-    def decode_batch() -> list:
-        return [decoders.submit(load_one, item) for item in islice(items, batch_size)]
-
-    try:
-        running = submit(decode_batch())
-        while running is not None:
-            following = submit(decode_batch())  # starts as soon as `running` is done
-            yield from running.result()
-            running = following
-    finally:
-        runner.shutdown(wait=True, cancel_futures=True)
-        decoders.shutdown(wait=True, cancel_futures=True)
+        pending = submit_batch()
+        try:
+            while pending:
+                upcoming = submit_batch()
+                yield from run_batch([future.result() for future in pending])
+                pending = upcoming
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # a closed stream decodes nothing more
 
 
 def named(images: Iterable[ImageSource], names: Iterable[str] | None) -> Iterable[tuple[ImageSource, str | None]]:
@@ -89,8 +82,7 @@ class Batched:
         return list(self.predict_stream(images, names))
 
     def predict_stream(self, images: Iterable[ImageSource], names: Iterable[str] | None = None) -> Iterator[Result]:
-        """Like `predict`, streaming: the next batch runs and the one after decodes while the caller takes
-        this one's results (`stream`)."""
+        """Like `predict`, streaming: the next batch decodes in threads while this one runs."""
         return stream(
             named(images, names),
             lambda item: load_one(self, item),

@@ -116,7 +116,7 @@ class ModelFailure(ImageFailure):
 def predict_batches(predictor, sources: Sequence, names: Sequence[str]) -> Iterator[list]:
     """Results of `sources` in batches of the predictor's batch size: the one loop every service runs.
 
-    The next batch runs (and the one after decodes) while the caller handles this one. When the model raises on a batch, its images are
+    The next batch decodes while this one runs. When the model raises on a batch, its images are
     tried one at a time, so one bad input cannot fail its neighbours; an image on which the model
     still raises gets a `ModelFailure`, and the service goes on.
     """

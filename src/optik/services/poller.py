@@ -17,6 +17,7 @@ import json
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,22 +224,31 @@ class FilePoller:
         self.stems.update(zip(new, output_stems(new, taken=self.stems.values())))
 
     def process(self, drops: list[Drop]) -> None:
-        """Predict in micro-batches and commit each batch while the network runs the next; a stop request
-        ends after the batch in hand (the one running is not committed: its files stay for the next run)."""
+        """Predict in micro-batches; each batch is committed in a thread of its own while the network runs
+        the next (one commit at a time, in order). A stop request ends after the batch in hand, committed."""
         start, taken = 0, time.monotonic()
-        for results in predict_batches(self.predictor, [d.path for d in drops], [d.path.name for d in drops]):
-            self.metrics.batch_size.observe(len(results))
-            committed = self.commit(list(zip(drops[start : start + len(results)], results)))
-            self.metrics.count(committed, taken, time.monotonic())
-            self.metrics.queue_depth.dec(len(results))
-            start += len(results)
-            if self.stop:
-                return
+        with ThreadPoolExecutor(1, thread_name_prefix="optik-commit") as writer:
+            committing = None
+            for results in predict_batches(self.predictor, [d.path for d in drops], [d.path.name for d in drops]):
+                if committing is not None:
+                    committing.result()  # one journal at a time; a failed commit stops the service here
+                committing = writer.submit(self._commit_counted, list(zip(drops[start:], results)), taken)
+                start += len(results)
+                if self.stop:
+                    break
+            if committing is not None:
+                committing.result()
+
+    def _commit_counted(self, batch: list, taken: float) -> None:
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.count(self.commit(batch), taken, time.monotonic())
+        self.metrics.queue_depth.dec(len(batch))
 
     def commit(self, batch: list) -> list:
         """Journal, outputs, then inputs moved on (see the class docstring); the results committed."""
         batch = [(drop, result) for drop, result in batch if self._unchanged(drop)]
-        targets = [(self._target(d, r), None) if r.ok else self._failure_targets(d) for d, r in batch]
+        taken: set[Path] = set()
+        targets = [self._free_targets(d, r.ok, taken) for d, r in batch]
         plan = [
             {
                 "name": d.path.name,
@@ -246,9 +256,9 @@ class FilePoller:
                 "output": output.name,
                 "before": _inode(output),
                 "ok": r.ok,
-                **({} if r.ok else {"failed_as": failed_as}),
+                **({} if moved_as is None else {"moved_as": moved_as}),
             }
-            for (d, r), (output, failed_as) in zip(batch, targets)
+            for (d, r), (output, moved_as) in zip(batch, targets)
         ]
         write_atomic(self.journal, "\n".join(json.dumps(entry) for entry in plan))
         for (drop, result), entry in zip(batch, plan):
@@ -260,10 +270,10 @@ class FilePoller:
                     "cannot predict %s: %s (moved to %s)",
                     drop.path.name,
                     result.reason,
-                    self.options.failed_dir / entry["failed_as"],
+                    self.options.failed_dir / entry["moved_as"],
                 )
                 write_error(drop.path.name, result.reason, output, self.options.tmp_dir)
-            self._dispose(drop.path, result.ok, entry.get("failed_as"))
+            self._dispose(drop.path, result.ok, entry.get("moved_as"))
         self.journal.unlink(missing_ok=True)
         failed = sum(not r.ok for _, r in batch)
         self.rate.add(len(batch) - failed, failed)
@@ -284,7 +294,7 @@ class FilePoller:
                 continue
             if same_image and _inode(target) not in (0, entry["before"]):
                 log.info("%s: its output was written before the last stop; finishing it", path.name)
-                self._dispose(path, entry["ok"], entry.get("failed_as"))
+                self._dispose(path, entry["ok"], entry.get("moved_as", entry.get("failed_as")))
         self.journal.unlink(missing_ok=True)
 
     def _unchanged(self, drop: Drop) -> bool:
@@ -294,28 +304,37 @@ class FilePoller:
         except FileNotFoundError:
             return False
 
-    def _target(self, drop: Drop, result) -> Path:
-        return self.options.out_dir / (f"{drop.stem}{self.output.suffix}" if result.ok else f"{drop.stem}.error.json")
-
-    def _failure_targets(self, drop: Drop) -> tuple[Path, str]:
-        """The error record and the name in failed/ of an image that failed: `slow.error.json` and
-        `slow.jpg`, else `slow-1.error.json` and `slow-1.jpg` (and on), so an earlier failure of the same
-        name is kept and each image stays beside its own record's name."""
-        name, n, tag = Path(drop.path.name), 0, ""
-        while (self.options.out_dir / f"{drop.stem}{tag}.error.json").exists() or (
-            self.options.failed_dir / f"{name.stem}{tag}{name.suffix}"
-        ).exists():
+    def _free_targets(self, drop: Drop, ok: bool, taken: set[Path]) -> tuple[Path, str | None]:
+        """Where an image's output goes and the name it moves on as (None: deleted): `a.json` (or
+        `a.error.json`) and `a.jpg`, else `a-1.json` and `a-1.jpg` (and on) when an earlier image of the
+        same name left either there, or another image of this batch (`taken`) has them, so nothing of an
+        earlier image is overwritten and each image keeps its own output's name."""
+        name, suffix = Path(drop.path.name), self.output.suffix if ok else ".error.json"
+        folder = self.options.failed_dir if not ok else self._moved_to()
+        n = 0
+        while True:
+            tag = f"-{n}" if n else ""
+            output = self.options.out_dir / f"{drop.stem}{tag}{suffix}"
+            moved = None if folder is None else folder / f"{name.stem}{tag}{name.suffix}"
+            wanted = {output} | ({moved} if moved is not None else set())
+            if not wanted & taken and not any(path.exists() for path in wanted):
+                taken |= wanted
+                if n:
+                    log.info("%s: %s%s is an earlier image's; this one's is %s", name, drop.stem, suffix, output.name)
+                return output, None if moved is None else moved.name
             n += 1
-            tag = f"-{n}"
-        return self.options.out_dir / f"{drop.stem}{tag}.error.json", f"{name.stem}{tag}{name.suffix}"
 
-    def _dispose(self, path: Path, ok: bool, failed_as: str | None = None) -> None:
+    def _moved_to(self) -> Path | None:
+        """The folder a predicted image moves to (None: it is deleted)."""
+        return None if self.options.delete_input else self.options.done_dir or self.options.out_dir
+
+    def _dispose(self, path: Path, ok: bool, moved_as: str | None = None) -> None:
         if not ok:
-            move_atomic(path, self.options.failed_dir / (failed_as or path.name))
+            move_atomic(path, self.options.failed_dir / (moved_as or path.name))
         elif self.options.delete_input:
             path.unlink(missing_ok=True)
         else:
-            move_atomic(path, (self.options.done_dir or self.options.out_dir) / path.name)
+            move_atomic(path, self._moved_to() / (moved_as or path.name))
 
     def _sleep_until_event(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

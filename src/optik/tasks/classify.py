@@ -333,15 +333,19 @@ def evaluate_classifier(
     samples, origin, used = test_samples(package.config, package.classes, data, split)
     if not samples:
         raise DataError(f"no images to evaluate in {origin}")
-    predictor = predictor or CLASSIFY.predictor(
-        package,
-        origin,
-        device=device,
-        precision=precision,
-        batch_size=batch_size,
-        mode=mode,
-        expected_images=len(samples),
-        calibration=calibration,
+    predictor = (
+        predictor
+        if predictor is not None
+        else CLASSIFY.predictor(
+            package,
+            origin,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            mode=mode,
+            expected_images=len(samples),
+            calibration=calibration,
+        )
     )
     labels, probs, items, failures = [], [], [], []
     for (path, label), result in zip(samples, predictor.predict_stream(path for path, _ in samples)):

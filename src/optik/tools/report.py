@@ -267,7 +267,10 @@ def evaluation_section(result: EvalResult) -> str:
         lines.append(
             table(
                 ["class", "AP@[.5:.95]", "AP@.5"],
-                [[name, ap, ap50.get(name, "no objects")] for name, ap in scores["per_class"].items()],
+                [
+                    [name, "no objects" if ap is None else ap, ap50.get(name, "no objects")]
+                    for name, ap in scores["per_class"].items()
+                ],
             )
         )
     return "".join(lines)
