@@ -280,3 +280,21 @@ def test_a_file_cut_short_says_so_without_pillows_byte_counts(tmp_path, fmt):
         open_image(path)
     assert info.value.reason.startswith("truncated (the file is cut short")
     assert "bytes not processed" not in info.value.reason and "Truncated File Read" not in info.value.reason
+
+
+def test_decoding_in_threads_leaves_the_warning_filters_as_they_were(tmp_path):
+    """`warnings.catch_warnings` is not thread-safe (each restores the filters it saw on entering): decoders
+    running at once must not touch the filters, or one of them leaves another's filter in place for good."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from optik.data.decode import open_image
+
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (384, 512, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+    before = list(warnings.filters)
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(6):  # the race needs decoders to overlap: a few rounds make that near certain
+            assert len(list(pool.map(open_image, sorted(tmp_path.glob("*.jpg")) * 4))) == 32
+            assert warnings.filters == before

@@ -214,11 +214,8 @@ def print_metrics(result) -> None:
         click.echo(f"  unreadable: {failure['file']}: {failure['error']}", err=True)
     width = max(len("class"), *(len(c) for c in result.classes))
     click.echo(f"{'class':{width}s}  precision  recall      f1  support")
-    predicted = [sum(column) for column in zip(*m["confusion_matrix"])]
-    for (name, row), guessed in zip(m["per_class"].items(), predicted):
-        # undefined, not zero: recall of a class the split lacks, precision of a class never predicted
-        precision = f"{row['precision']:9.4f}" if guessed else f"{'n/a':>9s}"
-        recall, f1 = (f"{row['recall']:6.4f}", f"{row['f1']:6.4f}") if row["support"] else (f"{'n/a':>6s}",) * 2
+    for name, row in m["per_class"].items():  # None: undefined (a class the split lacks, or never predicted)
+        precision, recall, f1 = (cell(row[key], width) for key, width in (("precision", 9), ("recall", 6), ("f1", 6)))
         click.echo(f"{name:{width}s}  {precision}  {recall}  {f1}  {row['support']:7d}")
     for key in [k for k in m if k.startswith("accuracy_")] + [
         "mean_class_accuracy",
@@ -244,7 +241,7 @@ def print_detection_metrics(result) -> None:
     width = max(len("class"), *(len(c) for c in result.classes))
     click.echo(f"{'class':{width}s}  " + "  ".join(f"{kind + ' AP':>8s}" for kind in kinds))
     for name in result.classes:  # a class without objects in the split has no AP: n/a, not 0
-        click.echo(f"{name:{width}s}  " + "  ".join(ap_cell(m[kind]["per_class"].get(name)) for kind in kinds))
+        click.echo(f"{name:{width}s}  " + "  ".join(cell(m[kind]["per_class"].get(name), 8) for kind in kinds))
     for kind in kinds:
         click.echo(
             f"{kind} mAP: {m[kind]['map']:.4f}  mAP@0.5: {m[kind]['map_50']:.4f}  mAP@0.75: {m[kind]['map_75']:.4f}  "
@@ -252,8 +249,9 @@ def print_detection_metrics(result) -> None:
         )
 
 
-def ap_cell(ap: float | None) -> str:
-    return f"{'n/a':>8s}" if ap is None or ap < 0 else f"{ap:8.4f}"
+def cell(value: float | None, width: int) -> str:
+    """A metric in a table column: n/a when it is undefined (None)."""
+    return f"{'n/a':>{width}s}" if value is None else f"{value:{width}.4f}"
 
 
 def print_confusion(classes: list[str], matrix: list[list[int]], limit: int = 30) -> None:

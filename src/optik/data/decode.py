@@ -30,6 +30,10 @@ from optik.errors import ImageDecodeError
 # Above this many pixels an image is refused (PIL's own decompression-bomb limit, ~179 MP): a
 # 30000x30000 "image" would take gigabytes to decode.
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+# Pillow warns of images above its own limit while opening them; optik refuses above MAX_PIXELS itself, with
+# one clear error, so the warning says nothing. Ignored once for the process: `warnings.catch_warnings` around
+# each decode would race in the decoding threads (each restores the filters it saw, not the ones it found).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # The last chunk of every PNG; pixel data can be complete without it, but a file without it was cut.
 PNG_END = b"IEND\xaeB`\x82"
@@ -208,9 +212,7 @@ def _is_empty(fp) -> bool:
 def decode_errors(label: str):
     """Turn what Pillow raises on a bad file into an ImageDecodeError with a reason a user can act on."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply MAX_PIXELS ourselves
-            yield
+        yield
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:

@@ -55,12 +55,13 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[
         "precision_macro": float(precision[present].mean()),
         "recall_macro": float(recall[present].mean()),
         "f1_macro": float(f1[present].mean()),
+        # undefined is None, not 0: recall (and f1, accuracy) of a class the data lacks, precision of one never predicted
         "per_class": {
             name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "accuracy": float(recall[i]),
+                "precision": float(precision[i]) if predicted[i] else None,
+                "recall": float(recall[i]) if support[i] else None,
+                "f1": float(f1[i]) if support[i] else None,
+                "accuracy": float(recall[i]) if support[i] else None,
                 "support": int(support[i]),
             }
             for i, name in enumerate(classes)

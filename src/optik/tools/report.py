@@ -188,7 +188,8 @@ def plot_run(work_dir: str | Path, out: str | Path | None = None, with_eval: boo
 
 
 def number(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
+    """A cell: floats to 4 decimals, None (an undefined metric) as n/a."""
+    return f"{value:.4f}" if isinstance(value, float) else "n/a" if value is None else html.escape(str(value))
 
 
 def table(header: list[str] | None, rows: list[list]) -> str:
@@ -267,10 +268,7 @@ def evaluation_section(result: EvalResult) -> str:
         lines.append(
             table(
                 ["class", "AP@[.5:.95]", "AP@.5"],
-                [
-                    [name, "no objects" if ap is None else ap, ap50.get(name, "no objects")]
-                    for name, ap in scores["per_class"].items()
-                ],
+                [[name, ap, ap50.get(name, "no objects")] for name, ap in scores["per_class"].items()],
             )
         )
     return "".join(lines)
