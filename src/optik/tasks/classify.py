@@ -333,10 +333,8 @@ def evaluate_classifier(
     samples, origin, used = test_samples(package.config, package.classes, data, split)
     if not samples:
         raise DataError(f"no images to evaluate in {origin}")
-    predictor = (
-        predictor
-        if predictor is not None
-        else CLASSIFY.predictor(
+    if predictor is None:
+        predictor = CLASSIFY.predictor(
             package,
             origin,
             device=device,
@@ -346,7 +344,6 @@ def evaluate_classifier(
             expected_images=len(samples),
             calibration=calibration,
         )
-    )
     labels, probs, items, failures = [], [], [], []
     for (path, label), result in zip(samples, predictor.predict_stream(path for path, _ in samples)):
         if not result.ok:

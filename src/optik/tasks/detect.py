@@ -268,13 +268,11 @@ def evaluate_detector(
     test_set = detect_test_set(package, data, split, images, skip_bad)
     if not len(test_set):
         raise DataError(no_images_left(test_set, FLAG_HINTS, "images to evaluate"))
-    detector = (
-        predictor
-        if predictor is not None
-        else DETECT.predictor(
+    detector = predictor
+    if detector is None:
+        detector = DETECT.predictor(
             package, test_set.origin, device=device, precision=precision, batch_size=batch_size, mode=mode
         )
-    )
     records = test_set.records
     results, items, failed_ids = [], [], set()
     failures = [{"file": path, "error": reason} for path, reason in test_set.left_out.items()]
