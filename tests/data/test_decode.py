@@ -271,6 +271,25 @@ def test_a_jpeg_is_whole_only_with_its_image_data_and_final_end_marker():
         assert not has_jpeg_end(io.BytesIO(data[:cut])), cut
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP"])
+def test_a_file_is_whole_by_its_formats_structure_and_not_before(fmt):
+    from optik.data.decode import is_whole
+
+    data = encoded(fmt, size=(64, 48))
+    assert is_whole(io.BytesIO(data)) is True
+    for cut in (5, len(data) // 3, len(data) - 1):
+        assert is_whole(io.BytesIO(data[:cut])) is False, cut
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "GIF", "PPM"])
+def test_formats_without_a_structure_to_check_are_unknown(fmt):
+    from optik.data.decode import is_whole
+
+    assert is_whole(io.BytesIO(encoded(fmt))) is None
+    assert is_whole(io.BytesIO(b"this is a text file, not a photo\n")) is None
+    assert is_whole(io.BytesIO(b"")) is False  # an empty file: its writer has not started
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_a_file_cut_short_says_so_without_pillows_byte_counts(tmp_path, fmt):
     data = encoded(fmt, size=(200, 150))

@@ -93,7 +93,10 @@ def test_many_images_15_broken_one_output_each(served: Served, tmp_path):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     truth = drop_images(in_dir, served.many)  # 285 for a classifier: 300 files in all
     broken = broken_images(in_dir)  # the last batch holds only these: nothing for the model to see
-    done = serve_poll(served.model, in_dir, out_dir, *served.options, "--settle", "0.2", optimize=served.optimize)
+    done = serve_poll(
+        served.model, in_dir, out_dir, *served.options, "--settle", "0.2", "--truncated-after", "0.5",
+        optimize=served.optimize,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert list(in_dir.iterdir()) == []  # every input moved on
     found = 0
@@ -456,6 +459,36 @@ def test_a_jpeg_written_in_two_parts_ending_at_its_thumbnail_marker_is_predicted
     assert set(json.loads((out_dir / "photo.json").read_text())) == set(CLASSES), service.log
     assert not (out_dir / "failed").exists() or not list((out_dir / "failed").iterdir())
     assert (out_dir / "photo.jpg").read_bytes() == data
+
+
+def test_a_copy_that_stalls_longer_than_settle_is_waited_for_not_failed(colour_model, tmp_path):
+    """A copy to the drop folder that stalls 2.5 s (a slow share) while --settle is 0.3 s: a JPEG without its
+    end is still being written, so it is predicted once whole; a truncated one that never grows fails
+    after --truncated-after."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    buffer = io.BytesIO()
+    colour_image(COLOURS["green"], 64, np.random.default_rng(3)).save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    service = Service(
+        "poll", colour_model, "--in", in_dir, "--out", out_dir, "--optimize", "fused", "--continuous",
+        "--poll-wait", "0.05", "--settle", "0.3", "--truncated-after", "6",
+    )  # fmt: skip
+    service.wait_for("ready")
+    (in_dir / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with open(in_dir / "stalled.jpg", "wb") as fh:
+        fh.write(data[: len(data) // 3])
+        fh.flush()
+        time.sleep(2.5)
+        fh.write(data[len(data) // 3 :])
+    deadline = time.monotonic() + 30
+    while not (out_dir / "cut.error.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert service.stop() == 0
+    assert set(json.loads((out_dir / "stalled.json").read_text())) == set(CLASSES), service.log
+    assert (out_dir / "stalled.jpg").read_bytes() == data and not (out_dir / "stalled.error.json").exists()
+    assert json.loads((out_dir / "cut.error.json").read_text())["error"].startswith("truncated")
+    assert "stalled.jpg: not whole yet" in service.log and "cut.jpg: not whole yet" in service.log
 
 
 def test_a_temp_output_left_by_a_killed_run_is_removed_at_start(colour_model, tmp_path):

@@ -200,7 +200,14 @@ def serve():
     type=click.FloatRange(min=0),
     default=1.0,
     show_default=True,
-    help="a file without an end marker (JPEG and PNG have one) is taken once unchanged this long",
+    help="a TIFF, GIF or other file whose format has no end to check is taken once unchanged this long",
+)
+@click.option(
+    "--truncated-after",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="a JPEG, PNG, WebP or BMP file not whole yet is waited for until unchanged this long, then fails as truncated",
 )
 @health_options
 @service_options
@@ -217,6 +224,7 @@ def serve_poll(
     watch,
     watch_interval,
     settle,
+    truncated_after,
     metrics_port,
     metrics_host,
     outputs,
@@ -251,6 +259,7 @@ def serve_poll(
         poll_wait,
         watch_interval,
         settle,
+        truncated_after,
     )
     stop, metrics = Stop(), ServiceMetrics("poll")
     one_pass = None if continuous or watch else sum(1 for p in in_dir.iterdir() if is_image_file(p.name))

@@ -163,6 +163,27 @@ def sample_format(image: Image.Image, values: np.ndarray) -> tuple[int, bool]:
     return 32, True
 
 
+def is_whole(fp) -> bool | None:
+    """Whether an image file is written to its end, by its format's own structure: JPEG (segments then
+    end-of-image marker), PNG (IEND chunk), WebP (RIFF length), BMP (file size in its header). False for
+    a file too short to tell its format yet; None for a format without such a structure (TIFF, GIF, ...)
+    or not an image at all."""
+    size = fp.seek(0, io.SEEK_END)
+    fp.seek(0)
+    head = fp.read(14)
+    if len(head) < 14:
+        return False
+    if head[:2] == b"\xff\xd8":
+        return has_jpeg_end(fp)
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return has_png_end(fp)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return size >= int.from_bytes(head[4:8], "little") + 8
+    if head[:2] == b"BM" and int.from_bytes(head[2:6], "little") > 14:  # some writers leave the size 0
+        return size >= int.from_bytes(head[2:6], "little")
+    return None
+
+
 def has_png_end(fp) -> bool:
     """Whether a PNG's IEND chunk is in its last 64 KiB (some tools append data after it)."""
     fp.seek(0, io.SEEK_END)

@@ -22,7 +22,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from optik.data.decode import has_jpeg_end, has_png_end, is_image_file
+from optik.data.decode import is_image_file, is_whole
 from optik.errors import ConfigError
 from optik.files import move_atomic, remove_stale_temp_files, remove_temp_files_of, write_atomic
 from optik.outputs.classification import write_error
@@ -30,18 +30,13 @@ from optik.outputs.names import output_stems
 from optik.services.loop import Rate, Stop, log, predict_batches
 from optik.services.metrics import ServiceMetrics
 
-JPEG_SUFFIXES = {".jpg", ".jpeg"}
 
-
-def has_end_marker(path: Path) -> bool | None:
-    """Whether a JPEG or PNG file is whole by its format's structure (`has_jpeg_end`, `has_png_end`); None
-    for formats without a reliable end marker."""
-    suffix = path.suffix.lower()
-    if suffix not in JPEG_SUFFIXES | {".png"}:
-        return None
+def whole(path: Path) -> bool | None:
+    """Whether an image file is written to its end by its format's structure (`is_whole`); False when it
+    cannot be read."""
     try:
         with open(path, "rb") as fh:
-            return has_png_end(fh) if suffix == ".png" else has_jpeg_end(fh)
+            return is_whole(fh)
     except OSError:
         return False
 
@@ -49,30 +44,46 @@ def has_end_marker(path: Path) -> bool | None:
 class Completeness:
     """Decides when a file in the drop folder has been written completely.
 
-    JPEG and PNG files are complete once their end marker is there. Other files (and a truncated
-    JPEG or PNG, which never gets its marker) are complete once two looks see the same size and
-    modification time and either the file is `settle` seconds old or this poller has seen it unchanged
-    that long (so files with clocks ahead or behind still settle). Half-copied files are never read.
+    A JPEG, PNG, WebP or BMP file is complete once its format's structure says it is whole (`is_whole`:
+    a JPEG's end-of-image marker after its image data, not its thumbnail's). One that is not whole yet is
+    still being written (a copy that stalls, a slow network share) until it has stayed unchanged for
+    `truncated_after` seconds; then it is taken as truncated, and fails. Other files are complete once they
+    have stayed unchanged for `settle` seconds. Unchanged: two looks see the same size and modification
+    time, and either the file is that old or this poller has seen it unchanged that long (so files with
+    clocks ahead or behind still settle). Half-written files are never read.
     """
 
-    def __init__(self, settle: float):
-        self.settle = settle
+    def __init__(self, settle: float, truncated_after: float):
+        self.settle, self.truncated_after = settle, truncated_after
         self.seen: dict[str, tuple[tuple[int, int], float]] = {}
+        self.told: set[str] = set()
 
     def __call__(self, path: Path, stat: os.stat_result) -> bool:
-        if stat.st_size > 0 and has_end_marker(path):
+        state = whole(path)
+        if state:
             return True
+        wait = self.settle if state is None else self.truncated_after
         key, now = (stat.st_size, stat.st_mtime_ns), time.monotonic()
         previous = self.seen.get(path.name)
         if previous is None or previous[0] != key:
             self.seen[path.name] = (key, now)
             return False
-        return time.time() - stat.st_mtime >= self.settle or now - previous[1] >= self.settle
+        unchanged = max(time.time() - stat.st_mtime, now - previous[1])
+        if state is False and unchanged >= self.settle and path.name not in self.told:
+            self.told.add(path.name)
+            log.info(
+                "%s: not whole yet (%d bytes); waiting for the rest, or taken as truncated after %.0f s unchanged",
+                path.name,
+                stat.st_size,
+                self.truncated_after,
+            )
+        return unchanged >= wait
 
     def forget(self, names: set[str]) -> None:
         """Drop what is no longer in the folder."""
         for name in set(self.seen) - names:
             del self.seen[name]
+        self.told &= names
 
 
 @dataclass
@@ -90,6 +101,7 @@ class PollOptions:
     poll_wait: float = 1.0
     watch_interval: float = 10.0
     settle: float = 1.0
+    truncated_after: float = 60.0
 
     def __post_init__(self) -> None:
         self.failed_dir = self.failed_dir or self.out_dir / "failed"
@@ -101,8 +113,8 @@ class PollOptions:
             )
         if not self.in_dir.is_dir():
             raise ConfigError(f"input folder not found: {self.in_dir}")
-        if self.poll_wait < 0 or self.watch_interval <= 0 or self.settle < 0:
-            raise ConfigError("--poll-wait and --settle must be >= 0, --watch-interval > 0")
+        if self.poll_wait < 0 or self.watch_interval <= 0 or self.settle < 0 or self.truncated_after < 0:
+            raise ConfigError("--poll-wait, --settle and --truncated-after must be >= 0, --watch-interval > 0")
         folders = [self.out_dir, self.failed_dir] + [d for d in (self.tmp_dir, self.done_dir) if d is not None]
         if any(d.resolve() == self.in_dir.resolve() for d in folders):
             raise ConfigError("the input folder cannot also be the output, tmp, done or failed folder")
@@ -149,7 +161,7 @@ class FilePoller:
         self.stop = stop if stop is not None else Stop()
         self.metrics = metrics if metrics is not None else ServiceMetrics("poll")
         self.rate = Rate()
-        self.complete = Completeness(options.settle)
+        self.complete = Completeness(options.settle, options.truncated_after)
         self.stems: dict[str, str] = {}
         self.journal = (
             options.out_dir
