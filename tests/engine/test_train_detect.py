@@ -252,6 +252,8 @@ def test_a_labelimg_voc_set_trains_as_it_is(labelimg_run):
     assert saved.data.format == "voc" and saved.data.root == root
     result = evaluate(package, split="val")  # the share training held out
     assert result.metrics["images"] == 2 and result.metrics["split"] == "val"
+    tested = evaluate(package, split="test")  # no test split: val serves, and the result says so
+    assert tested.metrics["split"] == "val" and tested.metrics["images"] == 2
 
 
 def test_labelimg_set_converts_to_coco_with_images_elsewhere(tmp_path, optik):

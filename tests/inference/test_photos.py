@@ -178,7 +178,7 @@ def test_a_detector_finds_in_a_turned_photo_the_boxes_of_its_upright_twin(shapes
     image = {"id": 1, "file_name": "turned6.png", "width": 96, "height": 72}
     truth = photos / "upright.json"
     truth.write_text(json.dumps({"images": [image], "annotations": [], "categories": [{"id": 1, "name": "square"}]}))
-    (record,) = detect_test_set(load_package(shapes_detector), truth, "test").records
+    (record,) = detect_test_set(load_package(shapes_detector), truth, "test")[0].records
     assert (record.width, record.height) == (96, 72)
     with pytest.raises(DataError, match="the file is 72x96 but its annotations say 96x72"):
         detect_test_set(load_package(tmp_path / "stored.pt"), truth, "test")

@@ -193,7 +193,8 @@ def untrained_detector(model_cfg):
 def detect_test_set(
     package: ModelPackage, data: str | Path | None, split: str, images: str | Path | None = None, skip_bad: bool = False
 ):
-    """The labelled images to score, found as training finds them (see `build_detect_data`).
+    """The labelled images to score, found as training finds them (see `build_detect_data`), and the split
+    they are (val where test falls back to it).
 
     DATA: a COCO JSON; a dataset folder in the run's format, whose splits are found as `optik train`
     finds them (test falls back to val, and val without a val split is the share training held
@@ -222,28 +223,29 @@ def detect_test_set(
             raise DataError(f"{data}: give a COCO JSON file or a dataset folder")
         return coco.read_coco(
             data, names, images=images, skip_bad=data_cfg.skip_bad, hints=FLAG_HINTS, exif_orientation=upright
-        )
+        ), split
     if not data.is_dir():
         raise DataError(f"data not found: {data} (give a COCO JSON file or a dataset folder)")
     local = data_cfg.model_copy(update={"root": data, "train": None, "val": None, "test": None, "images": images})
     sources = FORMATS[cfg.data.format].find_splits(data)
     if not sources or sources == {"train": data}:  # DATA is one set, not split
         source = coco.json_in(data) if cfg.data.format == "coco" else data
-        return read_split(local, source, names, FLAG_HINTS)
+        return read_split(local, source, names, FLAG_HINTS), split
     return _split_as_trained(local, split, names)
 
 
 def _split_as_trained(data_cfg, split: str, names):
-    """The split of a data config as training made it: read alone when it is on disk, else held out of train."""
+    """The split of a data config as training made it (read alone when it is on disk, else held out of
+    train), and its name: val for test when there is no test split."""
     from optik.data.detection import build_detect_data, read_split, split_sources
     from optik.data.detection_set import FLAG_HINTS
 
     sources = split_sources(data_cfg)
     chosen = "val" if split == "test" and "test" not in sources else split
     if chosen in sources and (chosen != "train" or "val" in sources):
-        return read_split(data_cfg, sources[chosen], names, FLAG_HINTS)
+        return read_split(data_cfg, sources[chosen], names, FLAG_HINTS), chosen
     _, sets = build_detect_data(data_cfg, names=names, hints=FLAG_HINTS)
-    return sets[chosen]
+    return sets[chosen], chosen
 
 
 def evaluate_detector(
@@ -265,7 +267,7 @@ def evaluate_detector(
     from optik.data.detection import no_images_left
     from optik.data.detection_set import FLAG_HINTS
 
-    test_set = detect_test_set(package, data, split, images, skip_bad)
+    test_set, used = detect_test_set(package, data, split, images, skip_bad)
     if not len(test_set):
         raise DataError(no_images_left(test_set, FLAG_HINTS, "images to evaluate"))
     detector = predictor
@@ -312,7 +314,7 @@ def evaluate_detector(
             "objects": test_set.num_objects,
             "unreadable": len(failures),
             "data": test_set.origin,
-            "split": split,
+            "split": used,
         }
     )
     return DetectionResult(metrics, package.classes, items, failures, curves=curves, task=DETECT.name)
