@@ -52,3 +52,21 @@ def test_probe_mistakes(colour_model, tmp_path, optik):
     ):
         done = optik("probe", *args)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_probe_checks_the_images_it_uses_and_skips_bad_ones_when_asked(colour_model, tmp_path, optik):
+    data = make_colour_set(tmp_path / "data", per_class=4, splits=("train", "val", "test"), ext=".jpg", seed=4)
+    cut = data / "test" / "red" / "red_0.jpg"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 2 // 3])  # the header reads, the pixels do not
+    (data / "val" / "blue" / "blue_0.jpg").write_bytes(b"")  # val is not probed: not checked
+    refused = optik("probe", colour_model, data, "--workers", "0")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "1 unreadable image(s)" in refused.stderr and "red_0.jpg" in refused.stderr
+    assert "pass --skip-bad" in refused.stderr and "blue_0.jpg" not in refused.stderr
+    skipped = optik(
+        "probe", colour_model, data, "--workers", "0", "--skip-bad", "--k", "3", "--out", tmp_path / "p.json"
+    )
+    assert skipped.returncode == 0, skipped.stderr
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert report["images"] == {"train": 12, "test": 11} and list(report["left_out"]) == [str(cut)]
+    assert "left out 1 unreadable image(s)" in skipped.stdout

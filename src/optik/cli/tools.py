@@ -35,8 +35,9 @@ from optik.outputs.objectnet import FORMATS as ROW_FORMATS
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="image decoding processes")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto")
+@click.option("--skip-bad", is_flag=True, help="leave unreadable images out (and report them) instead of failing")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="also write the report as JSON")
-def probe_command(model, data, k, temperature, c, image_size, batch_size, workers, device, out):
+def probe_command(model, data, k, temperature, c, image_size, batch_size, workers, device, skip_bad, out):
     """kNN and linear-probe accuracy of MODEL's frozen features on DATA, per class and their mean.
 
     MODEL: a backbone.pt (from `task: pretrain`), a model.pt or checkpoint, or a timm name (random
@@ -55,6 +56,7 @@ def probe_command(model, data, k, temperature, c, image_size, batch_size, worker
         batch_size=batch_size,
         workers=workers,
         device=device,
+        skip_bad=skip_bad,
     )
     for line in report.lines():
         click.echo(line)

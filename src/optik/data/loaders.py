@@ -172,13 +172,14 @@ def read_splits(data) -> Splits:
     return complete_splits(splits, data.val_split, data.split_seed)
 
 
-def drop_bad(splits: Splits, mode: str, skip_bad: bool) -> list[str]:
-    """Check every image once; fail listing the bad ones, or leave them out when skip_bad.
+def drop_bad(splits: Splits, mode: str, skip_bad: bool, hint: str = "set data.skip_bad: true") -> dict[str, str]:
+    """Check every image once; fail listing the bad ones, or leave them out when skip_bad (`hint`: how the
+    user asks for that). The images left out, path -> why.
 
     Leaving out every training image is an error (how many, and why) rather than a run that trains on nothing.
     """
     paths = sorted({path for name in ("train", "val", "test") for path, _ in splits.get(name)})
-    bad = refuse_or_skip(check_images(paths, mode), skip_bad)
+    bad = refuse_or_skip(check_images(paths, mode), skip_bad, hint=hint)
     train_bad = {path: bad[path] for path, _ in splits.train if path in bad}
     if splits.train and len(train_bad) == len(splits.train):
         raise DataError(
@@ -187,7 +188,7 @@ def drop_bad(splits: Splits, mode: str, skip_bad: bool) -> list[str]:
         )
     for name in ("train", "val", "test"):
         setattr(splits, name, [s for s in splits.get(name) if s[0] not in bad])
-    return sorted(bad)
+    return bad
 
 
 def build_classify_data(data, seed: int | None = None) -> ClassifyData:
@@ -196,7 +197,7 @@ def build_classify_data(data, seed: int | None = None) -> ClassifyData:
     if data.format in TORCHVISION_SETS:
         return _torchvision_data(data, evaluation, seed)
     splits = read_splits(data)
-    skipped = drop_bad(splits, data.verify, data.skip_bad)
+    skipped = sorted(drop_bad(splits, data.verify, data.skip_bad))
     if not splits.train:
         raise DataError("no training images left after leaving out unreadable ones")
     upright = data.exif_orientation

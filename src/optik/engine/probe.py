@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from optik.data.folder import Sample
+from optik.data.images import left_out_note
 from optik.data.loaders import ImageDataset, drop_bad, make_loader, read_splits
 from optik.data.transforms import Preprocess, eval_transform
 from optik.errors import ConfigError, DataError, ModelError
@@ -42,6 +43,7 @@ class ProbeReport:
     knn: ProbeScores
     linear: ProbeScores
     settings: dict = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)  # image -> why: the unreadable ones --skip-bad left out
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,6 +60,8 @@ class ProbeReport:
             f"  {name[:22]:22s} {self.knn.per_class[name]:8.4f} {self.linear.per_class[name]:8.4f}"
             for name in self.classes
         ]
+        if self.left_out:
+            out.append(left_out_note(self.left_out))
         return out
 
 
@@ -99,10 +103,16 @@ def feature_extractor(model: str | Path, image_size: int | None = None) -> tuple
     )
 
 
-def probe_samples(data: str | Path) -> tuple[dict[str, list[Sample]], dict[str, str], list[str]]:
+def probe_samples(
+    data: str | Path, skip_bad: bool = False
+) -> tuple[dict[str, list[Sample]], dict[str, str], list[str], dict[str, str]]:
     """Train and test samples of a labelled set: a folder (`train/`, `val/`, `test/` of class folders,
-    or class folders split 80/20) or a classify config (its data section: folders or list files).
-    Without a test split, val is the test split."""
+    or class folders split 80/20) or a classify config (its data section: folders or list files);
+    their origins, the class names, and the unreadable images left out.
+
+    Without a test split, val is the test split. Only the images probed are checked (decoded, or with
+    a config's `data.verify: header` their headers read); unreadable ones fail the probe, naming them,
+    unless `skip_bad` (or the config's data.skip_bad) leaves them out."""
     from optik.config import load_config
     from optik.config.schema import DataConfig
 
@@ -119,13 +129,15 @@ def probe_samples(data: str | Path) -> tuple[dict[str, list[Sample]], dict[str, 
     if data_cfg.format not in ("folder", "list"):
         raise DataError(f"optik probe reads folder and list datasets, not {data_cfg.format}")
     splits = read_splits(data_cfg)
-    drop_bad(splits, "header", skip_bad=data_cfg.skip_bad)
     if splits.val_held_out and splits.origin["test"] != splits.origin["val"]:
         splits.train = splits.train + splits.val  # a real test split: the share held out for val goes back to train
+    splits.val = []  # in train, the test split, or not probed
+    left_out = drop_bad(splits, data_cfg.verify, data_cfg.skip_bad or skip_bad, hint="pass --skip-bad")
     return (
         {"train": splits.train, "test": splits.test},
         {"train": splits.origin["train"], "test": splits.origin["test"]},
         splits.classes,
+        left_out,
     )
 
 
@@ -202,8 +214,10 @@ def probe(
     device: str = "auto",
     network: nn.Module | None = None,
     preprocess: Preprocess | None = None,
+    skip_bad: bool = False,
 ) -> ProbeReport:
-    """kNN and linear-probe scores of the frozen features of `model` (or of `network` with `preprocess`) on `data`."""
+    """kNN and linear-probe scores of the frozen features of `model` (or of `network` with `preprocess`) on
+    `data`; `skip_bad` leaves unreadable images out (see `probe_samples`)."""
     from optik.inference.runtime import pick_device
 
     if k < 1 or temperature <= 0 or c <= 0:
@@ -212,7 +226,7 @@ def probe(
         network, preprocess, name = feature_extractor(model, image_size)
     else:
         name = str(model)
-    samples, origin, classes = probe_samples(data)
+    samples, origin, classes, left_out = probe_samples(data, skip_bad)
     for split in PROBE_SPLITS:
         if not samples[split]:
             raise DataError(f"no {split} images in {origin[split]}")
@@ -234,6 +248,7 @@ def probe(
         scores(knn, test_labels, classes),
         scores(linear, test_labels, classes),
         {"k": k, "temperature": temperature, "c": c, "image_size": preprocess.image_size},
+        left_out,
     )
 
 
