@@ -104,6 +104,7 @@ def test_devices_that_name_no_device_are_refused_in_the_users_terms(given):
     message = str(info.value)
     assert message.startswith("train.devices: ") and f"got {given!r}" in message
     assert "Input should be" not in message and " or Input" not in message
+    assert ("0 devices" in message) == (given == 0)  # -2 is not told it means no devices
 
 
 def test_a_value_that_fits_no_branch_of_a_union_is_one_line():

@@ -130,7 +130,12 @@ def parse_devices(value):
         if value == -1:
             return "auto"
         if value < 1:
-            raise ValueError(f"{DEVICES_EXPECTED}; got {value} (0 devices would train on nothing)")
+            why = (
+                "0 devices would train on nothing"
+                if value == 0
+                else "of negative numbers only -1 (every device) has a meaning"
+            )
+            raise ValueError(f"{DEVICES_EXPECTED}; got {value} ({why})")
         return value
     ids = list(value)
     if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids) or len(set(ids)) < len(ids):
