@@ -89,6 +89,19 @@ def test_config_list_export_show(tmp_path):
     assert_user_error(run_optik("config", "export", "vit_smal"), "did you mean 'vit_small_224'")
 
 
+def test_an_exported_preset_says_what_its_task_needs_set():
+    from optik.config.load import load_config, preset_header
+
+    said = {
+        name: preset_header(name, load_config(name))
+        for name in ("resnet18_small", "fcos_resnet18_small", "ssl_resnet18_small")
+    }
+    assert all(text.startswith(f"# optik preset {name}: ") for name, text in said.items())
+    assert "class sub-folders" in said["resnet18_small"] and "data.classes" in said["resnet18_small"]
+    assert "data.format (coco, voc or yolo; this preset: coco)" in said["fcos_resnet18_small"]
+    assert "unlabelled images" in said["ssl_resnet18_small"] and "data.classes" not in said["ssl_resnet18_small"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["resnet18_small", "resnet50_224", "efficientnet_b0_224", "vit_small_224"])
 def test_every_exported_preset_trains_with_only_data_root(tmp_path, preset):

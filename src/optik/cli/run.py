@@ -44,13 +44,12 @@ def config_list():
 @click.option("--force", is_flag=True, help="overwrite FILE if it exists")
 def config_export(name, file, overrides, force):
     """Write preset NAME, fully resolved, to FILE (or print it) for editing."""
-    from optik.config.load import dump_config, load_config, preset_summary, preset_text
+    from optik.config.load import dump_config, load_config, preset_header, preset_text
     from optik.files import write_atomic
 
     preset_text(name)  # unknown name: a clear error before anything else
     cfg = load_config(name, overrides)
-    header = f"# optik preset {name}: {preset_summary(name)}\n# set data.root (and data.classes if you want a fixed order), then: optik train THIS_FILE\n"
-    text = header + dump_config(cfg)
+    text = preset_header(name, cfg) + dump_config(cfg)
     if file is None:
         click.echo(text, nl=False)
     elif file.exists() and not force:

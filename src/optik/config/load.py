@@ -40,6 +40,19 @@ def preset_summary(name: str) -> str:
     return " ".join(lines)
 
 
+DATA_TO_SET = {  # what a preset leaves to the user, by task
+    "classify": "set data.root (a folder of class sub-folders, optionally in train/ val/ test/; data.classes for a fixed order)",
+    "detect": "set data.root (a dataset folder) and data.format (coco, voc or yolo; this preset: {format})",
+    "pretrain": "set data.root (a folder of unlabelled images, searched recursively)",
+}
+
+
+def preset_header(name: str, cfg) -> str:
+    """The comment `optik config export` opens a preset with: what it is for, and what to set before training."""
+    to_set = DATA_TO_SET[cfg.task].format(format=getattr(cfg.data, "format", ""))
+    return f"# optik preset {name}: {preset_summary(name)}\n# {to_set}, then: optik train THIS_FILE\n"
+
+
 def first_sentence(text: str) -> str:
     """Up to and including the first full stop that ends a sentence (not the one of "e.g." or "i.e.")."""
     text = text.strip()
