@@ -370,3 +370,16 @@ def test_a_class_the_split_lacks_has_no_recall_rather_than_zero(colour_model, tm
     rows = {line.split()[0]: line.split()[1:] for line in table if line.split()[:1] in (["red"], ["green"], ["blue"])}
     assert rows["blue"][1:] == ["n/a", "n/a", "0"]  # recall and f1 undefined, support 0
     assert rows["red"][1] != "n/a" and rows["red"][3] == "3"
+
+
+def test_test_with_unreadable_images_scores_the_rest_and_exits_2_unless_skip_bad(colour_model, tmp_path):
+    data = make_colour_set(tmp_path / "photos", per_class=2)
+    (data / "red" / "broken.png").write_bytes(b"")
+    tested = run_optik("test", colour_model, data, "--out", tmp_path / "r.json")
+    assert tested.returncode == 2 and "Traceback" not in tested.stderr
+    assert "1 image(s) could not be read" in tested.stderr and "--skip-bad" in tested.stderr
+    written = json.loads((tmp_path / "r.json").read_text())  # the scores of the rest are there all the same
+    assert written["metrics"]["images"] == 6 and written["unreadable"][0]["file"].endswith("broken.png")
+    skipped = run_optik("test", colour_model, data, "--skip-bad")
+    assert skipped.returncode == 0, skipped.stderr
+    assert "6 images, 1 unreadable" in skipped.stdout

@@ -158,7 +158,8 @@ def train(source, work_dir, overrides, resume, overwrite, no_validate, seed, det
 @click.option(
     "--skip-bad",
     is_flag=True,
-    help="detectors: leave missing or unreadable images out, reported as unreadable, instead of stopping (classifiers always do)",
+    help="leave unreadable (detectors: and missing) images out, reported, and exit 0; without it a detector stops "
+    "at them before scoring and a classifier scores the rest, then exits 2",
 )
 @model_options
 def test_command(
@@ -198,6 +199,12 @@ def test_command(
     if plots is not None:
         for path in plot_evaluation(result, plots):
             click.echo(f"wrote {path}")
+    if result.failures and not skip_bad:  # the scores are of fewer images than asked: said in the exit code
+        fail(
+            f"{len(result.failures)} image(s) could not be read and are not in these scores (listed above"
+            + (f" and in {out} under 'unreadable'" if out is not None else "")
+            + "); fix them, or pass --skip-bad to leave them out"
+        )
 
 
 def print_metrics(result) -> None:
