@@ -117,7 +117,7 @@ def flops_command(model, shape, num_classes, depth):
 @click.option(
     "--check-images",
     type=click.Path(path_type=Path),
-    help="a folder of real images to check a detector's export on [default: synthetic pictures]",
+    help="a folder of real images to check a detector's export on (the first 8, sorted by path) [default: synthetic pictures]",
 )
 @click.option(
     "--tta",
