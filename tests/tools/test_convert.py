@@ -172,6 +172,10 @@ def test_check_names_unreadable_images_or_leaves_them_out(tmp_path):
     assert not (tmp_path / "out").exists()
     result = split_folder(data, tmp_path / "out", skip_bad=True)
     assert sum(result.counts[s]["red"] for s in result.counts) == 4 and any("broken.png" in n for n in result.notes)
+    copied = split_folder(data, tmp_path / "out", overwrite=True)  # without --check: written, and said
+    assert sum(copied.counts[s]["red"] for s in copied.counts) == 5
+    (note,) = [n for n in copied.notes if "broken.png" in n]
+    assert note.startswith("1 file(s) do not read as images and are written as they are") and "--check" in note
 
 
 def test_list_to_folder_names_unreadable_images_or_leaves_them_out(tmp_path):

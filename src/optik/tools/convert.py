@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from optik.data.classes import configured_classes, match_classes, read_labels_file
 from optik.data.decode import is_image_file
 from optik.data.folder import SPLIT_NAMES, class_folders, has_split_folders
-from optik.data.images import check_images, left_out_note, refuse_or_skip
+from optik.data.images import check_images, left_out_note, listed_bad, refuse_or_skip
 from optik.data.listfile import read_list
 from optik.errors import ConfigError, DataError
 from optik.files import write_atomic
@@ -178,11 +178,11 @@ def read_class_images(root: Path, check: bool, skip_bad: bool) -> tuple[dict[str
     else:
         per_split = {"": class_folders(root)}
     notes = not_image_notes([root / split / name for split, images in per_split.items() for name in images])
-    bad = find_unreadable(
+    bad, found = find_unreadable(
         [p for images in per_split.values() for files in images.values() for p in files], check or skip_bad, skip_bad
     )
+    notes += found
     if bad:
-        notes.append(left_out_note(bad))
         per_split = {
             s: {c: [p for p in files if str(p) not in bad] for c, files in images.items()}
             for s, images in per_split.items()
@@ -208,12 +208,25 @@ def not_image_notes(folders: list[Path]) -> list[str]:
     ]
 
 
-def find_unreadable(paths: list[Path], check: bool, skip_bad: bool) -> dict[str, str]:
-    """Decode every image when `check`: the unreadable ones to leave out (skip_bad, path -> reason), else an error naming them."""
+def find_unreadable(paths: list[Path], check: bool, skip_bad: bool) -> tuple[dict[str, str], list[str]]:
+    """The images to leave out (path -> reason) and notes on what was found.
+
+    With `check`, every image is decoded: the unreadable ones are an error naming them, or left out with
+    `skip_bad`. Without it only headers are read, and a note names the files that do not read as images,
+    which are written as they are.
+    """
     if not check:
-        return {}
-    bad = check_images([str(p) for p in paths], "full")
-    return refuse_or_skip(dict(sorted(bad.items())), skip_bad, hint="add --skip-bad")
+        suspect = check_images([str(p) for p in paths], "header")
+        if not suspect:
+            return {}, []
+        return {}, [
+            f"{len(suspect)} file(s) do not read as images and are written as they are: "
+            f"{listed_bad(dict(sorted(suspect.items())))}; --check refuses them, --skip-bad leaves them out"
+        ]
+    bad = refuse_or_skip(
+        dict(sorted(check_images([str(p) for p in paths], "full").items())), skip_bad, hint="add --skip-bad"
+    )
+    return bad, [left_out_note(bad)] if bad else []
 
 
 def prepare_out(out: Path, overwrite: bool, record: dict) -> None:
@@ -463,9 +476,8 @@ def lists_to_folder(
             f"left out {len(others)} file(s) that are not images by their extension: {', '.join(others[:5])}"
             + (" ..." if len(others) > 5 else "")
         )
-    unreadable = find_unreadable([p for p in paths if is_image_file(p)], check or skip_bad, skip_bad)
-    if unreadable:
-        notes.append(left_out_note(unreadable))
+    unreadable, found = find_unreadable([p for p in paths if is_image_file(p)], check or skip_bad, skip_bad)
+    notes += found
     bad = set(unreadable) | set(others)
     folders = sorted({targets[p] for p in lists} - {""}) or list(names)
     refuse_inside(out, lists + paths, "a source file")
