@@ -187,7 +187,7 @@ def test_a_missing_image_names_its_xml_the_places_looked_and_data_images(tmp_pat
     with pytest.raises(DataError) as error:
         read_voc(tmp_path)
     message = str(error.value)
-    assert "file not found: " + str(tmp_path / "annotations" / "x.xml") in message
+    assert f"x.png: file not found (named by {tmp_path / 'annotations' / 'x.xml'}); looked in" in message
     for place in ("annotations", "pictures", "JPEGImages", "images", "/home/annotator/Desktop/pictures"):
         assert place in message
     assert "set data.images to the folder that holds the images" in message and "data.skip_bad" in message
@@ -208,3 +208,16 @@ def test_cvat_and_label_studio_exports(tmp_path):
     for root, images in ((cvat, "JPEGImages"), (studio, "images")):
         assert find_splits(root) == {"train": root}
         assert [r.path for r in read_voc(root).records] == [str(root / images / f"frame_00000{i}.jpg") for i in (0, 1)]
+
+
+def test_a_voc_folder_read_as_coco_is_told_to_set_data_format_voc(tmp_path):
+    from optik.config import parse_config
+    from optik.data.detection import split_sources
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "annotations" / "a.xml").write_text(labelimg_xml("a"))
+    cfg = parse_config({"task": "detect", "model": {"name": "fcos_resnet50_fpn"}, "data": {"root": str(tmp_path)}})
+    with pytest.raises(DataError, match=r"no coco train split .* looks like a voc set: set data.format: voc"):
+        split_sources(cfg.data)

@@ -189,8 +189,22 @@ def split_sources(cfg) -> dict[str, Path]:
     sources = {**found, **given}
     if "train" not in sources:
         where = f"under {root}" if root is not None else "(data.root and data.train are not set)"
-        raise DataError(f"no {cfg.format} train split found {where}; expected {module.LAYOUTS}, or set data.train")
+        raise DataError(
+            f"no {cfg.format} train split found {where}; expected {module.LAYOUTS}, or set data.train"
+            + (_other_format(root, cfg.format) if root is not None else "")
+        )
     return sources
+
+
+def _other_format(root: Path, given: str) -> str:
+    """A hint when the folder is laid out in another annotation format than data.format says."""
+    for name, module in FORMATS.items():
+        try:
+            if name != given and "train" in module.find_splits(root):
+                return f". {root} looks like a {name} set: set data.format: {name} (--set data.format={name})"
+        except DataError:
+            continue
+    return ""
 
 
 def _under_root(path: Path, root: Path | None) -> Path:

@@ -115,11 +115,12 @@ def locate_images(
     for xml, ann in parsed.items():
         image, looked = find_image(xml, ann, devkit, images)
         if image is None:
-            image = looked[0] / (ann.filename or f"{xml.stem}.jpg")
             places = ", ".join(dict.fromkeys(str(place) for place in looked))
-            missing[str(image)] = (
-                f"file not found: {xml} names it; looked in {places}; {hints.images} to the folder that holds the images"
+            name = ann.filename or f"{xml.stem}.jpg"  # as the XML names it, not a path where it is not
+            missing[name if name not in missing else f"{name} ({xml.name})"] = (
+                f"file not found (named by {xml}); looked in {places}; {hints.images} to the folder that holds the images"
             )
+            continue
         pairs[image] = xml
     return pairs, missing
 
