@@ -58,6 +58,9 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, "data: [1,\n"))
+    for text in ("", "# only a comment\n"):
+        with pytest.raises(ConfigError, match=r"is empty \(or only comments\).*optik config export"):
+            load_config(write(tmp_path, text))
 
 
 def test_unknown_task_and_optimizer(tmp_path):

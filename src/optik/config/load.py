@@ -78,7 +78,10 @@ def read_yaml(source: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where} is not valid YAML: {' '.join(str(exc).split())}") from None
     if data is None:
-        return {}
+        raise ConfigError(
+            f"{where} is empty (or only comments); write its keys, or start from a preset: "
+            f"optik config export resnet18_small {where} --force (optik config list shows them all)"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must hold a mapping of keys to values, not {type(data).__name__}")
     return data
