@@ -113,6 +113,8 @@ def test_garbage_is_400_oversize_is_413_and_the_docs_page_is_there(http_url):
         garbage = http.post("/predict", content=b"\x00\x01 not an image", params={"id": "junk"})
         assert garbage.status_code == 400 and garbage.json()["id"] == "junk"
         assert "not an image" in garbage.json()["error"]
+        nameless = http.post("/predict", content=b"\x00\x01 not an image")  # no ?id=: none made up
+        assert nameless.status_code == 400 and nameless.json()["id"] is None
         not_json = http.post("/predict", content=b"{oops", headers={"content-type": "application/json"})
         assert not_json.status_code == 400 and "not JSON" in not_json.json()["error"]
         mixed = http.post(
@@ -129,11 +131,11 @@ def test_garbage_is_400_oversize_is_413_and_the_docs_page_is_there(http_url):
         assert http.get("/docs").status_code == 200
         assert "/predict" in http.get("/openapi.json").json()["paths"]
     grew = {key: value - before.get(key, 0) for key, value in scrape(http_url).items()}
-    assert metric(grew, "optik_image_errors_total", reason="decode") == 2
+    assert metric(grew, "optik_image_errors_total", reason="decode") == 3
     assert metric(grew, "optik_image_errors_total", reason="request") == 1
     assert metric(grew, "optik_image_errors_total", reason="too_large") == 1
     assert metric(grew, "optik_images_predicted_total") == 1
-    assert metric(grew, "optik_request_latency_seconds_count", code="400") == 3
+    assert metric(grew, "optik_request_latency_seconds_count", code="400") == 4
     assert metric(grew, "optik_request_latency_seconds_count", code="413") == 1
 
 

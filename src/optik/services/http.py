@@ -172,7 +172,7 @@ class HttpService:
         """The JSON of one image's answer (made in the loop's thread: OPEX polygons are work)."""
         if result.ok:
             return {"id": request.id, "result": self.output.payload(result)}
-        log.warning("cannot predict image %s: %s", request.id, result.reason)
+        log.warning("cannot predict image %s: %s", "(no id)" if request.id is None else request.id, result.reason)
         return {"id": request.id, "error": result.reason}
 
     async def predict(self, requests: list[Request]) -> list[tuple]:
@@ -229,7 +229,9 @@ async def parse_images(request: HttpRequest, body: bytes) -> tuple[list[Request]
                 raise BadRequest('the JSON list is empty: send [{"id": ..., "image": base64}, ...]')
             return [envelope_request(item) for item in document], True
         return [envelope_request(document)], False
-    name = request.query_params.get("id", "image")
+    name = request.query_params.get(
+        "id"
+    )  # none given: the error reply's id is null, as for a JSON envelope without one
     if not body:
         return [Request(None, name, error="the body is empty: send the encoded image bytes")], False
     return [Request(body, name)], False
