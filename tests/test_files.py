@@ -24,3 +24,18 @@ def test_failure_keeps_the_old_content_and_no_temp_file(tmp_path):
     with pytest.raises(RuntimeError):
         write_atomic(target, explode)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_numbers_are_written_without_float_noise():
+    import struct
+
+    from optik.files import tidy_number, tidy_numbers
+
+    as_float32 = struct.unpack("f", struct.pack("f", 0.1))[0]  # what a float32 tensor's .item() gives
+    assert as_float32 != 0.1 and tidy_number(as_float32) == 0.1
+    assert tidy_number(0.7499999999999999) == 0.75 and tidy_number(0.001) == 0.001  # float64: 12 digits
+    for value in (2.303351879119873, 1 / 3, 1e-300, 123456789.123):  # each reads back as what it was
+        tidy = tidy_number(value)
+        same = struct.unpack("f", struct.pack("f", tidy))[0] == value if abs(value) < 3e38 else False
+        assert same or abs(tidy - value) <= 1e-12 * abs(value)
+    assert tidy_numbers({"a": [0.7499999999999999, 3, None, True], "b": (float("nan"),)})["a"] == [0.75, 3, None, True]

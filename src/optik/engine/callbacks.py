@@ -21,7 +21,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from optik.files import write_atomic
+from optik.files import tidy_number, write_atomic
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -220,6 +220,13 @@ class KeepHistoryWriter(ExperimentWriter):
     epochs it does not redo (`epoch < keep_before_epoch`) and appends after them."""
 
     keep_before_epoch = 0
+
+    def log_metrics(self, metrics_dict: dict, step: int | None = None) -> None:
+        """Values as worth writing (`tidy_number`): a float32 loss as 2.3033519, not 2.303351879119873."""
+        values = {
+            key: value.item() if isinstance(value, torch.Tensor) else value for key, value in metrics_dict.items()
+        }
+        super().log_metrics({key: tidy_number(value) for key, value in values.items()}, step)
 
     def _check_log_dir_exists(self) -> None:
         if not os.path.isfile(self.metrics_file_path):

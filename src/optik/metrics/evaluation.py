@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from optik.errors import ConfigError
-from optik.files import write_atomic
+from optik.files import tidy_numbers, write_atomic
 
 
 @dataclass
@@ -45,6 +45,7 @@ def write_results(result: EvalResult, path: str | Path, include_items: bool = Fa
     payload = {"metrics": result.metrics, "classes": result.classes, "unreadable": result.failures}
     if include_items:
         payload["predictions"] = result.items
+    payload = tidy_numbers(payload)  # 0.75, not 0.7499999999999999
     suffix = path.suffix.lower()
     if suffix == ".json":
         data: bytes | str = json.dumps(payload, indent=2)
