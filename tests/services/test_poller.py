@@ -457,7 +457,7 @@ def test_a_jpeg_written_in_two_parts_ending_at_its_thumbnail_marker_is_predicted
         time.sleep(0.05)
     assert service.stop() == 0
     assert set(json.loads((out_dir / "photo.json").read_text())) == set(CLASSES), service.log
-    assert not (out_dir / "failed").exists() or not list((out_dir / "failed").iterdir())
+    assert not (out_dir / "failed").exists()  # made at the first failure only
     assert (out_dir / "photo.jpg").read_bytes() == data
 
 

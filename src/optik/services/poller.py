@@ -104,6 +104,7 @@ class PollOptions:
     truncated_after: float = 60.0
 
     def __post_init__(self) -> None:
+        given_failed = self.failed_dir is not None  # the default OUT/failed is made at the first failure
         self.failed_dir = self.failed_dir or self.out_dir / "failed"
         if self.delete_input and self.done_dir is not None:
             raise ConfigError("give --done DIR or --delete-input, not both")
@@ -119,7 +120,8 @@ class PollOptions:
         if any(d.resolve() == self.in_dir.resolve() for d in folders):
             raise ConfigError("the input folder cannot also be the output, tmp, done or failed folder")
         for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
+            if folder != self.failed_dir or given_failed:
+                folder.mkdir(parents=True, exist_ok=True)
         if self.tmp_dir is not None and os.stat(self.tmp_dir).st_dev != os.stat(self.out_dir).st_dev:
             raise ConfigError(
                 f"--tmp {self.tmp_dir} must be on the same filesystem as --out {self.out_dir} (outputs are renamed from it)"
