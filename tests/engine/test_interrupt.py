@@ -39,6 +39,7 @@ def test_a_stopped_run_says_how_to_resume_and_resumes(tmp_path, signum, group):
     last = output.strip().splitlines()[-1]
     assert last.startswith("interrupted at epoch ")
     assert last.endswith(f"; resume with: optik train --resume --work-dir {work_dir}")
+    assert not (work_dir / "model.pt").exists() and f"{work_dir / 'checkpoints' / 'best.ckpt'}, the best so far" in last
 
     resumed = run_optik("train", "--resume", "--work-dir", work_dir, "--set", "train.epochs=2")
     assert resumed.returncode == 0, resumed.stderr

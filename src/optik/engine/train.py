@@ -224,8 +224,10 @@ def train(
                 raise
             where = f"interrupted at epoch {trainer.current_epoch + 1} (step {trainer.global_step})"
             if (work_dir / "checkpoints" / "last.ckpt").is_file():
+                best = work_dir / "checkpoints" / "best.ckpt"
+                so_far = f"; {best}, the best so far, serves as MODEL (test, predict, export)" if best.is_file() else ""
                 raise Interrupted(
-                    received[0], f"{where}; resume with: optik train --resume --work-dir {work_dir}"
+                    received[0], f"{where}{so_far}; resume with: optik train --resume --work-dir {work_dir}"
                 ) from None
             raise Interrupted(received[0], f"{where}, before the first epoch's checkpoint: nothing to resume") from None
     return finish(trainer, cfg, work_dir)
