@@ -209,7 +209,15 @@ def report_command(work_dir, out, no_eval):
     help="pixels cut from each side first (2 removes ObjectNet's red border)",
 )
 @click.option("--format", "fmt", type=click.Choice(ROW_FORMATS), default="objectnet", show_default=True)
-@click.option("--top-k", "--top_x", "top_k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--top-k",
+    "--top_x",
+    "top_k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="predictions per row, highest first (at most the model's number of classes)",
+)
 @click.option(
     "--softmax/--no-softmax",
     default=True,
