@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
 import sys
-import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +35,7 @@ from optik.errors import ConfigError, Interrupted
 from optik.files import write_atomic
 from optik.models.classify import is_plugin
 from optik.models.package import load_package, save_package
+from optik.signals import handling_stop_signals
 from optik.tasks import get_task
 from optik.tasks.base import Resume
 
@@ -241,21 +240,14 @@ def stop_signals() -> Iterator[list[int]]:
     Lightning's own SIGTERM handling would only stop at the epoch's end and exit 0, as if training
     had finished."""
     received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield received
-        return
 
     def handler(signum, frame):
         if not received:
             received.append(signum)
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with handling_stop_signals(handler):
         yield received
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def finish(trainer: L.Trainer, cfg: AnyConfig, work_dir: Path) -> TrainResult:

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from optik.files import write_atomic
+from optik.files import tidy_number, write_atomic
 
 FORMATS = ("objectnet", "csv", "jsonl")
 
@@ -44,7 +44,7 @@ def header(fmt: str, k: int, labels: bool) -> str | None:
 
 def format_row(row: Row, fmt: str) -> str:
     if fmt == "jsonl":
-        record = {"filename": row.filename, "ids": row.ids, "scores": row.scores}
+        record = {"filename": row.filename, "ids": row.ids, "scores": [tidy_number(float(s)) for s in row.scores]}
         if row.labels is not None:
             record["labels"] = row.labels
         return json.dumps(record) + "\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from opex import BBox, ObjectPrediction, ObjectPredictions, Polygon
 
-from optik.files import write_atomic
+from optik.files import tidy_number, write_atomic
 from optik.outputs.polygons import DetectionOptions, ObjectShape
 from optik.results import Detection
 
@@ -34,7 +34,10 @@ class OpexFormat(DetectionOptions):
         """The detection as fast-opex objects, stamped with the current local time."""
         kept, shapes = self.objects(result)
         names = kept.label_names()
-        objects = [_prediction(name, float(score), shape) for name, score, shape in zip(names, kept.scores, shapes)]
+        objects = [
+            _prediction(name, tidy_number(float(score)), shape)
+            for name, score, shape in zip(names, kept.scores, shapes)
+        ]
         return ObjectPredictions(id=Path(result.source).name, timestamp=str(datetime.now()), objects=objects)
 
     def payload(self, result: Detection) -> dict:

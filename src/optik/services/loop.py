@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from optik.results import ImageFailure
+from optik.signals import handling_stop_signals
 
 log = logging.getLogger("optik.services")
 
@@ -57,9 +58,6 @@ class Stop:
     @contextmanager
     def on_signals(self) -> Iterator[Stop]:
         """Install the SIGTERM/SIGINT handlers for the duration (main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
 
         def handler(signum, frame):
             if self.starting:
@@ -71,12 +69,8 @@ class Stop:
             log.info("%s: finishing the batch in hand, then stopping", signal.Signals(signum).name)
             self.set()
 
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
+        with handling_stop_signals(handler):
             yield self
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
 
 
 class Backoff:
