@@ -9,6 +9,7 @@ from optik.errors import ConfigError
 from optik.metrics.evaluation import EvalResult
 from optik.models.package import load_package
 from optik.tasks import get_task
+from optik.tasks.base import RunOptions
 
 
 def evaluate(
@@ -45,20 +46,9 @@ def evaluate(
             )
         package = exported_package(model, tta)
         predictor = load_predictor(model, device=device, precision=precision, batch_size=batch_size, mode=mode, tta=tta)
+    run = RunOptions(device, precision, batch_size, mode, calibration=calibration)
     return get_task(package.task).evaluate(
-        package,
-        str(model),
-        data,
-        split,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        mode=mode,
-        with_curves=with_curves,
-        images=images,
-        skip_bad=skip_bad,
-        calibration=calibration,
-        predictor=predictor,
+        package, str(model), data, split, run, with_curves, images=images, skip_bad=skip_bad, predictor=predictor
     )
 
 

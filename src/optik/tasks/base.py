@@ -30,6 +30,24 @@ def say(message: str) -> None:
     rank_zero_only(print)(message)
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a model package runs (`optik.inference.runtime` decides the rest): the device, the precision,
+    the batch size (None: the task's default), the PyTorch form or engine (`mode`, `backend`), the images
+    int8 is calibrated on, and how many images are expected (what `auto` weighs set-up against)."""
+
+    device: str = "auto"
+    precision: str = "32"
+    batch_size: int | None = None
+    mode: str = "auto"
+    backend: str = "auto"
+    calibration: str | Path | None = None
+    expected_images: int | None = None
+
+
+DEFAULT_RUN = RunOptions()  # frozen: one default for every signature
+
+
 @dataclass
 class Resume:
     """The checkpoint a run continues from (none: a new run), its epochs done and its classes."""
@@ -100,19 +118,8 @@ class Task:
             f"and {source} is a {self.name} model; drop --tta"
         )
 
-    def predictor(
-        self,
-        package: ModelPackage,
-        source: str,
-        device: str = "auto",
-        precision: str = "32",
-        batch_size: int | None = None,
-        mode: str = "auto",
-        expected_images: int | None = None,
-        backend: str = "auto",
-        calibration: str | Path | None = None,
-    ):
-        """The `Classifier` (or `Detector`) that runs the package, as `optik.inference.runtime` decides."""
+    def predictor(self, package: ModelPackage, source: str, run: RunOptions = DEFAULT_RUN):
+        """The `Classifier` (or `Detector`) that runs the package as `run` says."""
         raise ModelError(f"{source} is a {self.name} model; it does not predict images")
 
     def exported_predictor(self, model: str | bytes, meta: dict, batch_size: int | None = None, precision: str = "32"):
@@ -125,21 +132,17 @@ class Task:
         source: str,
         data: str | Path | None,
         split: str,
-        batch_size: int | None = None,
-        device: str = "auto",
-        precision: str = "32",
-        mode: str = "auto",
+        run: RunOptions = DEFAULT_RUN,
         with_curves: bool = False,
         images: str | Path | None = None,
         skip_bad: bool = False,
-        calibration: str | Path | None = None,
         predictor=None,
     ) -> EvalResult:
         """Predict every image of a labelled split and score the predictions (`optik test`).
 
         `images`: where a detection set's images are (--images); `skip_bad`: leave images that are
         missing or unreadable out, reported, instead of stopping (--skip-bad); `predictor`: what runs
-        the model (an exported file's), else one is made from the package with the options.
+        the model (an exported file's), else one is made from the package as `run` says.
         """
         raise ModelError(f"{source} is a {self.name} model; optik test evaluates classifiers and detectors")
 

@@ -3,6 +3,7 @@ cross-entropy, evaluated with top-k and per-class metrics, predicted as class sc
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from optik.errors import ConfigError, DataError, ModelError
 from optik.metrics.evaluation import EvalResult
 from optik.models.classify import build_classifier, check_architecture
 from optik.models.package import ModelPackage, load_network
-from optik.tasks.base import Resume, Task, TrainingRun, onnx_metadata, say, untrained
+from optik.tasks.base import DEFAULT_RUN, Resume, RunOptions, Task, TrainingRun, onnx_metadata, say, untrained
 
 
 class ClassifyTask(Task):
@@ -86,31 +87,20 @@ class ClassifyTask(Task):
             raise ConfigError(f"--tta must be one of {', '.join(TTA_CHOICES)}, got {tta!r}")
         return {**preprocess, "tta": tta}
 
-    def predictor(
-        self,
-        package,
-        source,
-        device="auto",
-        precision="32",
-        batch_size=None,
-        mode="auto",
-        expected_images=None,
-        backend="auto",
-        calibration=None,
-    ):
+    def predictor(self, package, source, run=DEFAULT_RUN):
         from optik.inference.predictor import Classifier
 
         return Classifier(
             self.network(package),
             package.classes,
             Preprocess.from_dict(package.preprocess),
-            device=device,
-            precision=precision,
-            batch_size=batch_size or 32,
-            mode=mode,
-            expected_images=expected_images,
-            backend=backend,
-            calibration=calibration,
+            device=run.device,
+            precision=run.precision,
+            batch_size=run.batch_size or 32,
+            mode=run.mode,
+            expected_images=run.expected_images,
+            backend=run.backend,
+            calibration=run.calibration,
         )
 
     def exported_predictor(self, model, meta, batch_size=None, precision="32"):
@@ -132,30 +122,16 @@ class ClassifyTask(Task):
         source,
         data,
         split,
-        batch_size=None,
-        device="auto",
-        precision="32",
-        mode="auto",
+        run=DEFAULT_RUN,
         with_curves=False,
         images=None,
         skip_bad=False,
-        calibration=None,
         predictor=None,
     ) -> EvalResult:
         if images is not None:
             raise ConfigError("--images is for detection sets; a classifier's DATA is class folders or a list file")
         # skip_bad changes nothing here: unreadable images are always reported, never scored
-        return evaluate_classifier(
-            package,
-            data,
-            split,
-            batch_size or 32,
-            device=device,
-            precision=precision,
-            mode=mode,
-            calibration=calibration,
-            predictor=predictor,
-        )
+        return evaluate_classifier(package, data, split, run, predictor=predictor)
 
     def plot_evaluation(self, result, folder):
         """confusion_matrix.png."""
@@ -319,11 +295,7 @@ def evaluate_classifier(
     package: ModelPackage,
     data: str | Path | None,
     split: str,
-    batch_size: int,
-    device: str = "auto",
-    precision: str = "32",
-    mode: str = "auto",
-    calibration: str | Path | None = None,
+    run: RunOptions = DEFAULT_RUN,
     predictor=None,
 ) -> EvalResult:
     """Classify every image of the split (with `predictor`, else one made from the package); top-k,
@@ -334,16 +306,7 @@ def evaluate_classifier(
     if not samples:
         raise DataError(f"no images to evaluate in {origin}")
     if predictor is None:
-        predictor = CLASSIFY.predictor(
-            package,
-            origin,
-            device=device,
-            precision=precision,
-            batch_size=batch_size,
-            mode=mode,
-            expected_images=len(samples),
-            calibration=calibration,
-        )
+        predictor = CLASSIFY.predictor(package, origin, replace(run, expected_images=len(samples)))
     labels, probs, items, failures = [], [], [], []
     for (path, label), result in zip(samples, predictor.predict_stream(path for path, _ in samples)):
         if not result.ok:

@@ -14,7 +14,7 @@ from optik.metrics.evaluation import DetectionResult
 from optik.models.classify import check_timm_name
 from optik.models.detect import build_detector, detector_family, has_masks
 from optik.models.package import ModelPackage, load_network
-from optik.tasks.base import Resume, Task, TrainingRun, onnx_metadata, say, untrained
+from optik.tasks.base import DEFAULT_RUN, Resume, RunOptions, Task, TrainingRun, onnx_metadata, say, untrained
 
 
 class DetectTask(Task):
@@ -83,21 +83,15 @@ class DetectTask(Task):
         n = num_classes or (len(classes) if classes else 91)
         return build_detector(untrained_detector(cfg.model), cfg.data, n).eval()
 
-    def predictor(
-        self,
-        package,
-        source,
-        device="auto",
-        precision="32",
-        batch_size=None,
-        mode="auto",
-        expected_images=None,
-        backend="auto",
-        calibration=None,
-    ):
+    def predictor(self, package, source, run=DEFAULT_RUN):
         from optik.inference.detector import Detector
 
-        if backend == "openvino" or mode == "openvino" or precision == "int8" or calibration is not None:
+        if (
+            run.backend == "openvino"
+            or run.mode == "openvino"
+            or run.precision == "int8"
+            or run.calibration is not None
+        ):
             raise ConfigError(
                 "OpenVINO and int8 run classifiers; a detector runs with PyTorch (32, bf16, or 16 on CUDA) or, "
                 "exported by `optik export --format onnx`, with onnxruntime"
@@ -106,10 +100,10 @@ class DetectTask(Task):
             self.network(package),
             package.classes,
             package.preprocess,
-            device=device,
-            precision=precision,
-            batch_size=batch_size or 8,
-            mode=mode,
+            device=run.device,
+            precision=run.precision,
+            batch_size=run.batch_size or 8,
+            mode=run.mode,
         )
 
     def exported_predictor(self, model, meta, batch_size=None, precision="32"):
@@ -125,32 +119,18 @@ class DetectTask(Task):
         source,
         data,
         split,
-        batch_size=None,
-        device="auto",
-        precision="32",
-        mode="auto",
+        run=DEFAULT_RUN,
         with_curves=False,
         images=None,
         skip_bad=False,
-        calibration=None,
         predictor=None,
     ):
-        if calibration is not None:
+        if run.calibration is not None:
             raise ConfigError(
                 "--calibration is for int8 classifiers; a detector runs with PyTorch (32, bf16, or 16 on CUDA)"
             )
         return evaluate_detector(
-            package,
-            data,
-            split,
-            batch_size=batch_size or 8,
-            device=device,
-            precision=precision,
-            mode=mode,
-            with_curves=with_curves,
-            images=images,
-            skip_bad=skip_bad,
-            predictor=predictor,
+            package, data, split, run, with_curves=with_curves, images=images, skip_bad=skip_bad, predictor=predictor
         )
 
     def plot_evaluation(self, result, folder):
@@ -252,16 +232,14 @@ def evaluate_detector(
     package: ModelPackage,
     data,
     split: str,
-    batch_size: int = 8,
-    device: str = "auto",
-    precision: str = "32",
-    mode: str = "auto",
+    run: RunOptions = DEFAULT_RUN,
     with_curves: bool = False,
     images: str | Path | None = None,
     skip_bad: bool = False,
     predictor=None,
 ) -> DetectionResult:
-    """Detect objects in every image of the split (with `predictor`, else one made from the package); COCO metrics as `metrics`, and with `with_curves`
+    """Detect objects in every image of the split (with `predictor`, else one made from the package as `run`
+    says); COCO metrics as `metrics`, and with `with_curves`
     the precision-recall curves as `curves` (a second COCO evaluation: for plots only). Images
     left out by `skip_bad` are reported as unreadable, as those that fail to decode are."""
     from optik.data.detection import no_images_left
@@ -272,9 +250,7 @@ def evaluate_detector(
         raise DataError(no_images_left(test_set, FLAG_HINTS, "images to evaluate"))
     detector = predictor
     if detector is None:
-        detector = DETECT.predictor(
-            package, test_set.origin, device=device, precision=precision, batch_size=batch_size, mode=mode
-        )
+        detector = DETECT.predictor(package, test_set.origin, run)
     records = test_set.records
     results, items, failed_ids = [], [], set()
     failures = [{"file": path, "error": reason} for path, reason in test_set.left_out.items()]

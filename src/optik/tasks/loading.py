@@ -13,6 +13,7 @@ from torch import nn
 from optik.errors import ConfigError
 from optik.models.package import ModelPackage, load_package
 from optik.tasks import get_task
+from optik.tasks.base import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +67,7 @@ def load_predictor(
             )
         return exported_predictor(exported.data, batch_size=batch_size)
     return task.predictor(
-        package,
-        str(path),
-        device=device,
-        precision=precision,
-        batch_size=batch_size,
-        mode=mode,
-        expected_images=expected_images,
-        backend=backend,
-        calibration=calibration,
+        package, str(path), RunOptions(device, precision, batch_size, mode, backend, calibration, expected_images)
     )
 
 

@@ -12,7 +12,7 @@ from optik.errors import ModelError
 from optik.models.classify import check_timm_name
 from optik.models.package import ModelPackage, load_network
 from optik.models.ssl import build_backbone
-from optik.tasks.base import Resume, Task, TrainingRun, say, untrained
+from optik.tasks.base import DEFAULT_RUN, Resume, Task, TrainingRun, say, untrained
 
 NO_CLASSES = "fine-tune it with model.weights in a classify config, or measure it with optik probe"
 
@@ -67,18 +67,7 @@ class PretrainTask(Task):
     def check_predicts(self, source):
         raise ModelError(f"{source} is a pretrained backbone (no classes to predict); {NO_CLASSES}")
 
-    def predictor(
-        self,
-        package,
-        source,
-        device="auto",
-        precision="32",
-        batch_size=None,
-        mode="auto",
-        expected_images=None,
-        backend="auto",
-        calibration=None,
-    ):
+    def predictor(self, package, source, run=DEFAULT_RUN):
         self.check_predicts(source)
 
     def evaluate(
@@ -87,14 +76,10 @@ class PretrainTask(Task):
         source,
         data,
         split,
-        batch_size=None,
-        device="auto",
-        precision="32",
-        mode="auto",
+        run=DEFAULT_RUN,
         with_curves=False,
         images=None,
         skip_bad=False,
-        calibration=None,
         predictor=None,
     ):
         raise ModelError(f"{source} is a pretrained backbone (no classes); {NO_CLASSES}")
