@@ -167,13 +167,22 @@ class Request:
     received: float = field(default_factory=time.monotonic)
 
 
+JSON_KINDS = {bool: "true or false", int: "a number", float: "a number", list: "a list", dict: "an object"}
+UNNAMED = "unnamed"  # a detection's id (OPEX) or file (ROI CSV) when its request gave no id
+
+
 def envelope_request(envelope: object) -> Request:
     """The request of a JSON envelope `{"id": ..., "image": base64}` (Redis pub/sub, HTTP)."""
     if not isinstance(envelope, dict):
         return Request(None, error='a JSON message must be an object {"id": ..., "image": base64}', envelope=True)
     request = Request(None, envelope.get("id"), envelope=True)
-    if not isinstance(envelope.get("image"), str):
-        request.error = 'the JSON envelope has no "image" field (base64 of the encoded image)'
+    image = envelope.get("image")
+    if not isinstance(image, str):
+        request.error = (
+            'the JSON envelope has no "image" field (base64 of the encoded image)'
+            if image is None
+            else f'the envelope\'s "image" is {JSON_KINDS.get(type(image), type(image).__name__)}, not a base64 string'
+        )
         return request
     try:
         request.image = base64.b64decode(envelope["image"], validate=True)
@@ -185,7 +194,7 @@ def envelope_request(envelope: object) -> Request:
 def predict_requests(predictor, requests: list[Request]) -> list:
     """A result per request (a `RequestFailure` for those that carry no image), in micro-batches."""
     todo = [r for r in requests if r.error is None]
-    names = [str(r.id) if r.id is not None else "message" for r in todo]
+    names = [str(r.id) if r.id is not None else UNNAMED for r in todo]
     predicted = iter(
         [result for batch in predict_batches(predictor, [r.image for r in todo], names) for result in batch]
     )

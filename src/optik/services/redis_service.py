@@ -237,7 +237,7 @@ class PubSubService(RedisService):
             if not result.ok:
                 log.warning(
                     "cannot predict message %s: %s",
-                    request.id if request.id is not None else "(raw bytes)",
+                    request.id if request.id is not None else "(no id)" if request.envelope else "(raw bytes)",
                     result.reason,
                 )
                 reply = {"error": result.reason, "id": request.id}
