@@ -146,3 +146,19 @@ def test_one_image_file_to_a_file_or_a_folder(tmp_path):
     assert color_constancy(tmp_path / "a.png", tmp_path / "fixed.png").written == 1
     assert color_constancy(tmp_path / "a.png", tmp_path / "out").written == 1
     assert (tmp_path / "fixed.png").read_bytes() == (tmp_path / "out" / "a.png").read_bytes()
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_a_photo_turned_by_exif_is_written_upright_once_with_its_other_tags(tmp_path, orientation):
+    upright = cast_image(np.random.default_rng(5), 40, 80)  # 80 wide, 40 high
+    stored = upright.transpose(Image.Transpose.ROTATE_90 if orientation == 6 else Image.Transpose.ROTATE_270)
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = orientation, "PhoneMaker"  # orientation, camera make
+    stored.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    assert color_constancy(tmp_path / "photo.jpg", tmp_path / "out").written == 1
+    with Image.open(tmp_path / "out" / "photo.jpg") as written:
+        tags = written.getexif()
+        assert written.size == (80, 40) and tags.get(0x0112) == 1 and tags.get(0x010F) == "PhoneMaker"
+    from optik.data.decode import open_image
+
+    assert open_image(tmp_path / "out" / "photo.jpg").size == (80, 40)  # not turned a second time

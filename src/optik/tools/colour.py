@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image
 
 from optik.data.decode import IMAGE_EXTENSIONS, is_image_file, open_image
 from optik.data.folder import find_images
@@ -116,14 +116,20 @@ def correct_file(source: Path, target: Path, p: float) -> str | None:
         return exc.reason
     corrected = Image.fromarray(shades_of_gray(np.asarray(image), p))
     fmt = Image.registered_extensions()[target.suffix.lower()]
-    # keeps the orientation
-    options = {
-        **SAVE_OPTIONS.get(fmt, {}),
-        **({"exif": image.info["exif"]} if "exif" in image.info else {}),
-    }
+    options = {**SAVE_OPTIONS.get(fmt, {}), **({"exif": upright_exif(image.info["exif"])} if "exif" in image.info else {})}
     # No fsync: safe against a killed run, and a big folder of images is not slowed to the disk's pace.
     write_atomic(target, lambda fh: corrected.save(fh, format=fmt, **options), durable=False)
     return None
+
+
+def upright_exif(data: bytes) -> bytes:
+    """The EXIF block of a photo whose pixels are now upright: every tag kept but the orientation, which
+    becomes 1 (as stored), so that no viewer (or optik) turns the picture a second time."""
+    exif = Image.Exif()
+    exif.load(data)
+    if ExifTags.Base.Orientation in exif:
+        exif[ExifTags.Base.Orientation] = 1
+    return exif.tobytes()
 
 
 def channel_stats(src: Path, skip_bad: bool = False, size: int | None = None) -> StatsReport:
