@@ -13,8 +13,8 @@ from optik.services.loop import UNNAMED, envelope_request, predict_requests
     ("envelope", "error"),
     [
         ({"id": "x"}, 'the JSON envelope has no "image" field'),
-        ({"id": "x", "image": 5}, "the envelope's \"image\" is a number, not a base64 string"),
-        ({"id": "x", "image": ["a"]}, "the envelope's \"image\" is a list, not a base64 string"),
+        ({"id": "x", "image": 5}, 'the envelope\'s "image" is a number, not a base64 string'),
+        ({"id": "x", "image": ["a"]}, 'the envelope\'s "image" is a list, not a base64 string'),
         ({"id": "x", "image": "###"}, "not valid base64"),
         ([1, 2], "must be an object"),
     ],

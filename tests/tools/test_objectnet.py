@@ -130,6 +130,13 @@ def test_model_package_csv_and_jsonl_with_labels(colour_model, tmp_path):
             )
             labels = {r["filename"]: r["labels"][0] for r in records}
         assert sum(labels[name] == colour for name, colour in truth.items()) >= 10
+    many = run_optik(
+        "batch-predict", tmp_path / "images", tmp_path / "k5.csv", colour_model, "--format", "csv", "--workers", "0"
+    )  # the default --top-k 5 on a 3-class model: 3 pairs a row, and a header that says so
+    assert many.returncode == 0, many.stderr
+    header, *rows = read_rows(tmp_path / "k5.csv")
+    assert header == ["filename", "p1", "c1", "p2", "c2", "p3", "c3", "label1", "label2", "label3"]
+    assert all(len(row) == len(header) for row in rows)
 
 
 def test_two_images_with_one_base_name_stop_the_run(plugin, tmp_path):

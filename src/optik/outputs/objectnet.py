@@ -116,10 +116,20 @@ def done_rows(paths: Iterable[Path], fmt: str) -> dict[str, str]:
     return rows
 
 
+def pairs_in(line: str, labels: bool) -> int:
+    """How many (id, confidence) pairs a csv or objectnet row holds (csv rows with labels: a label per pair)."""
+    (cells,) = csv.reader([line])
+    return (len(cells) - 1) // (3 if labels else 2)
+
+
 def merge_rows(out: Path, fmt: str, k: int, labels: bool) -> int:
     """Write `out` from itself and every part file, one row per file name, sorted; remove the parts."""
     parts = part_files(out)
     rows = done_rows([out, *parts], fmt)
+    if (
+        rows and fmt == "csv"
+    ):  # a model with fewer classes than k writes one pair per class: the header says what the rows hold
+        k = pairs_in(next(iter(rows.values())), labels)
     head = header(fmt, k, labels) or ""
     write_atomic(out, head + "".join(rows[name] for name in sorted(rows)))
     for part in parts:

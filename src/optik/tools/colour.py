@@ -116,7 +116,10 @@ def correct_file(source: Path, target: Path, p: float) -> str | None:
         return exc.reason
     corrected = Image.fromarray(shades_of_gray(np.asarray(image), p))
     fmt = Image.registered_extensions()[target.suffix.lower()]
-    options = {**SAVE_OPTIONS.get(fmt, {}), **({"exif": upright_exif(image.info["exif"])} if "exif" in image.info else {})}
+    options = {
+        **SAVE_OPTIONS.get(fmt, {}),
+        **({"exif": upright_exif(image.info["exif"])} if "exif" in image.info else {}),
+    }
     # No fsync: safe against a killed run, and a big folder of images is not slowed to the disk's pace.
     write_atomic(target, lambda fh: corrected.save(fh, format=fmt, **options), durable=False)
     return None
