@@ -157,3 +157,23 @@ def test_a_value_where_a_section_belongs_says_a_section_is_expected():
     with pytest.raises(ConfigError) as info:
         load_config("resnet18_small", ["data=5"])
     assert str(info.value) == "data: expected a section (keys under data:); got 5"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"task": "pretrain", "ssl": {"views": {"vflip": True}}},
+            "ssl.views.vflip: a number is wanted, not true; this is a probability",
+        ),
+        (
+            {"data": {"augment": {"hflip": False}}},
+            "data.augment.hflip: a number is wanted, not false; this is a probability",
+        ),
+        ({"train": {"epochs": True}}, "train.epochs: a number is wanted, not true"),
+    ],
+)
+def test_true_or_false_for_a_number_is_refused_not_read_as_1_or_0(data, message):
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert str(info.value).startswith(message)

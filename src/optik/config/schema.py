@@ -18,8 +18,24 @@ TTA_CHOICES: tuple[str, ...] = get_args(TestTimeAugment)
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "nadamw", "rmsprop", "lamb", "lars", "lion", "adan")
 
 
+NUMBER_TYPES = (int, float, int | None, float | None)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value, info):
+        """true/false for a number is refused, not read as 1/0: `vflip: true` would flip every image, always."""
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        if isinstance(value, bool) and field is not None and field.annotation in NUMBER_TYPES:
+            probability = (field.description or "").startswith("probability")
+            raise ValueError(
+                f"a number is wanted, not {str(value).lower()}"
+                + ("; this is a probability from 0 to 1, e.g. 0.5 (0 turns it off)" if probability else "")
+            )
+        return value
 
 
 class AugmentConfig(Section):
