@@ -383,3 +383,16 @@ def test_test_with_unreadable_images_scores_the_rest_and_exits_2_unless_skip_bad
     skipped = run_optik("test", colour_model, data, "--skip-bad")
     assert skipped.returncode == 0, skipped.stderr
     assert "6 images, 1 unreadable" in skipped.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("serve", "poll", "--model", "m.pt", "--config", "c.py"), "--model is gone: the model is the first argument"),
+        (("train", "--cfg-options", "a=1"), "--cfg-options is gone: use --set KEY=VALUE"),
+        (("train", "--load-from", "x.pth"), "--load-from is gone: use --set model.weights=FILE"),
+        (("predict", "--config", "c.py"), "--config is gone: model.pt holds its config"),
+    ],
+)
+def test_options_of_the_old_tools_say_what_they_are_now(args, said):
+    assert_user_error(run_optik(*args), said)

@@ -26,9 +26,12 @@ class OptikGroup(click.Group):
             sys.stdout.flush()  # output that fit in the buffer meets a closed pipe only here
         except BrokenPipeError:
             closed_pipe()
-        except click.UsageError as exc:  # bad option or argument: one line, and where to look
-            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
-            fail(f"{exc.format_message()}{hint}")
+        except click.NoSuchOption as exc:  # an option of the tools our users come from: what it is now
+            if exc.option_name in OLD_OPTIONS:
+                fail(f"{exc.option_name} is gone: {OLD_OPTIONS[exc.option_name]}")
+            fail(usage_error(exc))
+        except click.UsageError as exc:
+            fail(usage_error(exc))
         except click.ClickException as exc:
             fail(exc.format_message())
         except click.Abort:
@@ -62,6 +65,21 @@ class OptikGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+OLD_OPTIONS = {  # options of mmcls/mmdet tools and their Docker images that optik says differently (docs/migrating.md)
+    "--model": "the model is the first argument, e.g. `optik serve poll model.pt --in IN --out OUT`",
+    "--config": "model.pt holds its config, so services and predict need none; `optik train CONFIG` takes it first",
+    "--cfg-options": "use --set KEY=VALUE (repeatable)",
+    "--load-from": "use --set model.weights=FILE to start from weights, or --resume to continue a run",
+    "--resume-from": "use --resume [CHECKPOINT] (with --work-dir)",
+}
+
+
+def usage_error(exc: click.UsageError) -> str:
+    """A bad option or argument: click's one line, and where to look."""
+    hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+    return f"{exc.format_message()}{hint}"
 
 
 def closed_pipe() -> None:
