@@ -101,3 +101,20 @@ def test_write(tmp_path, detection):
     path = fmt.write(detection, tmp_path / f"img_001{fmt.suffix}")
     assert path.name == "img_001-rois.csv"
     assert read(path.read_text())[1][0]["label_str"] == "dog"
+
+
+def test_mask_options_on_a_box_only_model_are_said_once_not_silently_ignored(boxes_only, detection, caplog):
+    from optik.outputs.polygons import said_once
+
+    said_once.cache_clear()
+    fmt = RoiCsvFormat(output_minrect=True, mask_nth=2)
+    with caplog.at_level("WARNING", logger="optik"):
+        header, _ = read(fmt.text(boxes_only))
+        fmt.text(boxes_only)
+        read(fmt.text(detection))  # a mask model uses them: nothing to say
+    assert header == list(BOX_COLUMNS)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert (
+        warning
+        == "--output-minrect, --mask-nth apply to the masks of a mask model; this detector gives boxes only, so they change nothing"
+    )

@@ -6,6 +6,8 @@ contours of the old tools): a polygon spans one pixel less than its mask in each
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 
 import cv2
@@ -122,6 +124,12 @@ class ObjectShape:
         return self.polygon if self.polygon is not None else box_corners(self.box)
 
 
+@functools.cache
+def said_once(message: str) -> None:
+    """A warning logged once per process (an option that does nothing here is said once, not per image)."""
+    logging.getLogger("optik").warning(message)
+
+
 @dataclass(frozen=True)
 class DetectionOptions:
     """The options every detection output format shares (`optik predict` and the services).
@@ -173,4 +181,19 @@ class DetectionOptions:
         """The objects scoring at least `min_score`, and the shape of each, in the same order."""
         kept = result.above(self.min_score)
         masks = kept.masks
+        if masks is None and self.mask_options():
+            said_once(
+                f"{', '.join(self.mask_options())} apply to the masks of a mask model; this detector gives boxes only, so they change nothing"
+            )
         return kept, [self.shape(kept.boxes[i], None if masks is None else masks[i]) for i in range(len(kept))]
+
+    def mask_options(self) -> list[str]:
+        """The options given that only a mask model's outputs use."""
+        given = {
+            "--output-minrect": self.output_minrect,
+            "--fit-bbox-to-polygon": self.fit_bbox_to_polygon,
+            "--bbox-as-fallback": self.bbox_as_fallback >= 0,
+            "--mask-threshold": self.mask_threshold != 0.1,
+            "--mask-nth": self.mask_nth != 1,
+        }
+        return [option for option, on in given.items() if on]
