@@ -266,6 +266,8 @@ def inductor_cache() -> None:
     """torch.compile keeps its compiled kernels under the optik cache folder (unless the user set
     inductor's own variable), so a second run reads them instead of compiling again."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(openvino.cache_dir() / "inductor"))
+    # compiling imports torch's C++ extension helper, whose warning "No CUDA runtime is found" alarms on a CPU machine
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 class RuntimeBackend:
