@@ -69,4 +69,6 @@ def test_probe_checks_the_images_it_uses_and_skips_bad_ones_when_asked(colour_mo
     assert skipped.returncode == 0, skipped.stderr
     report = json.loads((tmp_path / "p.json").read_text())
     assert report["images"] == {"train": 12, "test": 11} and list(report["left_out"]) == [str(cut)]
-    assert "left out 1 unreadable image(s)" in skipped.stdout
+    assert "left out 1 unreadable image(s)" in skipped.stdout and "note: --k" not in skipped.stdout
+    many = optik("probe", colour_model, data, "--workers", "0", "--skip-bad", "--k", "50")
+    assert many.returncode == 0 and "note: --k 50 is more than the 12 train images: all of them vote" in many.stdout

@@ -129,6 +129,9 @@ def test_garbage_is_400_oversize_is_413_and_the_docs_page_is_there(http_url):
         assert too_big.status_code == 413 and "--max-body-mb 1" in too_big.json()["error"]
         assert http.get("/healthz").status_code == 200 and http.get("/readyz").status_code == 200
         assert http.get("/docs").status_code == 200
+        wrong_method, no_path = http.get("/predict"), http.post("/predicts", content=b"x")
+        assert wrong_method.status_code == 405 and "POST /predict takes the images" in wrong_method.json()["error"]
+        assert no_path.status_code == 404 and no_path.json()["error"].startswith("Not Found")
         assert "/predict" in http.get("/openapi.json").json()["paths"]
     grew = {key: value - before.get(key, 0) for key, value in scrape(http_url).items()}
     assert metric(grew, "optik_image_errors_total", reason="decode") == 3

@@ -60,6 +60,10 @@ class ProbeReport:
             f"  {name[:22]:22s} {self.knn.per_class[name]:8.4f} {self.linear.per_class[name]:8.4f}"
             for name in self.classes
         ]
+        if self.settings.get("k", 0) > self.images["train"]:
+            out.append(
+                f"note: --k {self.settings['k']} is more than the {self.images['train']} train images: all of them vote"
+            )
         if self.left_out:
             out.append(left_out_note(self.left_out))
         return out

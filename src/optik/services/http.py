@@ -315,6 +315,16 @@ def build_app(service: HttpService) -> FastAPI:
         service.request_latency.labels(str(response.status_code)).observe(time.monotonic() - arrived)
         return response
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: HttpRequest, exc: HTTPException) -> Response:
+        """Starlette's own answers (404 no such path, 405 wrong method) in the `{"error": ...}` shape of every other."""
+        hint = (
+            " (POST /predict takes the images; GET /healthz, /readyz, /metrics, /docs)"
+            if exc.status_code in (404, 405)
+            else ""
+        )
+        return JSONResponse({"error": f"{exc.detail}{hint}"}, status_code=exc.status_code, headers=exc.headers)
+
     @app.get("/healthz", response_class=PlainTextResponse)
     async def healthz() -> str:
         """Alive: the service answers."""

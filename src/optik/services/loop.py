@@ -100,7 +100,8 @@ class Rate:
 
     def summary(self) -> str:
         seconds = time.monotonic() - self.started
-        return f"{self.done} predicted, {self.failed} failed in {seconds:.1f} s ({self.done / max(seconds, 1e-9):.1f} images/s)"
+        rate = self.done / max(seconds, 1e-9)  # over the uptime, idle time included: /metrics has the latencies
+        return f"{self.done} predicted, {self.failed} failed in {seconds:.1f} s of uptime ({rate:.1f} images/s, idle time included)"
 
 
 class ModelFailure(ImageFailure):
