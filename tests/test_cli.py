@@ -396,3 +396,13 @@ def test_test_with_unreadable_images_scores_the_rest_and_exits_2_unless_skip_bad
 )
 def test_options_of_the_old_tools_say_what_they_are_now(args, said):
     assert_user_error(run_optik(*args), said)
+
+
+def test_a_missing_data_root_is_said_before_the_work_dir_is_looked_at(tmp_path):
+    work_dir = tmp_path / "w"
+    (work_dir / "checkpoints").mkdir(parents=True)
+    (work_dir / "checkpoints" / "last.ckpt").write_bytes(b"another run's")
+    for preset in ("resnet18_small", "ssl_resnet18_small"):
+        proc = run_optik("train", preset, "--set", f"data.root={tmp_path / 'nope'}", "--work-dir", work_dir)
+        assert_user_error(proc, "data folder not found", "nope")
+    assert (work_dir / "checkpoints" / "last.ckpt").read_bytes() == b"another run's"

@@ -31,7 +31,7 @@ from optik.engine.callbacks import (
 )
 from optik.engine.devices import check_devices
 from optik.engine.work_dir import claim_work_dir
-from optik.errors import ConfigError, Interrupted
+from optik.errors import ConfigError, DataError, Interrupted
 from optik.files import write_atomic
 from optik.models.classify import is_plugin
 from optik.models.package import load_package, save_package
@@ -193,6 +193,7 @@ def train(
     quiet_lightning()
     check_devices(cfg.train)  # these and the model's name before the data scan, which can take minutes
     get_task(cfg.task).check_config(cfg)
+    check_data_root(cfg.data)
     if cfg.train.sync_batchnorm and (cfg.train.accelerator == "cpu" or not torch.cuda.is_available()):
         raise ConfigError(
             "train.sync_batchnorm needs GPUs: torch's SyncBatchNorm does not run on the CPU. Leave it false there "
@@ -230,6 +231,15 @@ def train(
                 ) from None
             raise Interrupted(received[0], f"{where}, before the first epoch's checkpoint: nothing to resume") from None
     return finish(trainer, cfg, work_dir)
+
+
+def check_data_root(data) -> None:
+    """A data.root that is not there is said before the work dir is claimed and anything is read (unless
+    it is to be downloaded, or the splits are named by data.train)."""
+    root = getattr(data, "root", None)
+    if root is None or Path(root).exists() or getattr(data, "download", False) or getattr(data, "train", None):
+        return
+    raise DataError(f"data folder not found: {root} (set data.root to the dataset folder, e.g. --set data.root=DIR)")
 
 
 @contextmanager
