@@ -52,7 +52,7 @@ def subscribed(client, channel: str):
 def test_pubsub_answers_raw_bytes_envelopes_and_garbage(served: Served, redis_server):
     """The srh-broadcast -b / srh-listen way (raw bytes in, JSON out), envelopes with ids, and errors.
 
-    A detector's reply is an OPEX document, which has an `id` of its own (raw bytes have no name: "message")."""
+    A detector's reply is an OPEX document, which has an `id` of its own (raw bytes have no name: "unnamed")."""
     # old option names
     service = serve_redis(
         served.model,
@@ -71,7 +71,7 @@ def test_pubsub_answers_raw_bytes_envelopes_and_garbage(served: Served, redis_se
         assert client.publish("images", jpeg_bytes(colour, i)) == 1
     replies = collect(pubsub, len(colours))
     assert len(replies) == len(colours)
-    assert sum(served.check_payload(reply, "message") for reply in replies) > 0
+    assert sum(served.check_payload(reply, "unnamed") for reply in replies) > 0
     if served.kind == "classify":
         labels = [max(reply, key=reply.get) for reply in replies]
         assert sum(a == b for a, b in zip(labels, colours)) >= 10  # a trained model: right on (nearly) all

@@ -239,7 +239,10 @@ def check_data_root(data) -> None:
     root = getattr(data, "root", None)
     if root is None or Path(root).exists() or getattr(data, "download", False) or getattr(data, "train", None):
         return
-    raise DataError(f"data folder not found: {root} (set data.root to the dataset folder, e.g. --set data.root=DIR)")
+    raise DataError(
+        f"data folder not found: {root} (data.root is not an image folder; set it to the dataset folder, "
+        "e.g. --set data.root=DIR)"
+    )
 
 
 @contextmanager
