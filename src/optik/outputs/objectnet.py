@@ -126,9 +126,8 @@ def merge_rows(out: Path, fmt: str, k: int, labels: bool) -> int:
     """Write `out` from itself and every part file, one row per file name, sorted; remove the parts."""
     parts = part_files(out)
     rows = done_rows([out, *parts], fmt)
-    if (
-        rows and fmt == "csv"
-    ):  # a model with fewer classes than k writes one pair per class: the header says what the rows hold
+    # a model with fewer classes than k writes one pair per class: the header says what the rows hold
+    if rows and fmt == "csv":
         k = pairs_in(next(iter(rows.values())), labels)
     head = header(fmt, k, labels) or ""
     write_atomic(out, head + "".join(rows[name] for name in sorted(rows)))

@@ -181,9 +181,10 @@ class DetectionOptions:
         """The objects scoring at least `min_score`, and the shape of each, in the same order."""
         kept = result.above(self.min_score)
         masks = kept.masks
-        if masks is None and self.mask_options():
+        ignored = self.mask_options() if masks is None else []
+        if ignored:
             said_once(
-                f"{', '.join(self.mask_options())} apply to the masks of a mask model; this detector gives boxes only, so they change nothing"
+                f"{', '.join(ignored)} apply to the masks of a mask model; this detector gives boxes only, so they change nothing"
             )
         return kept, [self.shape(kept.boxes[i], None if masks is None else masks[i]) for i in range(len(kept))]
 
@@ -193,7 +194,7 @@ class DetectionOptions:
             "--output-minrect": self.output_minrect,
             "--fit-bbox-to-polygon": self.fit_bbox_to_polygon,
             "--bbox-as-fallback": self.bbox_as_fallback >= 0,
-            "--mask-threshold": self.mask_threshold != 0.1,
-            "--mask-nth": self.mask_nth != 1,
+            "--mask-threshold": self.mask_threshold != DetectionOptions.mask_threshold,
+            "--mask-nth": self.mask_nth != DetectionOptions.mask_nth,
         }
         return [option for option, on in given.items() if on]

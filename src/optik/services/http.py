@@ -229,9 +229,8 @@ async def parse_images(request: HttpRequest, body: bytes) -> tuple[list[Request]
                 raise BadRequest('the JSON list is empty: send [{"id": ..., "image": base64}, ...]')
             return [envelope_request(item) for item in document], True
         return [envelope_request(document)], False
-    name = request.query_params.get(
-        "id"
-    )  # none given: the error reply's id is null, as for a JSON envelope without one
+    # no ?id=: the reply's id is null, as for a JSON envelope without one
+    name = request.query_params.get("id")
     if not body:
         return [Request(None, name, error="the body is empty: send the encoded image bytes")], False
     return [Request(body, name)], False

@@ -200,6 +200,11 @@ def not_image_notes(folders: list[Path]) -> list[str]:
         and not is_image_file(p)
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
+    return not_image_note(others)
+
+
+def not_image_note(others: list[str]) -> list[str]:
+    """The note on files left out because their extension is not an image's (none when there are none)."""
     if not others:
         return []
     return [
@@ -471,11 +476,7 @@ def lists_to_folder(
             )
     paths = [Path(p) for rows in samples.values() for p, _ in rows]
     others = sorted({str(p) for p in paths if not is_image_file(p)})
-    if others:
-        notes.append(
-            f"left out {len(others)} file(s) that are not images by their extension: {', '.join(others[:5])}"
-            + (" ..." if len(others) > 5 else "")
-        )
+    notes += not_image_note(others)
     unreadable, found = find_unreadable([p for p in paths if is_image_file(p)], check or skip_bad, skip_bad)
     notes += found
     bad = set(unreadable) | set(others)
