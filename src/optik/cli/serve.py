@@ -62,16 +62,9 @@ def health_server(metrics, host: str, port: int | None):
 
 @contextmanager
 def service_signals(stop):
-    """SIGTERM/SIGINT go to `stop` for the whole run; one during start-up ends the run at once, saying so (exit 0)."""
-    import logging
-
-    from optik.services.loop import StartUpStopped
-
+    """SIGTERM/SIGINT go to `stop` for the whole run; one during start-up ends the process at once, saying so (exit 0)."""
     with stop.on_signals():
-        try:
-            yield
-        except StartUpStopped as exc:
-            logging.getLogger("optik.services").info("%s during start-up: stopped before serving anything", exc)
+        yield
 
 
 def start_predictor(

@@ -6,13 +6,15 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from optik.results import ImageFailure
 from optik.signals import handling_stop_signals
@@ -20,21 +22,24 @@ from optik.signals import handling_stop_signals
 log = logging.getLogger("optik.services")
 
 
-class StartUpStopped(BaseException):
-    """SIGTERM or SIGINT arrived while the service was starting (loading, compiling): it stops before serving.
+def stopped_during_start_up(signum: int) -> NoReturn:
+    """SIGTERM or SIGINT while the service starts (loading, compiling): nothing is served or written yet, so
+    the process ends at once with exit code 0, saying so.
 
-    A BaseException, so that no `except Exception` in the loading code takes it for a failure.
+    Not by raising an exception from the handler: it would land wherever the main thread is, inside
+    torch's imports or inductor's compilation, which can abort the process or leave compile workers
+    that keep it alive for minutes.
     """
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        super().__init__(signal.Signals(signum).name)
+    log.info("%s during start-up: stopped before serving anything", signal.Signals(signum).name)
+    logging.shutdown()  # the log line is out before the process goes
+    sys.stdout.flush()
+    os._exit(0)
 
 
 class Stop:
     """A flag that SIGTERM and SIGINT raise; the service finishes the batch in hand, then returns.
 
-    While `starting` (until `started()`), a signal raises `StartUpStopped` at once instead: there is
+    While `starting` (until `started()`), a signal ends the process at once instead (`stopped_during_start_up`): there is
     nothing in hand to finish, and loading or compiling a model can take longer than a platform
     waits after SIGTERM. `wait(seconds)` sleeps, but wakes as soon as a stop is asked for.
     """
@@ -61,8 +66,7 @@ class Stop:
 
         def handler(signum, frame):
             if self.starting:
-                self.set()
-                raise StartUpStopped(signum)
+                stopped_during_start_up(signum)
             if self:
                 log.warning("second %s: stopping now", signal.Signals(signum).name)
                 raise KeyboardInterrupt
