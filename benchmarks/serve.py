@@ -126,7 +126,7 @@ def file_drop(model: Path, args: list[str], images: list[bytes], folder: Path) -
     )
     if done.returncode != 0 or len(list(out_dir.glob("*.json"))) != len(images):
         raise RuntimeError(done.stderr)
-    return float(re.search(r"file drop: .*\(([\d.]+) images/s\)", done.stderr).group(1))
+    return float(re.search(r"file drop: .*\(([\d.]+) images/s", done.stderr).group(1))
 
 
 def http_figures(model: Path, args: list[str], images: list[bytes], clients: int = 16) -> tuple[float, np.ndarray]:

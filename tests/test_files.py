@@ -1,5 +1,6 @@
 """Atomic writes: readers see the old file or the whole new one; a failed write leaves no debris."""
 
+import numpy as np
 import pytest
 
 from optik.files import write_atomic
@@ -34,8 +35,14 @@ def test_numbers_are_written_without_float_noise():
     as_float32 = struct.unpack("f", struct.pack("f", 0.1))[0]  # what a float32 tensor's .item() gives
     assert as_float32 != 0.1 and tidy_number(as_float32) == 0.1
     assert tidy_number(0.7499999999999999) == 0.75 and tidy_number(0.001) == 0.001  # float64: 12 digits
-    for value in (2.303351879119873, 1 / 3, 1e-300, 123456789.123):  # each reads back as what it was
+    for value in (2.303351879119873, 1 / 3, 1e-300, 123456789.123, 123456789.0):  # each reads back as what it was
         tidy = tidy_number(value)
         same = struct.unpack("f", struct.pack("f", tidy))[0] == value if abs(value) < 3e38 else False
         assert same or abs(tidy - value) <= 1e-12 * abs(value)
+    singles = np.random.default_rng(0).random(2000, dtype=np.float32) ** 9  # float32s from 1 down to ~1e-30
+    for single in singles.tolist():  # the shortest decimal that reads back as the same float32
+        tidy = tidy_number(single)
+        assert float(np.float32(tidy)) == single
+        digits = len(f"{tidy:e}".split("e")[0].replace(".", "").rstrip("0"))
+        assert digits == 1 or float(np.float32(float(f"{single:.{digits - 1}g}"))) != single
     assert tidy_numbers({"a": [0.7499999999999999, 3, None, True], "b": (float("nan"),)})["a"] == [0.75, 3, None, True]

@@ -6,12 +6,13 @@ import errno
 import math
 import os
 import shutil
-import struct
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+import numpy as np
 
 
 def write_atomic(
@@ -113,21 +114,14 @@ def remove_stale_temp_files(folder: str | Path, older_than: float = 600.0) -> in
     return removed
 
 
-def _as_float32(value: float) -> float:
-    return struct.unpack("f", struct.pack("f", value))[0]
-
-
 def tidy_number(value):
     """A float as it is worth writing to a file: a float32 value (a tensor's `.item()`) as the shortest
     decimal that reads back as the same float32 (0.1, not 0.10000000149011612), any other float to 12
     significant digits (0.75, not 0.7499999999999999). Other values are returned as they are."""
     if not isinstance(value, float) or not math.isfinite(value):
         return value
-    if abs(value) < 3e38 and _as_float32(value) == value:
-        for digits in range(1, 10):
-            short = float(f"{value:.{digits}g}")
-            if _as_float32(short) == value:
-                return short
+    if abs(value) < 3e38 and float(single := np.float32(value)) == value:
+        return float(str(single))  # numpy prints a float32 as its shortest round-trip decimal (Dragon4)
     return float(f"{value:.12g}")
 
 
