@@ -17,7 +17,6 @@ import json
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from optik.errors import ConfigError
 from optik.files import move_atomic, remove_stale_temp_files, remove_temp_files_of, write_atomic
 from optik.outputs.classification import write_error
 from optik.outputs.names import output_stems
-from optik.services.loop import Rate, Stop, log, predict_batches
+from optik.services.loop import Behind, Rate, Stop, log, predict_batches
 from optik.services.metrics import ServiceMetrics
 
 
@@ -163,6 +162,7 @@ class FilePoller:
         self.stop = stop if stop is not None else Stop()
         self.metrics = metrics if metrics is not None else ServiceMetrics("poll")
         self.rate = Rate()
+        self.committer = Behind("optik-commit")
         self.complete = Completeness(options.settle, options.truncated_after)
         self.stems: dict[str, str] = {}
         self.journal = (
@@ -241,17 +241,12 @@ class FilePoller:
         """Predict in micro-batches; each batch is committed in a thread of its own while the network runs
         the next (one commit at a time, in order). A stop request ends after the batch in hand, committed."""
         start, taken = 0, time.monotonic()
-        with ThreadPoolExecutor(1, thread_name_prefix="optik-commit") as writer:
-            committing = None
+        with self.committer.draining():  # one journal at a time; a failed commit stops the service here
             for results in predict_batches(self.predictor, [d.path for d in drops], [d.path.name for d in drops]):
-                if committing is not None:
-                    committing.result()  # one journal at a time; a failed commit stops the service here
-                committing = writer.submit(self._commit_counted, list(zip(drops[start:], results)), taken)
+                self.committer.submit(self._commit_counted, list(zip(drops[start:], results)), taken)
                 start += len(results)
                 if self.stop:
                     break
-            if committing is not None:
-                committing.result()
 
     def _commit_counted(self, batch: list, taken: float) -> None:
         self.metrics.batch_size.observe(len(batch))

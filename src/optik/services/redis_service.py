@@ -29,6 +29,7 @@ from redis.retry import Retry
 from optik.errors import ConfigError
 from optik.services.loop import (
     Backoff,
+    Behind,
     ModelFailure,
     Rate,
     Request,
@@ -139,6 +140,7 @@ class RedisService:
         self.stop = stop if stop is not None else Stop()
         self.metrics = metrics if metrics is not None else ServiceMetrics("redis")
         self.rate = Rate()
+        self.answers = Behind("optik-answer")  # replies go out while the next batch is predicted
         self.backoff = Backoff()
         self.hinted = False  # the first connection failure says what to check; the retries after it do not
 
@@ -146,7 +148,8 @@ class RedisService:
         while not self.stop:
             client = self.options.client()
             try:
-                self.serve(client)
+                with self.answers.draining():
+                    self.serve(client)
             except REDIS_ERRORS as exc:
                 hint = "" if self.hinted else f"; {unreachable_hint(self.options)}"
                 self.hinted = True
@@ -232,6 +235,9 @@ class PubSubService(RedisService):
 
     def _answer(self, client: redis.Redis, requests: list[Request]) -> None:
         results = self._predict(requests)
+        self.answers.submit(self._reply, client, requests, results)
+
+    def _reply(self, client: redis.Redis, requests: list[Request], results: list) -> None:
         pipe = client.pipeline(transaction=False)
         for request, result in zip(requests, results):
             if not result.ok:
@@ -362,13 +368,13 @@ class StreamService(RedisService):
                     ModelFailure(str(i), f"failed {attempts[i]} times (its workers crashed, or the model raised)")
                     for i, _ in dead
                 ]
-                self._finish(client, dead, failures, attempts)
+                self.answers.submit(self._finish, client, dead, failures, attempts)
             self._handle(client, [(i, f) for i, f in claimed if attempts[i] < s.max_attempts], attempts)
 
     def _handle(self, client: redis.Redis, entries: list, attempts: dict | None = None) -> None:
         if entries:
             requests = [self._request(i, f) for i, f in entries]
-            self._finish(client, entries, self._predict(requests), attempts, requests)
+            self.answers.submit(self._finish, client, entries, self._predict(requests), attempts, requests)
 
     def _request(self, entry_id: bytes, fields: dict | None) -> Request:
         fields = fields or {}
