@@ -30,7 +30,7 @@ def test_failure_keeps_the_old_content_and_no_temp_file(tmp_path):
 def test_numbers_are_written_without_float_noise():
     import struct
 
-    from optik.files import tidy_number, tidy_numbers
+    from optik.files import tidy_floats, tidy_number, tidy_numbers
 
     as_float32 = struct.unpack("f", struct.pack("f", 0.1))[0]  # what a float32 tensor's .item() gives
     assert as_float32 != 0.1 and tidy_number(as_float32) == 0.1
@@ -45,4 +45,8 @@ def test_numbers_are_written_without_float_noise():
         assert float(np.float32(tidy)) == single
         digits = len(f"{tidy:e}".split("e")[0].replace(".", "").rstrip("0"))
         assert digits == 1 or float(np.float32(float(f"{single:.{digits - 1}g}"))) != single
+    assert tidy_floats(singles.tolist()) == [tidy_number(single) for single in singles.tolist()]
+    mixed = [*singles[:3].tolist(), 1 / 3, float("nan"), 1e39]  # not all float32 values: one at a time
+    assert tidy_floats(mixed)[:4] == [tidy_number(value) for value in mixed[:4]] and tidy_floats(mixed)[5] == 1e39
+    assert tidy_floats([]) == []
     assert tidy_numbers({"a": [0.7499999999999999, 3, None, True], "b": (float("nan"),)})["a"] == [0.75, 3, None, True]

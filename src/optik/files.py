@@ -125,6 +125,17 @@ def tidy_number(value):
     return float(f"{value:.12g}")
 
 
+def tidy_floats(values) -> list:
+    """`tidy_number` of each of many floats (a row of class probabilities), in one numpy pass when they are
+    all float32 values, as a model's outputs are."""
+    array = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        singles = array.astype(np.float32)
+    if array.ndim != 1 or not np.array_equal(singles.astype(np.float64), array):
+        return [tidy_number(float(value)) for value in values]
+    return list(map(float, map(str, singles)))
+
+
 def tidy_numbers(data):
     """`tidy_number` through nested dicts, lists and tuples (lists come back for tuples)."""
     if isinstance(data, dict):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from optik.files import tidy_number, write_atomic
+from optik.files import tidy_floats, write_atomic
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class ClassificationFormat:
         scores = result.to_dict(self.top_k)
         if self.min_score is not None:
             scores = {name: score for name, score in scores.items() if score >= self.min_score}
-        return {name: tidy_number(score) for name, score in scores.items()}  # 0.4789487, not 0.4789486825466156
+        return dict(zip(scores, tidy_floats(list(scores.values()))))  # 0.4789487, not 0.4789486825466156
 
     def text(self, result) -> str:
         """The content of the output file."""
