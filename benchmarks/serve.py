@@ -11,9 +11,17 @@ JPEGs (640x480 crops of scikit-image's sample photos):
 - HTTP: 16 concurrent clients (httpx, one image per POST /predict, keep-alive) send N images in
   all; images/s from the first request to the last answer, and p50/p99 latency per request.
 
-The one-at-a-time reference is `--batch-size 1 --optimize eager --max-wait-ms 0`: a plain PyTorch
-forward per message, as the old scripts did. Ours is the default (`--batch-size 32`, `--optimize auto`:
-the fastest form that gives eager fp32's answers, raced at start-up; it is named in the service log).
+Two references for the Redis pub/sub and the file drop, and ours:
+
+- "plain PyTorch": the old scripts' loop (`predict_redis.py`, `predict_poll.py`) written with plain
+  PyTorch: one message or file at a time, PIL decode, torchvision Resize(256) + CenterCrop(224) +
+  ToTensor + Normalize, one eager forward, every class's probability as JSON; run by this script
+  (`--plain redis|drop`) in a process of its own;
+- "one at a time": `optik serve` with `--batch-size 1 --optimize eager --max-wait-ms 0`: optik's own
+  decoding (the next image decodes during the forward pass) and writing, one plain PyTorch forward
+  per image, which isolates what micro-batching gives;
+- "micro-batch": the default (`--batch-size 32`, `--optimize auto`: the fastest form that gives
+  eager fp32's answers, raced at start-up; it is named in the service log).
 
     python benchmarks/serve.py                  # 256-image burst, 500-image file drop, 512 HTTP requests
     python benchmarks/serve.py --burst 128 --files 200 --requests 256
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import os
 import re
@@ -37,8 +46,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import redis
 import timm
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from service_helpers import RedisServer, Service  # noqa: E402  (the test helpers: a real redis-server, `optik serve` in the background)
@@ -48,6 +59,63 @@ from photos import photo_jpegs  # noqa: E402
 
 REFERENCE = ["--batch-size", "1", "--optimize", "eager", "--max-wait-ms", "0"]
 OURS: list[str] = []
+PLAIN = "plain PyTorch"
+
+
+def plain_model(path: Path):
+    """(classes, network, transform) as a plain PyTorch script would set them up (the weights from the package)."""
+    from torchvision import transforms
+
+    from optik.models.package import load_package
+
+    package = load_package(path)
+    network = timm.create_model(package.config["model"]["name"], num_classes=len(package.classes))
+    network.load_state_dict(package.state_dict)
+    pre = package.preprocess
+    transform = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(pre["mean"], pre["std"]),
+        ]
+    )
+    return package.classes, network.eval(), transform
+
+
+def plain_scores(network, transform, classes: list[str], image: Image.Image) -> dict[str, float]:
+    with torch.inference_mode():
+        probs = network(transform(image.convert("RGB")).unsqueeze(0)).softmax(dim=-1)[0]
+    return dict(zip(classes, probs.tolist()))
+
+
+def plain_redis(model: Path, port: int) -> None:
+    """The old pub/sub script's loop: a message, a forward pass, a reply."""
+    classes, network, transform = plain_model(model)
+    client = redis.Redis(port=port)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.psubscribe("images")
+    for message in pubsub.listen():
+        envelope = json.loads(message["data"])
+        image = Image.open(io.BytesIO(base64.b64decode(envelope["image"])))
+        reply = {"id": envelope["id"], "result": plain_scores(network, transform, classes, image)}
+        client.publish("predictions", json.dumps(reply))
+
+
+def plain_drop(model: Path, in_dir: Path, out_dir: Path) -> None:
+    """The old polling script's pass: each file predicted, its JSON written, the file deleted; prints images/s."""
+    classes, network, transform = plain_model(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start, files = time.perf_counter(), sorted(in_dir.glob("*.jpg"))
+    for path in files:
+        scores = plain_scores(network, transform, classes, Image.open(path))
+        (out_dir / f"{path.stem}.json").write_text(json.dumps(scores))
+        path.unlink()
+    print(f"file drop: {len(files)} predicted ({len(files) / (time.perf_counter() - start):.1f} images/s)")
+
+
+def plain_process(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, "--plain", *map(str, args)], stderr=subprocess.PIPE, text=True)
 
 
 def model_package(path: Path, name: str = "resnet18") -> Path:
@@ -90,16 +158,24 @@ def burst(server: RedisServer, images: list[bytes]) -> tuple[float, np.ndarray]:
     return len(images) / elapsed, np.array([received[i] - sent[i] for i in received])
 
 
-def redis_figures(model: Path, args: list[str], images: list[bytes], folder: Path) -> tuple[float, np.ndarray]:
+def redis_figures(model: Path, args: list[str] | None, images: list[bytes], folder: Path) -> tuple[float, np.ndarray]:
+    """A burst through `optik serve redis` with `args` (None: the plain PyTorch loop); (images/s, latencies in s)."""
     folder.mkdir(parents=True)
     server = RedisServer(folder).start()
     try:
-        service = Service("redis", model, "--redis-port", server.port, "--quiet", *args)
+        if args is None:
+            service = plain_process("redis", model, server.port)
+        else:
+            service = Service("redis", model, "--redis-port", server.port, "--quiet", *args)
         time.sleep(0.5)
         wait_ready(server)
         burst(server, images[:32])  # warm: first-batch checks, allocator
         rate, latencies = burst(server, images)
-        service.stop()
+        if args is None:
+            service.terminate()
+            service.wait()
+        else:
+            service.stop()
         return rate, latencies
     finally:
         server.stop()
@@ -113,20 +189,28 @@ def wait_ready(server: RedisServer, timeout: float = 300) -> None:
         time.sleep(0.2)
 
 
-def file_drop(model: Path, args: list[str], images: list[bytes], folder: Path) -> float:
+def file_drop(model: Path, args: list[str] | None, images: list[bytes], folder: Path) -> float:
+    """images/s of one pass of `optik serve poll` with `args` (None: the plain PyTorch loop), from its own log."""
     in_dir, out_dir = folder / "in", folder / "out"
     shutil.rmtree(folder, ignore_errors=True)
     in_dir.mkdir(parents=True)
     for i, image in enumerate(images):
         (in_dir / f"{i:05d}.jpg").write_bytes(image)
-    done = subprocess.run(
-        [sys.executable, "-m", "optik.cli", "serve", "poll", model, "--in", in_dir, "--out", out_dir, *args],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0 or len(list(out_dir.glob("*.json"))) != len(images):
-        raise RuntimeError(done.stderr)
-    return float(re.search(r"file drop: .*\(([\d.]+) images/s", done.stderr).group(1))
+    if args is None:
+        process = subprocess.run(
+            [sys.executable, __file__, "--plain", "drop", model, in_dir, out_dir], capture_output=True, text=True
+        )
+        log = process.stdout + process.stderr
+    else:
+        process = subprocess.run(
+            [sys.executable, "-m", "optik.cli", "serve", "poll", model, "--in", in_dir, "--out", out_dir, *args],
+            capture_output=True,
+            text=True,
+        )
+        log = process.stderr
+    if process.returncode != 0 or len(list(out_dir.glob("*.json"))) != len(images):
+        raise RuntimeError(log)
+    return float(re.search(r"file drop: .*\(([\d.]+) images/s", log).group(1))
 
 
 def http_figures(model: Path, args: list[str], images: list[bytes], clients: int = 16) -> tuple[float, np.ndarray]:
@@ -169,7 +253,11 @@ def main() -> None:
     parser.add_argument(
         "--model", action="append", help="timm architecture (repeat for several; default resnet18, efficientnet_lite0)"
     )
+    parser.add_argument("--plain", nargs="+", metavar="ARG", help=argparse.SUPPRESS)  # the plain PyTorch loops' process
     args = parser.parse_args()
+    if args.plain:
+        mode, model, *rest = args.plain
+        return plain_redis(Path(model), int(rest[0])) if mode == "redis" else plain_drop(Path(model), *map(Path, rest))
     work = Path(tempfile.mkdtemp(prefix="optik-serve-bench-"))
     images = photo_jpegs(max(args.burst, args.files, args.requests))
     print(f"{os.cpu_count()} CPU threads, torch {torch.__version__}; JPEGs 640x480, models at 224 with 1000 classes")
@@ -197,25 +285,30 @@ def http_rows(model: Path, images: list[bytes], count: int) -> None:
 
 def redis_rows(model: Path, images: list[bytes], count: int, work: Path) -> None:
     rows = {}
-    for name, extra in (("one at a time", REFERENCE), ("micro-batch", OURS)):
+    for name, extra in ((PLAIN, None), ("one at a time", REFERENCE), ("micro-batch", OURS)):
         rate, latencies = redis_figures(model, extra, images[:count], work / f"redis-{len(rows)}")
         rows[name] = rate
         print(
             f"redis pub/sub burst of {count:4d}  {name:14s} {rate:7.1f} images/s   latency p50 {np.percentile(latencies, 50) * 1000:7.0f} ms   p99 {np.percentile(latencies, 99) * 1000:7.0f} ms"
         )
-    print(
-        f"redis pub/sub: micro-batching {rows['micro-batch'] / rows['one at a time']:.2f}x the one-at-a-time throughput"
-    )
+    print(f"redis pub/sub: micro-batching {ratios(rows)}")
 
 
 def drop_rows(model: Path, images: list[bytes], count: int, work: Path) -> None:
-    drops = {}
-    for name, extra in (("one at a time", ["--batch-size", "1", "--optimize", "eager"]), ("micro-batch", OURS)):
-        drops[name] = file_drop(model, extra, images[:count], work / "drop")
-        print(f"file drop of {count:4d} images     {name:14s} {drops[name]:7.1f} images/s")
-    print(
-        f"file drop: micro-batching {drops['micro-batch'] / drops['one at a time']:.2f}x the one-at-a-time throughput"
-    )
+    rows = {}
+    for name, extra in (
+        (PLAIN, None),
+        ("one at a time", ["--batch-size", "1", "--optimize", "eager"]),
+        ("micro-batch", OURS),
+    ):
+        rows[name] = file_drop(model, extra, images[:count], work / "drop")
+        print(f"file drop of {count:4d} images     {name:14s} {rows[name]:7.1f} images/s")
+    print(f"file drop: micro-batching {ratios(rows)}")
+
+
+def ratios(rows: dict[str, float]) -> str:
+    ours = rows["micro-batch"]
+    return f"{ours / rows['one at a time']:.2f}x optik one at a time, {ours / rows[PLAIN]:.2f}x the plain PyTorch loop"
 
 
 if __name__ == "__main__":

@@ -170,9 +170,9 @@ def test_a_detector_finds_in_a_turned_photo_the_boxes_of_its_upright_twin(shapes
     torch.save(dict(content, preprocess=without_key | {"exif_orientation": False}), tmp_path / "stored.pt")
     (photos / "as_stored.png").write_bytes(stored_pixels(photos / "turned6.png"))
     older = load_predictor(tmp_path / "older.pt", device="cpu", mode="eager")
-    assert torch.equal(older.load(photos / "turned6.png"), older.load(photos / "upright.png"))
+    assert torch.equal(older.decode(photos / "turned6.png"), older.decode(photos / "upright.png"))
     stored = load_predictor(tmp_path / "stored.pt", device="cpu", mode="eager")
-    assert torch.equal(stored.load(photos / "turned6.png"), stored.load(photos / "as_stored.png"))
+    assert torch.equal(stored.decode(photos / "turned6.png"), stored.decode(photos / "as_stored.png"))
 
     # optik test reads the annotations in the frame its detector decodes in
     image = {"id": 1, "file_name": "turned6.png", "width": 96, "height": 72}

@@ -54,6 +54,15 @@ def test_every_mode_matches_eager_pytorch(model, images, mode):
     assert predictor.backend.mode == mode
 
 
+def test_decoding_threads_make_pixels_and_batches_are_normalised_as_evaluation_does(model, images):
+    predictor = Classifier(model, CLASSES, PRE, device="cpu", batch_size=8, mode="eager")
+    pixels = [predictor.decode(image) for image in images[:5]]  # no torch op in the decoding threads
+    assert all(p.dtype == np.uint8 and p.shape == (32, 32, 3) for p in pixels)
+    expected = torch.stack([eval_transform(PRE)(image) for image in images[:5]])  # what training evaluates on
+    assert torch.equal(predictor.normalize.batch(pixels), expected)  # the same numbers, bit for bit
+    assert torch.equal(predictor.load(images[0]), expected[0])
+
+
 def forms(*args) -> list[tuple[str, str]]:
     return [(form.mode, form.precision) for form in plan(*args).forms]
 

@@ -7,6 +7,7 @@ prediction reproduces exactly what validation saw.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -75,8 +76,21 @@ class NormalizedTensor:
     def __call__(self, image):
         if not isinstance(image, Image.Image) or image.mode != "RGB":
             return self.steps(image)
-        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
-        return pixels.to(torch.float32).mul_(1.0 / 255).sub_(self.mean).div_(self.std)
+        return self.batch([np.asarray(image)])[0]
+
+    def batch(self, pixels: Sequence[np.ndarray]) -> torch.Tensor:
+        """uint8 RGB pictures (H, W, 3) of one size -> the normalised float batch (N, 3, H, W), the same numbers
+        as one at a time (the arithmetic is per element)."""
+        array = np.stack(pixels)
+        return (
+            torch.from_numpy(array)
+            .permute(0, 3, 1, 2)
+            .contiguous()
+            .to(torch.float32)
+            .mul_(1.0 / 255)
+            .sub_(self.mean)
+            .div_(self.std)
+        )
 
 
 def to_normalized_tensor(mean, std) -> NormalizedTensor:

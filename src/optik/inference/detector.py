@@ -79,8 +79,9 @@ class Detector(Batched):
         noise = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
         self.backend([noise])
 
-    def load(self, source: ImageSource, name: str | None = None) -> torch.Tensor:
-        """Decode (through `open_image`) to a uint8 (3, H, W) tensor; the model resizes it itself."""
+    def decode(self, source: ImageSource, name: str | None = None) -> torch.Tensor:
+        """Decode (through `open_image`) to a uint8 (3, H, W) tensor (a view: no torch op runs in the decoding
+        threads); the model resizes it itself."""
         if isinstance(source, Image.Image):
             image = source.convert("RGB")
         else:  # as training decoded (see data.detection.load_sample); packages without the key: upright, as classifiers
