@@ -90,10 +90,28 @@ def test_auto_races_fp32_forms_into_a_bf16_job(trained, colours, caplog):
     assert any(" 32 on cpu" in line for line in measured) and any(" bf16 on cpu" in line for line in measured)
     chosen = predictor.backend.runtime
     assert chosen.precision in ("32", "bf16") and chosen.mode != "eager"
-    if chosen.precision == "32":  # fp32 was faster here: it runs, exactly
+    if chosen.precision == "32":  # fp32 was faster here: it runs, exactly, and the log says so
         assert (got.argmax(1) == eager.argmax(1)).all() and np.abs(got - eager).max() < 1e-4
+        said = [
+            r
+            for r in caplog.records
+            if r.levelno == logging.WARNING and "bf16 was slower on this job" in r.getMessage()
+        ]
+        assert said
     else:
         assert (got.argmax(1) == eager.argmax(1)).mean() >= AGREEMENT["bf16"]
+
+
+def test_a_precision_asked_for_that_does_not_run_is_said(trained, colours, caplog):
+    network, classes, preprocess = trained
+    pictures, calibration = colours
+    # a one-off job (its size unknown): int8's quantization is not worth it, fp32 runs, and a warning says why
+    predictor = Classifier(network, classes, preprocess, device="cpu", precision="int8", calibration=calibration)
+    with caplog.at_level(logging.WARNING, logger="optik.inference.runtime"):
+        probabilities(predictor, pictures)
+    assert predictor.backend.runtime.precision == "32"
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("int8 does not repay its set-up on a job this small" in line for line in said), said
 
 
 def test_a_second_set_up_reads_the_cached_graph_and_compiled_model(trained, tmp_path, monkeypatch):

@@ -73,6 +73,7 @@ CALIBRATION_IMAGES = 300
 INT8_PROBABILITY_TOLERANCE = 0.2
 
 log = logging.getLogger(__name__)
+PRECISION_NAMES = {"32": "fp32", "16": "fp16", "bf16": "bf16", "int8": "int8"}
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,14 @@ def exported_network(model: str | bytes, meta: dict, precision: str = "32") -> t
     cpu = torch.device("cpu")
     if isinstance(model, str) and model.endswith(".xml"):
         if meta.get("precision") == "int8" or precision == "int8":
+            if precision not in ("32", "int8"):
+                log.warning(
+                    "%s is quantized to int8 and runs in int8 (--precision %s does not apply to it)", model, precision
+                )
+            elif precision == "32" and meta.get("precision") == "int8":
+                log.warning(
+                    "%s is quantized to int8: it runs in int8, not fp32 (export without --int8 for fp32)", model
+                )
             return openvino.OpenVinoModel(model, "int8"), Runtime("openvino", "int8", cpu)
         return openvino.OpenVinoModel(model, precision), Runtime("openvino", precision, cpu)
     network: nn.Module = OnnxModel(model)
@@ -297,6 +306,7 @@ class RuntimeBackend:
     ):
         self.flips = flips_of(tta)
         self.batch_size, self.calibration = batch_size, calibration
+        self.asked = precision  # the precision the user asked for (the race may run a faster one)
         self.eager = model.eval()
         if runtime is not None:
             self.runtime, self.plan, self.device = runtime, Plan([runtime]), runtime.device
@@ -349,13 +359,15 @@ class RuntimeBackend:
         eager_per_image = (time.perf_counter() - started) / len(probe)
         best: tuple[float, Runtime, nn.Module] | None = None
         setups: dict[str, float] = {}  # seconds each form built so far took to set up, by mode
+        tried: set[str] = set()  # the precisions tried
         for form in self.plan.forms:
             if self.plan.race and best is not None and not self._can_repay(form, best[0], eager_per_image, setups):
                 continue
-            tried = self._try(form, probe, reference)
-            if tried is None:
+            tried.add(form.precision)
+            built = self._try(form, probe, reference)
+            if built is None:
                 continue
-            model, per_image, setups[form.mode] = tried
+            model, per_image, setups[form.mode] = built
             if not self.plan.race:
                 best = (per_image, form, model)
                 break
@@ -371,7 +383,17 @@ class RuntimeBackend:
             return  # eager, as built
         _, self.runtime, self.model = best
         self.layout = layout_of(self.runtime.mode)
-        log.info("inference runs %s", self.runtime)
+        asked = self.asked
+        if self.runtime.precision != asked:  # a lower precision is never run slower than fp32: said, not silent
+            name = PRECISION_NAMES.get(asked, asked)
+            why = (
+                f"{name} was slower on this job or changed the outputs (see above)"
+                if asked in tried
+                else f"{name} does not repay its set-up on a job this small (--optimize openvino runs it anyway)"
+            )
+            log.warning("inference runs %s: %s", self.runtime, why)
+        else:
+            log.info("inference runs %s", self.runtime)
 
     def _can_repay(self, form: Runtime, best_per_image: float, eager_per_image: float, setups: dict) -> bool:
         """Whether even an infinitely fast `form` would save more time over the job than its set-up costs.
