@@ -219,3 +219,18 @@ def test_sub_folder_file_names_resolve_against_data_images(tmp_path):
     ]
     assert [r.path for r in read_coco(found["train"], images=export / "images").records] == expected
     assert [r.path for r in read_coco(found["train"]).records] == expected  # CVAT's images/ beside annotations/
+
+
+def test_a_label_studio_export_trains_from_its_root(tmp_path):
+    """Label Studio's COCO export: result.json at the root, `file_name`s `images/<name>` beside it."""
+    export = tmp_path / "export"
+    blank_images(export / "images", ["a.png", "b.png"])
+    images = [{"id": i, "file_name": f"images/{n}", "width": 40, "height": 30} for i, n in ((1, "a.png"), (2, "b.png"))]
+    doc = {"images": images, "annotations": [ann(1, 1, 1, [1, 1, 4, 4])], "categories": [{"id": 1, "name": "cat"}]}
+    (export / "result.json").write_text(json.dumps(doc))
+    assert find_splits(export) == {"train": export / "result.json"}
+    assert [r.path for r in read_coco(export / "result.json").records] == [
+        str(export / "images" / n) for n in ("a.png", "b.png")
+    ]
+    (export / "notes.json").write_text("{}")  # two candidates: none is guessed
+    assert find_splits(export) == {}

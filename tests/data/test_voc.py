@@ -221,3 +221,15 @@ def test_a_voc_folder_read_as_coco_is_told_to_set_data_format_voc(tmp_path):
     cfg = parse_config({"task": "detect", "model": {"name": "fcos_resnet50_fpn"}, "data": {"root": str(tmp_path)}})
     with pytest.raises(DataError, match=r"no coco train split .* looks like a voc set: set data.format: voc"):
         split_sources(cfg.data)
+
+
+def test_images_alone_are_not_called_a_yolo_set(tmp_path):
+    from optik.config import parse_config
+    from optik.data.detection import split_sources
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "images" / "a.png")
+    cfg = parse_config({"task": "detect", "model": {"name": "fcos_resnet50_fpn"}, "data": {"root": str(tmp_path)}})
+    with pytest.raises(DataError, match="no coco train split") as error:
+        split_sources(cfg.data)
+    assert "yolo" not in str(error.value)  # no label files: no hint to a format it is not

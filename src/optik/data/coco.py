@@ -23,7 +23,7 @@ from optik.data.detection_set import (
 )
 from optik.errors import DataError
 
-LAYOUTS = "root/<split>/annotations.json (or the only .json file there) with its images, or root/annotations/instances_<split>*.json with images in root/<split>*"
+LAYOUTS = "root/<split>/annotations.json (or the only .json file there) with its images, root/annotations/instances_<split>*.json with images in root/<split>*, or one .json at the root (a Label Studio export) as the training set"
 
 
 def read_coco(
@@ -248,6 +248,10 @@ def find_splits(root: Path) -> dict[str, Path]:
     if not found and (root / "annotations").is_dir():
         # a CVAT or Label Studio export: one annotations/instances_<subset>.json (e.g. instances_default.json)
         only = sorted((root / "annotations").glob("instances_*.json"))
+        if len(only) == 1:
+            found["train"] = only[0]
+    if not found:  # a single-file export at the root: Label Studio's result.json beside images/
+        only = sorted(root.glob("*.json"))
         if len(only) == 1:
             found["train"] = only[0]
     return found

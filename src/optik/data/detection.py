@@ -199,6 +199,8 @@ def split_sources(cfg) -> dict[str, Path]:
 def _other_format(root: Path, given: str) -> str:
     """A hint when the folder is laid out in another annotation format than data.format says."""
     for name, module in FORMATS.items():
+        if name == "yolo" and next(root.rglob("*.txt"), None) is None:
+            continue  # images alone are not a YOLO set: it needs its label files
         try:
             if name != given and "train" in module.find_splits(root):
                 return f". {root} looks like a {name} set: set data.format: {name} (--set data.format={name})"
