@@ -35,6 +35,17 @@ def test_unknown_key_names_it_and_suggests(tmp_path):
     assert "data.rot" in str(info.value) and "did you mean 'root'" in str(info.value)
 
 
+def test_keys_of_an_optional_section_are_suggested_and_listed():
+    with pytest.raises(ConfigError, match="did you mean 'min_delta'"):
+        load_config("resnet18_small", ["train.early_stopping={patience: 3, min_dleta: 0.1}"])
+    with pytest.raises(ConfigError, match="valid keys here: patience, min_delta"):
+        load_config("resnet18_small", ["train.early_stopping={patience: 3, zzzzqqq: 1}"])
+    with pytest.raises(ConfigError) as info:  # as people type it: no space after the colon
+        load_config("resnet18_small", ["train.early_stopping={patience:5}"])
+    said = str(info.value)
+    assert "YAML needs a space after the colon (patience: 5)" in said and "patience: missing (a required key" in said
+
+
 def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
     with pytest.raises(ConfigError, match="valid keys here: .*epochs"):
         load_config(write(tmp_path, "train:\n  zzzzqqq: 1\n"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,11 @@ def _describe_key(key: str, errs: list[dict], schema: type[BaseModel]) -> str:
     first = errs[0]
     if first["type"] == "extra_forbidden":
         valid = _fields_at(schema, first["parts"][:-1])
-        hint = _suggest(first["parts"][-1], valid)
+        name = first["parts"][-1]
+        if ":" in name:  # `{patience:5}`: YAML reads a colon with no space after it as part of the key
+            left, _, right = name.partition(":")
+            return f"unknown key {key!r}: YAML needs a space after the colon ({left}: {right.strip()})"
+        hint = _suggest(name, valid)
         return f"unknown key {key!r}{hint}" + (f"; valid keys here: {', '.join(valid)}" if not hint else "")
     if not first["parts"]:
         return first["msg"].removeprefix("Value error, ")
@@ -213,6 +218,7 @@ TYPE_EXPECTED = {
     "bool_parsing": "expected true or false",
     "list_type": "expected a list",
     "tuple_type": "expected a list",
+    "missing": "missing (a required key: give it a value)",
 }
 
 # how pydantic names a union's branch in an error's location: "int", "list[str]", "literal['a','b']"
@@ -260,11 +266,16 @@ def _field_at(schema: type[BaseModel], path: list[str]):
 def _fields_at(schema: type[BaseModel], path: list[str]) -> list[str]:
     model: Any = schema
     for part in path:
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, Section) else None
+        field = model.model_fields.get(part) if _is_section(model) else None
         if field is None:
             return []
-        model = field.annotation
-    return list(model.model_fields) if isinstance(model, type) and issubclass(model, Section) else []
+        # an optional section (`EarlyStoppingConfig | None`): the section's own keys
+        model = next((arg for arg in typing.get_args(field.annotation) if _is_section(arg)), field.annotation)
+    return list(model.model_fields) if _is_section(model) else []
+
+
+def _is_section(model: Any) -> bool:
+    return isinstance(model, type) and issubclass(model, Section)
 
 
 def _suggest(word: str, choices: list[str]) -> str:
