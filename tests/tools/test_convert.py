@@ -62,6 +62,24 @@ def test_yolo_to_coco_with_polygons_and_copied_images(tmp_path):
     assert_same_set(back, original)
 
 
+def test_a_source_in_splits_converts_one_split_or_says_they_are_merged(tmp_path):
+    root = write_shapes_set(tmp_path / "yolo", "yolo", train=3, val=2, size=64)
+    names = ["circle", "square", "triangle"]
+    merged = convert_to_coco("yolo", root, tmp_path / "all.json", classes=names)
+    assert merged["images"] == 5 and "holds the splits train, val; they are merged" in merged["report"][0]
+    val = convert_to_coco("yolo", root, tmp_path / "val.json", split="val", classes=names)
+    assert val["images"] == 2 and not any("merged" in line for line in val["report"])
+    assert_same_set(read_coco(tmp_path / "val.json"), read_yolo(root / "val"))
+    with pytest.raises(ConfigError, match=r"no test split in .* \(splits found: train, val\)"):
+        convert_to_coco("yolo", root, tmp_path / "test.json", split="test", classes=names)
+    with pytest.raises(ConfigError, match="exists; pass --overwrite"):  # an earlier output is not replaced silently
+        convert_to_coco("yolo", root, tmp_path / "val.json", split="val", classes=names)
+    assert (
+        convert_to_coco("yolo", root, tmp_path / "val.json", split="train", overwrite=True, classes=names)["images"]
+        == 3
+    )
+
+
 def test_bad_format_and_classes(tmp_path):
     with pytest.raises(ConfigError, match="cannot convert from 'coco'"):
         convert_to_coco("coco", tmp_path, tmp_path / "x.json")

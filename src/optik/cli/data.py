@@ -35,17 +35,33 @@ def coco_arguments(func):
         type=click.Path(file_okay=False, path_type=Path),
         help="folder the images are in, when the annotations' own places do not hold them (as data.images)",
     )(func)
+    func = click.option("--overwrite", is_flag=True, help="replace OUT when it exists")(func)
+    func = click.option(
+        "--split",
+        type=click.Choice(["train", "val", "test"]),
+        help="convert only this split of a SOURCE laid out in splits (default: all of SOURCE, splits merged)",
+    )(func)
     func = click.argument("out", type=click.Path(dir_okay=False, path_type=Path))(func)
     return click.argument("source", type=click.Path(path_type=Path))(func)
 
 
-def write_coco(fmt: str, source: Path, out: Path, classes, images, copy_images: bool, skip_bad: bool) -> None:
+def write_coco(
+    fmt: str, source: Path, out: Path, classes, images, copy_images: bool, skip_bad: bool, split, overwrite: bool
+) -> None:
     from optik.tools.convert import convert_to_coco
 
     if out.suffix.lower() != ".json":
         fail(f"{out}: the COCO output must be a .json file")
     summary = convert_to_coco(
-        fmt, source, out, classes=classes, copy_images=copy_images, skip_bad=skip_bad, images=images
+        fmt,
+        source,
+        out,
+        classes=classes,
+        copy_images=copy_images,
+        skip_bad=skip_bad,
+        images=images,
+        split=split,
+        overwrite=overwrite,
     )
     for line in summary["report"]:
         click.echo(line, err=True)
@@ -56,16 +72,16 @@ def write_coco(fmt: str, source: Path, out: Path, classes, images, copy_images: 
 
 @data_convert.command("voc")
 @coco_arguments
-def data_convert_voc(source, out, classes, images, copy_images, skip_bad):
+def data_convert_voc(source, out, classes, images, copy_images, skip_bad, split, overwrite):
     """Convert a Pascal VOC dataset (an XML file per image) at SOURCE to one COCO JSON file OUT."""
-    write_coco("voc", source, out, classes, images, copy_images, skip_bad)
+    write_coco("voc", source, out, classes, images, copy_images, skip_bad, split, overwrite)
 
 
 @data_convert.command("yolo")
 @coco_arguments
-def data_convert_yolo(source, out, classes, images, copy_images, skip_bad):
+def data_convert_yolo(source, out, classes, images, copy_images, skip_bad, split, overwrite):
     """Convert a YOLO dataset (a txt file per image) at SOURCE to one COCO JSON file OUT."""
-    write_coco("yolo", source, out, classes, images, copy_images, skip_bad)
+    write_coco("yolo", source, out, classes, images, copy_images, skip_bad, split, overwrite)
 
 
 LINK_OPTION = click.option(

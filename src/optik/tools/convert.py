@@ -38,6 +38,8 @@ def convert_to_coco(
     copy_images: bool = False,
     skip_bad: bool = False,
     images: str | Path | None = None,
+    split: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Read a VOC or YOLO source and write it as one COCO JSON; returns a summary.
 
@@ -49,6 +51,9 @@ def convert_to_coco(
         copy_images: copy the images into `<out_json folder>/images/` (keeping their sub-folders).
         skip_bad: leave missing or unreadable images out instead of failing.
         images: the folder the images are in, when the annotations do not say (as data.images).
+        split: convert only this split of a source laid out in splits (train, val, test), found as training
+            finds it; None: the whole source (several splits are merged, and the report says so).
+        overwrite: replace an existing `out_json` (else a ConfigError).
 
     Returns:
         {"images": count, "objects": count, "classes": names, "report": lines, "json": path}.
@@ -59,12 +64,13 @@ def convert_to_coco(
 
     if fmt not in FORMATS:
         raise ConfigError(f"cannot convert from {fmt!r}: choose one of {', '.join(FORMATS)}")
-    named, origin = configured_classes(classes)
-    reader = read_voc if fmt == "voc" else read_yolo
-    data = reader(
-        Path(source), ClassNames(named, origin or "classes"), images=images, skip_bad=skip_bad, hints=FLAG_HINTS
-    )
     out_json = Path(out_json)
+    if out_json.exists() and not overwrite:
+        raise ConfigError(f"{out_json} exists; pass --overwrite to replace it")
+    named, origin = configured_classes(classes)
+    source, notes = split_of(fmt, Path(source), split)
+    reader = read_voc if fmt == "voc" else read_yolo
+    data = reader(source, ClassNames(named, origin or "classes"), images=images, skip_bad=skip_bad, hints=FLAG_HINTS)
     if copy_images:
         data = copy_images_into(data, out_json.parent / "images")
     write_atomic(out_json, json.dumps(data.to_coco(relative_to=out_json.parent)))
@@ -72,9 +78,29 @@ def convert_to_coco(
         "images": len(data),
         "objects": data.num_objects,
         "classes": data.classes,
-        "report": data.report,
+        "report": [*notes, *data.report],
         "json": str(out_json),
     }
+
+
+def split_of(fmt: str, source: Path, split: str | None) -> tuple[Path, list[str]]:
+    """What to read for `split` of a VOC or YOLO source (its folder or list file, as training finds it), and
+    notes: without `split`, a source laid out in several splits is read whole, which merges them."""
+    from optik.data import voc, yolo
+
+    splits = (voc if fmt == "voc" else yolo).find_splits(source) if source.is_dir() else {}
+    if split is None:
+        several = [name for name, where in splits.items() if where != source]
+        if len(several) > 1:
+            return source, [
+                f"note: {source} holds the splits {', '.join(several)}; they are merged into one file here "
+                "(--split NAME converts one of them)"
+            ]
+        return source, []
+    if split not in splits:
+        found = ", ".join(splits) or "none"
+        raise ConfigError(f"no {split} split in {source} (splits found: {found})")
+    return splits[split], []
 
 
 def copy_images_into(data: DetectionSet, folder: Path) -> DetectionSet:
