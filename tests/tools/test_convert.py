@@ -83,6 +83,9 @@ def test_a_source_in_splits_converts_one_split_or_says_they_are_merged(tmp_path)
 def test_bad_format_and_classes(tmp_path):
     with pytest.raises(ConfigError, match="cannot convert from 'coco'"):
         convert_to_coco("coco", tmp_path, tmp_path / "x.json")
+    with pytest.raises(DataError, match=r"VOC source not found: .*missing \(SOURCE is a folder laid out as") as error:
+        convert_to_coco("voc", tmp_path / "missing", tmp_path / "x.json")
+    assert "data.root" not in str(error.value)  # a command line's SOURCE, not a config key
     root = write_shapes_set(tmp_path / "voc", "voc", train=1, val=0, size=64)
     with pytest.raises(DataError, match="do not match"):
         convert_to_coco("voc", root / "train", tmp_path / "x.json", classes="circle,square")

@@ -88,7 +88,10 @@ def split_of(fmt: str, source: Path, split: str | None) -> tuple[Path, list[str]
     notes: without `split`, a source laid out in several splits is read whole, which merges them."""
     from optik.data import voc, yolo
 
-    splits = (voc if fmt == "voc" else yolo).find_splits(source) if source.is_dir() else {}
+    module = voc if fmt == "voc" else yolo
+    if not source.exists():
+        raise DataError(f"{fmt.upper()} source not found: {source} (SOURCE is a folder laid out as {module.LAYOUTS})")
+    splits = module.find_splits(source) if source.is_dir() else {}
     if split is None:
         several = [name for name, where in splits.items() if where != source]
         if len(several) > 1:
