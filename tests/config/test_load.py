@@ -46,6 +46,13 @@ def test_keys_of_an_optional_section_are_suggested_and_listed():
     assert "YAML needs a space after the colon (patience: 5)" in said and "patience: missing (a required key" in said
 
 
+def test_a_val_split_of_zero_points_to_training_without_validation():
+    with pytest.raises(
+        ConfigError, match=r"data.val_split: .*greater than 0; got 0; to train on every image, .*--no-validate"
+    ):
+        load_config("resnet18_small", ["data.val_split=0"])
+
+
 def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
     with pytest.raises(ConfigError, match="valid keys here: .*epochs"):
         load_config(write(tmp_path, "train:\n  zzzzqqq: 1\n"))

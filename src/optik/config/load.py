@@ -189,7 +189,8 @@ def _describe_key(key: str, errs: list[dict], schema: type[BaseModel]) -> str:
         about = f" ({field.description})" if field is not None and field.description else ""
         return f"{key}: expected {_either(expected)}{about}; got {first['input']!r}"
     said = [_describe_one(err) for err in errs if err["rest"] or not err["tag"]]
-    return f"{key}: {'; '.join(dict.fromkeys(said))}"
+    hint = VALUE_HINTS.get(first["parts"][-1], "")
+    return f"{key}: {'; '.join(dict.fromkeys(said))}" + (f"; {hint}" if hint else "")
 
 
 def _describe_one(err: dict) -> str:
@@ -207,6 +208,9 @@ def _describe_one(err: dict) -> str:
     return f"{where}{message}{shown}"
 
 
+VALUE_HINTS = {  # what a user who gave a value out of range usually wants instead
+    "val_split": "to train on every image, turn validation off (train.validation: false, or optik train --no-validate)",
+}
 TYPE_EXPECTED = {
     "int_type": "expected a whole number",
     "int_parsing": "expected a whole number",
