@@ -185,7 +185,7 @@ def training_figures(run: CommandRun, images: int, metric: str | None) -> str:
     """The final value of the val metric optik prints, and images/s of the last epoch (past start-up and warm-up)."""
     parts = []
     if metric:
-        value = last_match(rf"^{re.escape(metric)}: ([\d.]+)", run.output)
+        value = last_match(rf"^last epoch: .*\b{re.escape(metric)} ([\d.]+)", run.output)
         parts.append(f"{metric} {float(value[1]):.3f}" if value else f"no {metric} printed")
     else:
         loss = last_match(r"train/loss ([\d.]+)", run.output)

@@ -101,7 +101,7 @@ def test_the_table_is_markdown_with_one_row_per_check(gpu_check):
 
 
 def test_training_figures_read_what_optik_train_prints(gpu_check):
-    output = "data: 10 classes\nepoch 1/2  train/loss 2.3  (9.0s)\nepoch 2/2  train/loss 1.1  val/acc1 0.5  (2.0s)\nval/acc1: 0.8125\n"
+    output = "data: 10 classes\nepoch 1/2  train/loss 2.3  (9.0s)\nepoch 2/2  train/loss 1.1  val/acc1 0.5  (2.0s)\nbest val/acc1: 0.9\nlast epoch: val/acc1 0.8125  val/loss 0.7\n"
     run = gpu_check.CommandRun([], 0, 12.0, output)
     assert gpu_check.training_figures(run, 1000, "val/acc1") == "val/acc1 0.812, 500 img/s (last epoch 2.0 s)"
     assert gpu_check.training_figures(run, 1000, None).startswith("train/loss 1.100")

@@ -128,8 +128,11 @@ def train(source, work_dir, overrides, resume, overwrite, no_validate, seed, det
     if result.package is None:
         return  # not the first process of a distributed run: that one reports
     for key, value in sorted(result.metrics.items()):
-        if key.startswith(("val/", "best")):
+        if key.startswith("best"):  # what model.pt was chosen by (the line above names its checkpoint)
             click.echo(f"{key}: {value:.4f}")
+    last = [f"{key} {value:.4f}" for key, value in sorted(result.metrics.items()) if key.startswith("val/")]
+    if last:
+        click.echo(f"last epoch: {'  '.join(last)}")
     click.echo(f"work dir: {result.work_dir}")
 
 
