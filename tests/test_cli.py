@@ -406,3 +406,19 @@ def test_a_missing_data_root_is_said_before_the_work_dir_is_looked_at(tmp_path):
         proc = run_optik("train", preset, "--set", f"data.root={tmp_path / 'nope'}", "--work-dir", work_dir)
         assert_user_error(proc, "data folder not found", "nope")
     assert (work_dir / "checkpoints" / "last.ckpt").read_bytes() == b"another run's"
+
+
+def test_a_class_never_predicted_is_said_to_count_as_zero_in_the_macro_means(capsys):
+    import numpy as np
+
+    from optik.cli.run import print_metrics
+    from optik.metrics.classification import classification_metrics
+    from optik.metrics.evaluation import EvalResult
+
+    classes = ["left", "plain", "top"]
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.1, 0.8], [0.2, 0.1, 0.7]], dtype=np.float32)  # plain never predicted
+    metrics = classification_metrics(probs, np.array([0, 1, 2]), classes)
+    print_metrics(EvalResult({**metrics, "data": "x", "images": 3, "unreadable": 0}, classes))
+    said = capsys.readouterr().out
+    assert "precision_macro: 0.5000" in said  # (1 + 0 + 0.5) / 3
+    assert "never predicted: plain; their precision, n/a above, counts as 0 in precision_macro" in said

@@ -233,6 +233,12 @@ def print_metrics(result) -> None:
         "f1_macro",
     ]:
         click.echo(f"{key}: {m[key]:.4f}")
+    never = [name for name, row in m["per_class"].items() if row["precision"] is None and row["support"]]
+    if never:
+        click.echo(
+            f"(never predicted: {', '.join(never)}; their precision, n/a above, counts as 0 in precision_macro "
+            "and f1_macro, as in scikit-learn)"
+        )
     print_confusion(result.classes, m["confusion_matrix"])
 
 

@@ -14,7 +14,7 @@ from optik.data.balance import class_counts, loss_weights
 from optik.data.classes import match_classes
 from optik.data.folder import Sample, class_folders, has_split_folders, samples_from
 from optik.data.listfile import read_list
-from optik.data.loaders import BalancedSampler, build_classify_data, make_loader, read_splits
+from optik.data.loaders import BalancedSampler, ImageDataset, build_classify_data, make_loader, read_splits
 from optik.data.transforms import Preprocess
 from optik.errors import ConfigError, DataError, ModelError
 from optik.metrics.evaluation import EvalResult
@@ -217,6 +217,15 @@ def log_data_summary(data) -> None:
     )
     for path in data.skipped[:10]:
         say(f"  left out: {path}")
+    val = data.datasets.get("val")
+    if isinstance(val, ImageDataset) and len(val):
+        missing = sorted(set(range(len(data.classes))) - {label for _, label in val.samples})
+        if missing:
+            names = ", ".join(data.classes[i] for i in missing)
+            say(
+                f"warning: val has no images of {names}: val/mean_class_acc averages the other "
+                f"{len(data.classes) - len(missing)} classes, and nothing checks {names} during training"
+            )
 
 
 def balance_summary(
