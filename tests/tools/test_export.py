@@ -106,7 +106,15 @@ def test_foreign_onnx_files_and_other_tasks_are_refused(colour_model, tmp_path, 
     assert done.returncode == 2 and "not exported by optik" in done.stderr and "Traceback" not in done.stderr
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     done = optik("predict", tmp_path / "junk.onnx", colour_model)
-    assert done.returncode == 2 and "cannot read" in done.stderr
+    assert done.returncode == 2 and "cannot read" in done.stderr and "damaged or cut short" in done.stderr
+    (tmp_path / "alone.xml").write_text("<net/>")  # an IR without its .bin: said as such, not as a parse error
+    done = optik("predict", tmp_path / "alone.xml", colour_model)
+    assert (
+        done.returncode == 2 and "without its weights" in done.stderr and "alone.bin must lie beside it" in done.stderr
+    )
+    (tmp_path / "alone.bin").write_bytes(b"")
+    done = optik("predict", tmp_path / "alone.xml", colour_model)
+    assert done.returncode == 2 and "damaged or cut short" in done.stderr
 
 
 @pytest.mark.slow  # export, then onnxruntime end to end through the CLI

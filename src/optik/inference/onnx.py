@@ -374,7 +374,10 @@ def read_metadata(model: str | Path | bytes) -> dict:
             else onnx.load(str(model), load_external_data=False)
         )
     except Exception as exc:  # noqa: BLE001 - any parse failure means: not an ONNX file
-        raise ModelError(f"cannot read {name} as an ONNX model: {type(exc).__name__}") from None
+        raise ModelError(
+            f"cannot read {name} as an ONNX model ({type(exc).__name__}): the file is not ONNX, or damaged or cut "
+            "short (a copy that did not finish?); copy it again or export it again with `optik export`"
+        ) from None
     for entry in proto.metadata_props:
         if entry.key == METADATA_KEY:
             return json.loads(entry.value)

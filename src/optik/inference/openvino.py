@@ -167,11 +167,15 @@ def save_ir(graph, path: Path) -> Path:
 
 def read_ir_metadata(path: str | Path) -> dict:
     """The `optik` metadata of an exported IR: task, classes, preprocess."""
+    weights = Path(path).with_suffix(".bin")
+    if not weights.is_file():
+        raise ModelError(f"{path} is an OpenVINO model without its weights: {weights} must lie beside it")
     try:
         graph = core().read_model(str(path))
     except Exception as exc:  # noqa: BLE001 - any parse failure means: not an OpenVINO IR
         raise ModelError(
-            f"cannot read {path} as an OpenVINO model (its .bin must lie beside it): {type(exc).__name__}"
+            f"cannot read {path} as an OpenVINO model ({type(exc).__name__}): the .xml or its .bin is damaged or cut "
+            "short (a copy that did not finish?); copy both again or export again with `optik export --format openvino`"
         ) from None
     if not graph.has_rt_info([METADATA_KEY]):
         raise ModelError(
