@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from optik.errors import ConfigError, ModelError
+from optik.models.hub import hub_offline, hub_reachable, why_unavailable
 
 
 def is_plugin(name: str) -> bool:
@@ -78,20 +79,24 @@ def build_timm(
         kwargs["drop_path_rate"] = drop_path_rate
     # transformers take the input size at build time (some also any size); CNNs have neither argument
     size = {"img_size": image_size, **({"dynamic_img_size": True} if any_size else {})}
+    offline = pretrained and not hub_reachable()
     try:
-        while True:
-            try:
-                return timm.create_model(name, **size, **kwargs)
-            except TypeError as exc:  # "... got an unexpected keyword argument 'dynamic_img_size'": build without it
-                refused = [key for key in size if f"'{key}'" in str(exc)]
-                if not refused:
-                    raise
-                del size[refused[0]]
+        with hub_offline(offline):
+            while True:
+                try:
+                    return timm.create_model(name, **size, **kwargs)
+                except (
+                    TypeError
+                ) as exc:  # "... got an unexpected keyword argument 'dynamic_img_size'": build without it
+                    refused = [key for key in size if f"'{key}'" in str(exc)]
+                    if not refused:
+                        raise
+                    del size[refused[0]]
     except (OSError, RuntimeError, ValueError) as exc:
         if not pretrained:
             raise ModelError(f"building {name} failed: {exc}") from exc
         raise ModelError(
-            f"could not get the published weights of {name} ({type(exc).__name__}); they are fetched into timm's "
+            f"could not get the published weights of {name} ({why_unavailable(exc, offline)}); they are fetched into timm's "
             "cache when online. Offline, set model.pretrained: false and model.weights: a local weights file"
         ) from None
 

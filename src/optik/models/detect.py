@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from optik.errors import ConfigError, ModelError
+from optik.models.hub import hub_offline, hub_reachable, why_unavailable
 
 # name -> (builder name in torchvision.models.detection, family): the family decides the keyword names
 DETECTORS: dict[str, str] = {
@@ -79,7 +80,15 @@ class TimmFPN(nn.Module):
         levels = len(probe.feature_info.channels())
         used = 4 if extra == "pool" else 3  # five maps in all, as torchvision's anchor generators expect
         indices = tuple(range(max(0, levels - used), levels))
-        self.body = timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=indices)
+        offline = pretrained and not hub_reachable()
+        try:
+            with hub_offline(offline):
+                self.body = timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=indices)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ModelError(
+                f"could not get the published weights of the backbone {name} ({why_unavailable(exc, offline)}); offline, set "
+                "model.pretrained_backbone: false"
+            ) from None
         channels = self.body.feature_info.channels()
         blocks = LastLevelMaxPool() if extra == "pool" else LastLevelP6P7(out_channels, out_channels)
         self.fpn = FeaturePyramidNetwork(channels, out_channels, extra_blocks=blocks)
