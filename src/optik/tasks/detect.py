@@ -210,7 +210,16 @@ def detect_test_set(
     sources = FORMATS[cfg.data.format].find_splits(data)
     if not sources or sources == {"train": data}:  # DATA is one set, not split
         source = coco.json_in(data) if cfg.data.format == "coco" else data
-        return read_split(local, source, names, FLAG_HINTS), split
+        try:
+            return read_split(local, source, names, FLAG_HINTS), split
+        except DataError as exc:
+            found = sorted(data.glob("*.json"))
+            if cfg.data.format == "coco" or len(found) != 1:
+                raise
+            # a model trained on VOC or YOLO, scored on a COCO export (any format's names match by class)
+            raise DataError(
+                f"{exc}; {data} holds one COCO file: give it as DATA (optik test MODEL {found[0]})"
+            ) from None
     return _split_as_trained(local, split, names)
 
 
