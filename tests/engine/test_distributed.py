@@ -76,7 +76,8 @@ def test_both_processes_train_and_report_once(runs):
     # the data summary and the results come from the first process only
     assert stdout.count("data: 3 classes") == 1
     assert stdout.count("work dir:") == 1
-    assert stdout.count("\nbest val/") == 1 and stdout.count("\nlast epoch: val/") == 1  # model.pt's, then the last epoch's
+    # the value model.pt was chosen by, then the last epoch's metrics
+    assert stdout.count("\nbest val/") == 1 and stdout.count("\nlast epoch: val/") == 1
     assert (two / "model.pt").is_file() and (two / "config.yaml").is_file()
 
 
