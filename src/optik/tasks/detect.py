@@ -208,7 +208,8 @@ def detect_test_set(
         raise DataError(f"data not found: {data} (give a COCO JSON file or a dataset folder)")
     local = data_cfg.model_copy(update={"root": data, "train": None, "val": None, "test": None, "images": images})
     sources = FORMATS[cfg.data.format].find_splits(data)
-    if not sources or sources == {"train": data}:  # DATA is one set, not split
+    # DATA is one set, not split: the folder itself, or its one COCO file, is what training would call train
+    if not sources or (set(sources) == {"train"} and sources["train"] in (data, *data.glob("*.json"))):
         source = coco.json_in(data) if cfg.data.format == "coco" else data
         try:
             return read_split(local, source, names, FLAG_HINTS), split
