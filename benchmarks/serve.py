@@ -114,8 +114,9 @@ def plain_drop(model: Path, in_dir: Path, out_dir: Path) -> None:
     print(f"file drop: {len(files)} predicted ({len(files) / (time.perf_counter() - start):.1f} images/s)")
 
 
-def plain_process(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, __file__, "--plain", *map(str, args)], stderr=subprocess.PIPE, text=True)
+def plain_command(*args) -> list[str]:
+    """This script as the plain PyTorch loop's process (`--plain redis|drop ...`)."""
+    return [sys.executable, __file__, "--plain", *map(str, args)]
 
 
 def model_package(path: Path, name: str = "resnet18") -> Path:
@@ -164,7 +165,7 @@ def redis_figures(model: Path, args: list[str] | None, images: list[bytes], fold
     server = RedisServer(folder).start()
     try:
         if args is None:
-            service = plain_process("redis", model, server.port)
+            service = subprocess.Popen(plain_command("redis", model, server.port))
         else:
             service = Service("redis", model, "--redis-port", server.port, "--quiet", *args)
         time.sleep(0.5)
@@ -197,9 +198,7 @@ def file_drop(model: Path, args: list[str] | None, images: list[bytes], folder: 
     for i, image in enumerate(images):
         (in_dir / f"{i:05d}.jpg").write_bytes(image)
     if args is None:
-        process = subprocess.run(
-            [sys.executable, __file__, "--plain", "drop", model, in_dir, out_dir], capture_output=True, text=True
-        )
+        process = subprocess.run(plain_command("drop", model, in_dir, out_dir), capture_output=True, text=True)
         log = process.stdout + process.stderr
     else:
         process = subprocess.run(
